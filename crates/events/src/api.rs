@@ -1,0 +1,230 @@
+//! JSON bodies of the HTTP API, shared by the backend and the web client.
+
+use serde::{Deserialize, Serialize};
+
+/// The longest accepted account name, in characters.
+pub const MAX_ACCOUNT_NAME_CHARS: usize = 100;
+
+/// `POST /api/auth/token`: asks for a development token for a user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenRequest {
+    pub user_id: String,
+}
+
+/// A signed token for a user and when it stops being accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenResponse {
+    pub token: String,
+    /// RFC 3339, UTC, millisecond precision.
+    pub expires_at: String,
+}
+
+/// `POST /api/accounts`: the account to create for the caller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateAccountRequest {
+    pub name: String,
+    /// Whole units; never negative.
+    pub balance: i64,
+}
+
+/// Why a request body was refused, naming the offending field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+impl CreateAccountRequest {
+    /// The rules the backend enforces, callable by the client before it sends.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let name = self.name.trim();
+        if name.is_empty() {
+            return Err(ValidationError {
+                field: "name",
+                message: "must not be empty".into(),
+            });
+        }
+        if name.chars().count() > MAX_ACCOUNT_NAME_CHARS {
+            return Err(ValidationError {
+                field: "name",
+                message: format!("must be at most {MAX_ACCOUNT_NAME_CHARS} characters"),
+            });
+        }
+        if self.balance < 0 {
+            return Err(ValidationError {
+                field: "balance",
+                message: "must not be negative".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An account, owned by one user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Account {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub balance: i64,
+    /// RFC 3339, UTC, millisecond precision.
+    pub created_at: String,
+}
+
+/// The state of one account at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub id: String,
+    pub account_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub balance: i64,
+    /// RFC 3339, UTC, millisecond precision.
+    pub taken_at: String,
+}
+
+/// The `data` of a `snapshots.generated` event, as in the original design.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotsGenerated {
+    /// How many snapshots this generation took: one per account of the user.
+    pub snapshot_count: u64,
+    /// RFC 3339, UTC, millisecond precision.
+    pub timestamp: String,
+    /// The instance that took them.
+    pub server_id: String,
+}
+
+/// The `data` of the `stream.opened` frame that starts every stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamOpened {
+    /// The instance holding this stream.
+    pub server_id: String,
+    pub user_id: String,
+}
+
+/// `POST /api/publish`: an event for one user, in the original design's message shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PublishRequest {
+    pub user_id: String,
+    pub event_type: String,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub status: String,
+    pub server_id: String,
+}
+
+/// Every error response: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// A stable machine-readable `code` and a human-readable `message`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(name: &str, balance: i64) -> CreateAccountRequest {
+        CreateAccountRequest {
+            name: name.into(),
+            balance,
+        }
+    }
+
+    #[test]
+    fn account_request_rules() {
+        assert_eq!(request("Savings", 0).validate(), Ok(()));
+        assert_eq!(request(&"n".repeat(100), 5).validate(), Ok(()));
+        assert_eq!(
+            request("   ", 5).validate().map_err(|e| e.field),
+            Err("name")
+        );
+        assert_eq!(
+            request(&"n".repeat(101), 5).validate().map_err(|e| e.field),
+            Err("name")
+        );
+        assert_eq!(
+            request("Savings", -1).validate().map_err(|e| e.field),
+            Err("balance")
+        );
+    }
+
+    #[test]
+    fn account_request_refuses_unknown_fields_and_fractional_balances() {
+        let unknown = serde_json::from_value::<CreateAccountRequest>(
+            json!({"name": "a", "balance": 1, "admin": true}),
+        );
+        assert!(unknown.is_err());
+        let fractional =
+            serde_json::from_value::<CreateAccountRequest>(json!({"name": "a", "balance": 1.5}));
+        assert!(fractional.is_err());
+    }
+
+    #[test]
+    fn error_body_shape() {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: "unauthorized".into(),
+                message: "missing token".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&body).expect("serializes"),
+            json!({"error": {"code": "unauthorized", "message": "missing token"}})
+        );
+    }
+
+    #[test]
+    fn api_bodies_round_trip_in_camel_case() {
+        let account = Account {
+            id: "a1".into(),
+            user_id: "u1".into(),
+            name: "Savings".into(),
+            balance: 10,
+            created_at: "2025-08-26T10:00:00.000Z".into(),
+        };
+        let value = serde_json::to_value(&account).expect("serializes");
+        assert_eq!(value["userId"], "u1");
+        assert_eq!(value["createdAt"], "2025-08-26T10:00:00.000Z");
+        assert_eq!(
+            serde_json::from_value::<Account>(value).expect("parses"),
+            account
+        );
+
+        let generated: SnapshotsGenerated = serde_json::from_value(json!({
+            "snapshotCount": 1, "timestamp": "2025-08-26T10:00:00.000Z", "serverId": "backend-1"
+        }))
+        .expect("original data parses");
+        assert_eq!(generated.snapshot_count, 1);
+        assert_eq!(generated.server_id, "backend-1");
+    }
+}

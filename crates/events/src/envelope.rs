@@ -1,0 +1,120 @@
+use serde::{Deserialize, Serialize};
+
+/// The Redis Pub/Sub channel that carries every user's events between backend instances.
+///
+/// Kept from the original design so that its publishers keep working unchanged.
+pub const USER_EVENTS_CHANNEL: &str = "user-events";
+
+/// One event addressed to one user: the message on Redis and the JSON of each SSE `data:`.
+///
+/// `userId`, `eventType` and `data` are exactly the original design's Redis message, so a
+/// publisher that sends only those three keys is still understood. The other fields are
+/// filled in by the backend that accepts the event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    /// The event's position in its user's sequence: 1, 2, 3, ... without gaps.
+    ///
+    /// Assigned by the backend when the event is published; absent on messages that
+    /// bypassed the backend (a plain `PUBLISH user-events`), which are delivered live only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// The user whose streams receive the event.
+    pub user_id: String,
+    /// The event's name, sent as the SSE `event:` field (see [`crate::event_type`]).
+    pub event_type: String,
+    /// The payload, any JSON value; `null` when the publisher sent none.
+    #[serde(default)]
+    pub data: serde_json::Value,
+    /// The backend instance that accepted the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    /// When the event was accepted, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<u64>,
+}
+
+impl Envelope {
+    /// A new event for `user_id`, not yet published.
+    pub fn new(
+        user_id: impl Into<String>,
+        event_type: impl Into<String>,
+        data: serde_json::Value,
+    ) -> Self {
+        Self {
+            id: None,
+            user_id: user_id.into(),
+            event_type: event_type.into(),
+            data,
+            server_id: None,
+            published_at: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_the_original_designs_message_verbatim() {
+        let original = r#"{"userId":"123","eventType":"snapshots.generated","data":{"snapshotCount":1,"timestamp":"2025-08-26T10:00:00.000Z","serverId":"backend-1"}}"#;
+
+        let envelope: Envelope = serde_json::from_str(original).expect("original message parses");
+
+        assert_eq!(envelope.user_id, "123");
+        assert_eq!(envelope.event_type, "snapshots.generated");
+        assert_eq!(envelope.data["snapshotCount"], 1);
+        assert_eq!(envelope.data["serverId"], "backend-1");
+        assert_eq!(envelope.id, None);
+        assert_eq!(envelope.server_id, None);
+        assert_eq!(envelope.published_at, None);
+    }
+
+    #[test]
+    fn round_trips_with_camel_case_keys() {
+        let envelope = Envelope {
+            id: Some(7),
+            user_id: "alice".into(),
+            event_type: "orders.shipped".into(),
+            data: json!({"orderId": 42, "items": []}),
+            server_id: Some("backend-2".into()),
+            published_at: Some(1_764_000_000_123),
+        };
+
+        let text = serde_json::to_string(&envelope).expect("serializes");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("is JSON");
+        assert_eq!(value["userId"], "alice");
+        assert_eq!(value["eventType"], "orders.shipped");
+        assert_eq!(value["serverId"], "backend-2");
+        assert_eq!(value["publishedAt"], 1_764_000_000_123_u64);
+        assert_eq!(
+            serde_json::from_str::<Envelope>(&text).expect("parses"),
+            envelope
+        );
+    }
+
+    #[test]
+    fn unpublished_envelope_serializes_without_id_and_starts_with_user_id() {
+        // The Redis publish script splices `"id":N,` after the opening brace, so an
+        // envelope without id must serialize as a non-empty object.
+        let text = serde_json::to_string(&Envelope::new("u", "a.b", serde_json::Value::Null))
+            .expect("serializes");
+        assert!(text.starts_with(r#"{"userId":"u""#), "{text}");
+        assert!(!text.contains(r#""id""#));
+    }
+
+    #[test]
+    fn missing_data_becomes_null() {
+        let envelope: Envelope =
+            serde_json::from_str(r#"{"userId":"1","eventType":"a.b"}"#).expect("parses");
+        assert_eq!(envelope.data, serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_message_without_user_id_is_rejected() {
+        let result = serde_json::from_str::<Envelope>(r#"{"eventType":"a.b","data":{}}"#);
+        assert!(result.is_err());
+    }
+}

@@ -1,0 +1,71 @@
+//! The names of event types, and the rule every name follows.
+//!
+//! A name is `domain.past_tense_verb`: two or more dot-separated segments of lowercase
+//! ASCII letters, digits, `_` or `-`, at most [`MAX_LEN`] bytes in all
+//! (`snapshots.generated`, `orders.shipped`, `chat.message-posted`). The `stream.` domain
+//! is reserved for frames the server itself sends on a stream; publishers cannot use it.
+
+/// Published to a user when snapshots of their accounts were taken.
+pub const SNAPSHOTS_GENERATED: &str = "snapshots.generated";
+
+/// Internal, never on the wire: asks the snapshot service to take a user's snapshots.
+/// It travels on an in-process channel, as the original design's event emitter did.
+pub const SNAPSHOTS_GENERATE: &str = "snapshots.generate";
+
+/// Sent by the server as the first frame of every stream, with [`crate::StreamOpened`].
+pub const STREAM_OPENED: &str = "stream.opened";
+
+/// The domain reserved for the server's own frames.
+pub const RESERVED_DOMAIN: &str = "stream";
+
+/// The longest accepted name, in bytes.
+pub const MAX_LEN: usize = 64;
+
+/// Whether `name` follows the naming rule (reserved names included).
+pub fn is_well_formed(name: &str) -> bool {
+    let segment_ok = |segment: &str| {
+        !segment.is_empty()
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    };
+    name.len() <= MAX_LEN && name.split('.').count() >= 2 && name.split('.').all(segment_ok)
+}
+
+/// Whether a publisher may send events named `name`: well formed and not reserved.
+pub fn is_publishable(name: &str) -> bool {
+    is_well_formed(name) && name.split('.').next() != Some(RESERVED_DOMAIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_names_follow_the_rule() {
+        for name in [SNAPSHOTS_GENERATED, SNAPSHOTS_GENERATE, STREAM_OPENED] {
+            assert!(is_well_formed(name), "{name}");
+        }
+        assert!(is_publishable(SNAPSHOTS_GENERATED));
+        assert!(is_publishable("chat.message-posted"));
+        assert!(is_publishable("billing.invoice.paid_v2"));
+    }
+
+    #[test]
+    fn malformed_and_reserved_names_are_refused() {
+        for name in [
+            "",
+            "snapshots",
+            "Snapshots.generated",
+            "a..b",
+            ".a",
+            "a.",
+            "a b.c",
+            "a.b\n",
+        ] {
+            assert!(!is_publishable(name), "{name:?}");
+        }
+        assert!(!is_publishable(&format!("a.{}", "b".repeat(MAX_LEN))));
+        assert!(!is_publishable(STREAM_OPENED));
+    }
+}

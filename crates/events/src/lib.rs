@@ -1,0 +1,20 @@
+//! The wire contract of the event delivery system.
+//!
+//! Every type that crosses a process boundary is defined here and nowhere else: the
+//! [`Envelope`] that travels on Redis and inside each Server-Sent Events `data:` line,
+//! the names of event types, and the JSON bodies of the HTTP API. The crate does no I/O
+//! and builds for native targets and for `wasm32-unknown-unknown`, so the backend and the
+//! browser client share one definition.
+
+mod api;
+mod envelope;
+pub mod event_type;
+mod user_id;
+
+pub use api::{
+    Account, CreateAccountRequest, ErrorBody, ErrorDetail, Health, MAX_ACCOUNT_NAME_CHARS,
+    PublishRequest, Snapshot, SnapshotsGenerated, StreamOpened, TokenRequest, TokenResponse,
+    ValidationError,
+};
+pub use envelope::{Envelope, USER_EVENTS_CHANNEL};
+pub use user_id::{MAX_USER_ID_CHARS, validate_user_id};
