@@ -1,0 +1,222 @@
+//! Assembles the instance: bus, store, hub, background services and the HTTP server.
+
+use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
+
+use actix_web::{
+    App, HttpResponse, HttpServer,
+    body::MessageBody,
+    dev::{Server, ServiceRequest, ServiceResponse},
+    middleware::{Next, from_fn},
+    web,
+};
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::Tokens,
+    bus::{self, Bus, LocalBus, RedisBus},
+    config::Settings,
+    error::ApiError,
+    hub::Hub,
+    redis::Redis,
+    routes,
+    snapshots::{self, SnapshotService},
+    state::AppState,
+    store::{MemoryStore, RedisStore, Store},
+};
+
+/// How many `snapshots.generate` requests may wait for the snapshot service.
+const SNAPSHOT_QUEUE: usize = 1024;
+
+/// How long the HTTP server waits for open requests at shutdown. Streams are closed
+/// before it starts waiting, so this bounds only ordinary requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A built instance, listening but not yet serving until [`Application::run_until_stopped`].
+pub struct Application {
+    port: u16,
+    server_id: String,
+    server: Server,
+    state: web::Data<AppState>,
+    redis: Option<Redis>,
+    /// Fired at shutdown; every background loop watches it.
+    shutdown: CancellationToken,
+    /// Background services, awaited at shutdown.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Connects to Redis (when configured), starts the background services and the HTTP
+    /// server on `listener`. Fails if Redis cannot be reached.
+    pub async fn build(settings: Settings, listener: TcpListener) -> anyhow::Result<Self> {
+        settings.check()?;
+        let port = listener.local_addr()?.port();
+        let server_id = settings.server_id_for(port);
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let hub = Hub::new(usize::try_from(settings.stream_queue_size)?);
+        let (bus, store, redis) = match &settings.redis_url {
+            Some(url) => {
+                let redis = Redis::connect(url.expose())
+                    .await
+                    .context("could not connect to Redis (is REDIS_URL right and Redis up?)")?;
+                let relay =
+                    bus::start_relay(redis.subscriber.clone(), hub.clone(), shutdown.clone())
+                        .await?;
+                tasks.push(relay);
+                let bus = Bus::Redis(RedisBus::new(&redis));
+                let store = Store::Redis(RedisStore::new(redis.client.clone()));
+                (bus, store, Some(redis))
+            }
+            None => {
+                tracing::warn!(
+                    "REDIS_URL is not set: running single-node with an in-process bus and an \
+                     in-memory store; streams on other instances will not receive events"
+                );
+                let bus = Bus::Local(LocalBus::new(hub.clone()));
+                (bus, Store::Memory(MemoryStore::default()), None)
+            }
+        };
+        let (bus, store) = (Arc::new(bus), Arc::new(store));
+
+        let (snapshot_requests, snapshot_queue) = snapshots::channel(SNAPSHOT_QUEUE);
+        let service = SnapshotService {
+            store: store.clone(),
+            bus: bus.clone(),
+            server_id: server_id.clone(),
+        };
+        tasks.push(tokio::spawn(service.run(snapshot_queue, shutdown.clone())));
+
+        let (secret, is_dev_secret) = settings.signing_secret();
+        if is_dev_secret {
+            tracing::warn!(
+                "JWT_SECRET is not set: signing tokens with the public development secret"
+            );
+        }
+        let state = web::Data::new(AppState {
+            server_id: server_id.clone(),
+            tokens: Tokens::new(secret, Duration::from_secs(settings.token_ttl_secs)),
+            dev_tokens: settings.dev_tokens,
+            publish_key: settings.publish_key.clone(),
+            hub,
+            bus,
+            store,
+            snapshots: snapshot_requests,
+            keep_alive: settings.keep_alive(),
+            sse_retry: Duration::from_millis(settings.sse_retry_ms),
+        });
+
+        let server = http_server(&settings, state.clone(), listener)?;
+        tracing::info!(port, bus = state.bus.kind(), "listening");
+        Ok(Self {
+            port,
+            server_id,
+            server,
+            state,
+            redis,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    /// Serves until `stop` completes (or the server fails), then shuts down in order:
+    /// stop accepting, end every stream, let requests finish, stop background services,
+    /// close Redis.
+    pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let mut server = std::pin::pin!(self.server);
+        let result = tokio::select! {
+            result = &mut server => result,
+            () = stop => {
+                tracing::info!("shutting down");
+                self.state.hub.close_all();
+                // The server future itself carries out the stop command: drive both.
+                let ((), result) = tokio::join!(handle.stop(true), server);
+                result
+            }
+        };
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        if let Some(redis) = &self.redis {
+            redis.quit().await;
+        }
+        tracing::info!("stopped");
+        result.context("HTTP server failed")
+    }
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .field("server_id", &self.server_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn http_server(
+    settings: &Settings,
+    state: web::Data<AppState>,
+    listener: TcpListener,
+) -> anyhow::Result<Server> {
+    let body_limit = settings.max_body_bytes;
+    let mut server = HttpServer::new(move || {
+        let json = web::JsonConfig::default()
+            .limit(body_limit)
+            .content_type_required(false)
+            .error_handler(move |err, _| ApiError::from_json_error(&err, body_limit).into());
+        let query = web::QueryConfig::default()
+            .error_handler(|err, _| ApiError::from_query_error(&err).into());
+        App::new()
+            .app_data(state.clone())
+            .app_data(json)
+            .app_data(query)
+            .wrap(from_fn(access_log))
+            .route("/healthz", web::get().to(routes::healthz))
+            .service(web::scope("/api").configure(routes::api))
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+    .listen(listener)?;
+    if let Some(workers) = settings.workers {
+        server = server.workers(workers);
+    }
+    Ok(server.run())
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}
+
+/// One line per request: method, path (never the query, which may hold a token),
+/// status and time to the response head.
+async fn access_log(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_string();
+    let response = next.call(req).await?;
+    tracing::info!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    Ok(response)
+}

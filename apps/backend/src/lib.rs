@@ -1,0 +1,21 @@
+//! The backend: per-user Server-Sent Events, fanned out across instances through Redis.
+//!
+//! [`Application`] assembles an instance; `main` only reads settings, binds, and runs it.
+
+mod app;
+pub mod auth;
+pub mod bus;
+mod clock;
+pub mod config;
+mod error;
+pub mod hub;
+mod redis;
+mod routes;
+pub mod snapshots;
+mod state;
+pub mod store;
+pub mod telemetry;
+
+pub use app::Application;
+pub use config::Settings;
+pub use error::ApiError;

@@ -1,0 +1,29 @@
+use std::net::TcpListener;
+
+use anyhow::Context;
+use backend::{Application, Settings, telemetry};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::parse();
+    settings.check()?;
+    let listener = TcpListener::bind((settings.host, settings.port))
+        .with_context(|| format!("could not listen on {}:{}", settings.host, settings.port))?;
+    let server_id = settings.server_id_for(listener.local_addr()?.port());
+    telemetry::init(&server_id, settings.log_format);
+    tracing::info!(config = %settings.summary(), "starting");
+
+    let app = Application::build(settings, listener).await?;
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+        _ = terminate.recv() => tracing::info!("received SIGTERM"),
+    }
+}

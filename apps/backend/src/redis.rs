@@ -1,0 +1,73 @@
+//! Connections to Redis: one client for commands and publishing, and a separate
+//! subscriber connection (a connection in subscribe mode can issue no other command).
+
+use std::time::Duration;
+
+use fred::{
+    clients::{Client, SubscriberClient},
+    error::Error,
+    interfaces::{ClientLike, EventInterface},
+    types::{Builder, config::Config, config::ReconnectPolicy},
+};
+
+/// How long a command may wait for Redis before the request fails with 503. Short, so
+/// that an outage is reported to publishers instead of hanging their requests.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Events fred buffers per listener (messages, reconnects) before a slow listener lags.
+const EVENT_BUFFER: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct Redis {
+    pub client: Client,
+    pub subscriber: SubscriberClient,
+}
+
+impl Redis {
+    /// Connects both clients. Fails if Redis cannot be reached now; once connected, both
+    /// reconnect forever with exponential backoff (100 ms doubling to 2 s), and the
+    /// subscriber re-subscribes to its channels after every reconnection.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let mut builder = Builder::from_config(Config::from_url(url)?);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = COMMAND_TIMEOUT;
+                c.internal_command_timeout = COMMAND_TIMEOUT;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = COMMAND_TIMEOUT;
+                p.broadcast_channel_capacity = EVENT_BUFFER;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+
+        let client = builder.build()?;
+        let subscriber = builder.build_subscriber_client()?;
+        client.init().await?;
+        subscriber.init().await?;
+        let _resubscribing = subscriber.manage_subscriptions();
+
+        log_connection_events("commands", &client);
+        log_connection_events("subscriber", &subscriber);
+        Ok(Self { client, subscriber })
+    }
+
+    /// Closes both connections.
+    pub async fn quit(&self) {
+        let _ = self.subscriber.quit().await;
+        let _ = self.client.quit().await;
+    }
+}
+
+/// Logs every connection error and reconnection of `client`, so that an operator can
+/// see when events may have been missed.
+fn log_connection_events(role: &'static str, client: &impl EventInterface) {
+    client.on_error(move |(error, server)| async move {
+        let server = server.map(|s| s.to_string()).unwrap_or_default();
+        tracing::warn!(role, %error, server, "redis connection error");
+        Ok(())
+    });
+    client.on_reconnect(move |server| async move {
+        tracing::info!(role, %server, "redis reconnected");
+        Ok(())
+    });
+}

@@ -1,0 +1,22 @@
+//! HTTP handlers: thin, each extracting what it needs and delegating to the domain.
+
+mod accounts;
+mod health;
+mod publish;
+mod snapshots;
+mod stream;
+mod token;
+
+use actix_web::web;
+
+pub use health::healthz;
+
+/// Mounts everything under `/api`.
+pub fn api(cfg: &mut web::ServiceConfig) {
+    cfg.route("/auth/token", web::post().to(token::issue))
+        .route("/accounts", web::post().to(accounts::create))
+        .route("/accounts", web::get().to(accounts::list))
+        .route("/snapshots", web::get().to(snapshots::list))
+        .route("/events", web::get().to(stream::open))
+        .route("/publish", web::post().to(publish::publish));
+}

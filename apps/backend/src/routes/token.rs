@@ -1,0 +1,27 @@
+use actix_web::{HttpResponse, web};
+use events::{TokenRequest, TokenResponse, ValidationError};
+
+use crate::{clock, error::ApiError, state::AppState};
+
+/// `POST /api/auth/token`: a development token for any user id. Off in production
+/// (`DEV_TOKENS=false`), where the host application mints tokens with the shared secret.
+#[tracing::instrument(skip_all)]
+pub async fn issue(
+    state: web::Data<AppState>,
+    body: web::Json<TokenRequest>,
+) -> Result<HttpResponse, ApiError> {
+    if !state.dev_tokens {
+        return Err(ApiError::Forbidden(
+            "development tokens are disabled on this server",
+        ));
+    }
+    events::validate_user_id(&body.user_id).map_err(|message| ValidationError {
+        field: "userId",
+        message: message.to_string(),
+    })?;
+    let (token, expires) = state.tokens.issue(&body.user_id);
+    Ok(HttpResponse::Ok().json(TokenResponse {
+        token,
+        expires_at: clock::rfc3339(expires),
+    }))
+}

@@ -1,0 +1,69 @@
+//! Log output: every line carries this instance's server id, in text or JSON.
+
+use std::fmt;
+
+use tracing::{Event, Subscriber};
+use tracing_subscriber::{
+    EnvFilter,
+    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
+    registry::LookupSpan,
+};
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. Verbosity comes from `RUST_LOG` (default `info`).
+pub fn init(server_id: &str, format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => builder
+            .event_format(Tagged {
+                server_id: server_id.to_string(),
+                json: false,
+                inner: tracing_subscriber::fmt::format().compact(),
+            })
+            .try_init(),
+        LogFormat::Json => builder
+            .event_format(Tagged {
+                server_id: serde_json::to_string(server_id).expect("a string serializes"),
+                json: true,
+                inner: tracing_subscriber::fmt::format().json(),
+            })
+            .try_init(),
+    };
+}
+
+/// Wraps a line format to add the server id: a `server=` prefix in text, a `serverId`
+/// key in JSON.
+struct Tagged<F> {
+    /// Already JSON-quoted when `json` is set.
+    server_id: String,
+    json: bool,
+    inner: F,
+}
+
+impl<S, N, F> FormatEvent<S, N> for Tagged<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        if !self.json {
+            write!(writer, "server={} ", self.server_id)?;
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, "{{\"serverId\":{},{rest}", self.server_id),
+            None => writer.write_str(&line),
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The test harness: private redis-server processes, in-process backend instances, and a
+//! small SSE reader.
+
+use std::{
+    net::TcpListener,
+    pin::Pin,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use backend::{Application, Settings, config::Secret};
+use futures_util::{Stream, StreamExt};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+    sync::oneshot,
+    task::JoinHandle,
+};
+
+/// The secret test instances sign tokens with (tests mint their own tokens with it too).
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+pub const PUBLISH_KEY: &str = "test-publish-key";
+/// How long a test waits for something that should happen.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A private redis-server on a free loopback port, without persistence; killed on drop.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed: run `bash .ci/setup`");
+        let server = Self { child, port };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Ok(reply) = server.command(&["PING"]).await
+                && reply == "+PONG"
+            {
+                return server;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one command and returns the first line of the reply (enough for status,
+    /// integer and error replies).
+    pub async fn command(&self, args: &[&str]) -> std::io::Result<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).await?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).await?;
+        Ok(line.trim_end().to_string())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Settings for a test instance: loopback, port 0, the test secrets, and Redis if given.
+pub fn settings(redis: Option<&RedisServer>) -> Settings {
+    let mut settings = Settings::for_tests();
+    settings.redis_url = redis.map(|r| Secret::new(r.url()));
+    settings.jwt_secret = Some(Secret::new(JWT_SECRET));
+    settings.publish_key = Some(Secret::new(PUBLISH_KEY));
+    settings
+}
+
+/// A running backend instance; stops when dropped.
+pub struct TestApp {
+    pub address: String,
+    pub server_id: String,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    running: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app(redis: Option<&RedisServer>) -> TestApp {
+    spawn_app_with(settings(redis)).await
+}
+
+pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let app = Application::build(settings, listener)
+        .await
+        .expect("the application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let server_id = app.server_id().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        server_id,
+        client: reqwest::Client::new(),
+        stop: Some(stop),
+        running: Some(running),
+    }
+}
+
+impl TestApp {
+    /// Shuts the instance down and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.stop.take();
+        if let Some(running) = self.running.take() {
+            tokio::time::timeout(PATIENCE, running)
+                .await
+                .expect("the instance stops in time")
+                .expect("the run task completes")
+                .expect("the instance stops cleanly");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// A development token for `user_id`, from the instance's own token endpoint.
+    pub async fn token(&self, user_id: &str) -> String {
+        let response = self
+            .post_json("/api/auth/token", None, &json!({ "userId": user_id }))
+            .await;
+        assert_eq!(response.status(), 200, "token endpoint");
+        let body: Value = response.json().await.expect("token response is JSON");
+        body["token"]
+            .as_str()
+            .expect("token is a string")
+            .to_string()
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request is sent")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request is sent")
+    }
+
+    /// Creates an account and asserts it was created.
+    pub async fn create_account(&self, token: &str, name: &str, balance: i64) -> Value {
+        let response = self
+            .post_json(
+                "/api/accounts",
+                Some(token),
+                &json!({"name": name, "balance": balance}),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "account created");
+        response.json().await.expect("account is JSON")
+    }
+
+    /// Publishes with the publish API key and asserts it was accepted.
+    pub async fn publish(&self, user_id: &str, event_type: &str, data: Value) -> Value {
+        let response = self
+            .post_json(
+                "/api/publish",
+                Some(PUBLISH_KEY),
+                &json!({"userId": user_id, "eventType": event_type, "data": data}),
+            )
+            .await;
+        assert_eq!(response.status(), 202, "publish accepted");
+        response.json().await.expect("publish response is JSON")
+    }
+
+    /// Opens a stream (token in the query, as a browser's EventSource sends it) and
+    /// reads up to its `stream.opened` frame, after which it is sure to receive events.
+    pub async fn open_stream(&self, token: &str) -> SseStream {
+        let response = self
+            .client
+            .get(self.url(&format!("/api/events?token={token}")))
+            .send()
+            .await
+            .expect("stream request is sent");
+        assert_eq!(response.status(), 200, "stream opened");
+        let mut stream = SseStream::new(response);
+        let opened = stream.next_event().await;
+        assert_eq!(opened.event.as_deref(), Some("stream.opened"));
+        assert_eq!(opened.json()["data"]["serverId"], self.server_id.as_str());
+        stream
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Dropping the sender stops the instance.
+        self.stop.take();
+    }
+}
+
+/// One SSE frame: an event, a bare `retry:`, or a comment.
+#[derive(Debug, Clone, Default)]
+pub struct Frame {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<u64>,
+    pub comment: Option<String>,
+}
+
+impl Frame {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.data.as_deref().expect("frame has data"))
+            .expect("frame data is JSON")
+    }
+}
+
+/// Reads frames off a `text/event-stream` response.
+pub struct SseStream {
+    pub headers: reqwest::header::HeaderMap,
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+    /// Everything read so far, verbatim.
+    pub raw: String,
+}
+
+impl SseStream {
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            headers: response.headers().clone(),
+            body: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+            raw: String::new(),
+        }
+    }
+
+    /// The next frame of any kind; `None` when the server ended the stream.
+    pub async fn next_frame_within(&mut self, wait: Duration) -> Option<Option<Frame>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                return Some(Some(parse_frame(&block)));
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => return None,
+                Ok(None) | Ok(Some(Err(_))) => return Some(None),
+                Ok(Some(Ok(chunk))) => {
+                    let text = std::str::from_utf8(&chunk).expect("stream is UTF-8");
+                    self.raw.push_str(text);
+                    self.buffer.push_str(text);
+                }
+            }
+        }
+    }
+
+    /// The next frame that carries data, skipping comments and `retry:`; panics if none
+    /// arrives in time or the stream ends.
+    pub async fn next_event(&mut self) -> Frame {
+        loop {
+            match self.next_frame_within(PATIENCE).await {
+                None => panic!("no event within {PATIENCE:?}; read so far:\n{}", self.raw),
+                Some(None) => panic!("stream ended; read so far:\n{}", self.raw),
+                Some(Some(frame)) if frame.data.is_some() => return frame,
+                Some(Some(_)) => continue,
+            }
+        }
+    }
+
+    /// Asserts that no event arrives for `wait`.
+    pub async fn expect_no_event(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_frame_within(left).await {
+                None => return,
+                Some(Some(frame)) if frame.data.is_some() => {
+                    panic!("unexpected event: {frame:?}")
+                }
+                Some(Some(_)) => continue,
+                Some(None) => panic!("stream ended"),
+            }
+        }
+    }
+
+    /// Waits for the server to end the stream; panics if it does not in time.
+    pub async fn expect_end(&mut self) {
+        loop {
+            match self.next_frame_within(PATIENCE).await {
+                None => panic!("stream still open after {PATIENCE:?}"),
+                Some(None) => return,
+                Some(Some(_)) => continue,
+            }
+        }
+    }
+}
+
+fn parse_frame(block: &str) -> Frame {
+    let mut frame = Frame::default();
+    for line in block.lines() {
+        if let Some(comment) = line.strip_prefix(':') {
+            frame.comment = Some(comment.trim().to_string());
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => frame.id = Some(value.to_string()),
+            "event" => frame.event = Some(value.to_string()),
+            "data" => {
+                let data = frame.data.get_or_insert_with(String::new);
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(value);
+            }
+            "retry" => frame.retry = value.parse().ok(),
+            _ => {}
+        }
+    }
+    frame
+}
+
+/// Mints a token with the test secret directly (for forged, expired or publisher tokens).
+pub fn sign(secret: &str, claims: &backend::auth::Claims) -> String {
+    backend::auth::Tokens::new(secret, Duration::from_secs(60)).sign(claims)
+}
+
+pub fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: real backend instances on port 0, real redis-server processes, real
+//! HTTP and Server-Sent Events over loopback.
+
+mod accounts;
+mod delivery;
+mod helpers;
+mod publish;
+mod single_node;
+mod stream;

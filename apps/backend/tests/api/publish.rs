@@ -1,0 +1,105 @@
+//! Only publishers may publish, and only well-formed events.
+
+use backend::auth::Claims;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_needs_a_publisher_credential() {
+    let redis = RedisServer::start().await;
+    let app = spawn_app(Some(&redis)).await;
+    let user_token = app.token("alice").await;
+    let publisher_token = sign(
+        JWT_SECRET,
+        &Claims {
+            sub: "billing-service".into(),
+            exp: epoch_secs() + 600,
+            iat: epoch_secs(),
+            publish: true,
+        },
+    );
+    let mut stream = app.open_stream(&user_token).await;
+    let body = json!({"userId": "alice", "eventType": "invoices.paid", "data": {"amount": 3}});
+
+    let refused = [
+        ("no credential", None, 401, "unauthorized"),
+        ("wrong key", Some("wrong-key"), 401, "unauthorized"),
+        (
+            "a user's token",
+            Some(user_token.as_str()),
+            403,
+            "forbidden",
+        ),
+    ];
+    for (case, credential, status, code) in refused {
+        let response = app.post_json("/api/publish", credential, &body).await;
+        assert_eq!(response.status(), status, "{case}");
+        let error: Value = response.json().await.expect("error body");
+        assert_eq!(error["error"]["code"], code, "{case}");
+    }
+
+    for credential in [PUBLISH_KEY, publisher_token.as_str()] {
+        let response = app.post_json("/api/publish", Some(credential), &body).await;
+        assert_eq!(response.status(), 202);
+        let accepted: Value = response.json().await.expect("accepted body");
+        assert_eq!(accepted["userId"], "alice");
+        assert_eq!(accepted["serverId"], app.server_id.as_str());
+    }
+    let first = stream.next_event().await;
+    let second = stream.next_event().await;
+    assert_eq!(
+        (first.id.as_deref(), second.id.as_deref()),
+        (Some("1"), Some("2"))
+    );
+    assert_eq!(first.json()["data"]["amount"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_publishes_are_refused_and_deliver_nothing() {
+    let app = spawn_app(None).await;
+    let token = app.token("alice").await;
+    let mut stream = app.open_stream(&token).await;
+
+    for (case, body) in [
+        (
+            "reserved type",
+            json!({"userId": "alice", "eventType": "stream.opened", "data": {}}),
+        ),
+        (
+            "uppercase type",
+            json!({"userId": "alice", "eventType": "Orders.Shipped", "data": {}}),
+        ),
+        (
+            "one-segment type",
+            json!({"userId": "alice", "eventType": "shipped", "data": {}}),
+        ),
+        (
+            "bad user id",
+            json!({"userId": "a b", "eventType": "orders.shipped", "data": {}}),
+        ),
+        (
+            "unknown field",
+            json!({"userId": "alice", "eventType": "orders.shipped", "to": "all"}),
+        ),
+    ] {
+        let response = app
+            .post_json("/api/publish", Some(PUBLISH_KEY), &body)
+            .await;
+        assert_eq!(response.status(), 400, "{case}");
+    }
+    stream
+        .expect_no_event(std::time::Duration::from_millis(300))
+        .await;
+
+    // Without data, an event still goes out, with `data: null`.
+    let response = app
+        .post_json(
+            "/api/publish",
+            Some(PUBLISH_KEY),
+            &json!({"userId": "alice", "eventType": "pings.sent"}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(stream.next_event().await.json()["data"], Value::Null);
+}
