@@ -1,0 +1,45 @@
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Ports of the local topology.
+redis_port := "6380"
+backend_1_port := "3000"
+backend_2_port := "3002"
+
+# List the recipes.
+default:
+    @just --list
+
+# Install what is missing (Redis, nginx, Chromium, wasm target, trunk, wasm-bindgen-cli).
+setup:
+    @bash .ci/setup
+
+# Run every test (unit, integration with real Redis).
+test:
+    cargo test --workspace
+
+# Formatting and lints, as CI checks them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Run the system locally: a private Redis and two backends. Ctrl-C stops everything.
+dev: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build -p backend
+    mkdir -p target/dev
+    # Ctrl-C reaches every process of the group; this also cleans up if one of them dies.
+    trap 'trap - EXIT; kill 0 2>/dev/null; wait' INT TERM EXIT
+    prefix() { sed -u "s/^/$(printf '\033[%sm%-9s\033[0m ' "$1" "$2")/"; }
+    redis-server --port {{redis_port}} --bind 127.0.0.1 --save "" --appendonly no \
+        --dir target/dev 2>&1 | prefix 33 redis &
+    until redis-cli -p {{redis_port}} ping >/dev/null 2>&1; do sleep 0.1; done
+    export REDIS_URL=redis://127.0.0.1:{{redis_port}} PUBLISH_KEY=${PUBLISH_KEY:-dev-publish-key}
+    PORT={{backend_1_port}} SERVER_ID=backend-1 target/debug/backend 2>&1 | prefix 36 backend-1 &
+    PORT={{backend_2_port}} SERVER_ID=backend-2 target/debug/backend 2>&1 | prefix 35 backend-2 &
+    for port in {{backend_1_port}} {{backend_2_port}}; do
+        until curl -fs http://127.0.0.1:$port/healthz >/dev/null; do sleep 0.2; done
+    done
+    printf '\n  backend-1  http://127.0.0.1:{{backend_1_port}}\n  backend-2  http://127.0.0.1:{{backend_2_port}}\n'
+    printf '  redis      redis://127.0.0.1:{{redis_port}}\n  publish key: %s\n\n' "$PUBLISH_KEY"
+    wait -n
