@@ -19,6 +19,7 @@ use crate::{
     config::Settings,
     error::ApiError,
     hub::Hub,
+    readiness::Readiness,
     redis::Redis,
     routes,
     snapshots::{self, SnapshotService},
@@ -33,6 +34,16 @@ const SNAPSHOT_QUEUE: usize = 1024;
 /// before it starts waiting, so this bounds only ordinary requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How an instance stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Readiness turns false, new streams are refused, open streams are closed spread
+    /// over the drain window (their clients resume elsewhere), requests finish.
+    Graceful,
+    /// Every connection is dropped at once, as in a crash. For fault tests.
+    Abort,
+}
+
 /// A built instance, listening but not yet serving until [`Application::run_until_stopped`].
 pub struct Application {
     port: u16,
@@ -40,6 +51,7 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     redis: Option<Redis>,
+    drain_window: Duration,
     /// Fired at shutdown; every background loop watches it.
     shutdown: CancellationToken,
     /// Background services, awaited at shutdown.
@@ -57,16 +69,23 @@ impl Application {
         let mut tasks = Vec::new();
 
         let hub = Hub::new(usize::try_from(settings.stream_queue_size)?);
+        let readiness = Arc::new(Readiness::new(settings.redis_url.is_some()));
         let (bus, store, redis) = match &settings.redis_url {
             Some(url) => {
                 let redis = Redis::connect(url.expose())
                     .await
                     .context("could not connect to Redis (is REDIS_URL right and Redis up?)")?;
-                let relay =
-                    bus::start_relay(redis.subscriber.clone(), hub.clone(), shutdown.clone())
-                        .await?;
-                tasks.push(relay);
-                let bus = Bus::Redis(RedisBus::new(&redis));
+                tasks.extend(
+                    bus::start_relay(
+                        &redis,
+                        hub.clone(),
+                        readiness.clone(),
+                        &server_id,
+                        shutdown.clone(),
+                    )
+                    .await?,
+                );
+                let bus = Bus::Redis(RedisBus::new(&redis, settings.retention()));
                 let store = Store::Redis(RedisStore::new(redis.client.clone()));
                 (bus, store, Some(redis))
             }
@@ -75,7 +94,7 @@ impl Application {
                     "REDIS_URL is not set: running single-node with an in-process bus and an \
                      in-memory store; streams on other instances will not receive events"
                 );
-                let bus = Bus::Local(LocalBus::new(hub.clone()));
+                let bus = Bus::Local(LocalBus::new(hub.clone(), settings.retention()));
                 (bus, Store::Memory(MemoryStore::default()), None)
             }
         };
@@ -104,6 +123,7 @@ impl Application {
             bus,
             store,
             snapshots: snapshot_requests,
+            readiness,
             keep_alive: settings.keep_alive(),
             sse_retry: Duration::from_millis(settings.sse_retry_ms),
         });
@@ -116,6 +136,7 @@ impl Application {
             server,
             state,
             redis,
+            drain_window: Duration::from_secs(settings.drain_secs),
             shutdown,
             tasks,
         })
@@ -129,19 +150,30 @@ impl Application {
         &self.server_id
     }
 
-    /// Serves until `stop` completes (or the server fails), then shuts down in order:
-    /// stop accepting, end every stream, let requests finish, stop background services,
-    /// close Redis.
-    pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    /// The instance's registry of open streams (to observe it, e.g. in tests).
+    pub fn hub(&self) -> Hub {
+        self.state.hub.clone()
+    }
+
+    /// Serves until `stop` completes (or the server fails), then shuts down as it says.
+    /// Gracefully: readiness off, streams drained over the drain window, the HTTP server
+    /// stopped once requests finish. Either way, background services stop and Redis is
+    /// closed before this returns.
+    pub async fn run_until_stopped(self, stop: impl Future<Output = Stop>) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let mut server = std::pin::pin!(self.server);
         let result = tokio::select! {
             result = &mut server => result,
-            () = stop => {
-                tracing::info!("shutting down");
-                self.state.hub.close_all();
+            how = stop => {
+                tracing::info!(?how, "shutting down");
+                let graceful = how == Stop::Graceful;
+                if graceful {
+                    self.state.readiness.start_draining();
+                    self.state.hub.drain(self.drain_window).await;
+                }
                 // The server future itself carries out the stop command: drive both.
-                let ((), result) = tokio::join!(handle.stop(true), server);
+                let ((), result) = tokio::join!(handle.stop(graceful), server);
+                self.state.hub.close_all();
                 result
             }
         };
@@ -185,6 +217,7 @@ fn http_server(
             .app_data(query)
             .wrap(from_fn(access_log))
             .route("/healthz", web::get().to(routes::healthz))
+            .route("/readyz", web::get().to(routes::readyz))
             .service(web::scope("/api").configure(routes::api))
             .default_service(web::to(not_found))
     })

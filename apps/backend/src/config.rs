@@ -52,6 +52,19 @@ pub struct Settings {
     #[arg(long, env = "STREAM_QUEUE_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub stream_queue_size: u64,
 
+    /// Events kept per user (and for broadcasts) for streams to resume from.
+    #[arg(long, env = "HISTORY_MAX_LEN", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub history_max_len: u64,
+
+    /// Seconds an event is kept for streams to resume from.
+    #[arg(long, env = "HISTORY_MAX_AGE_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_max_age_secs: u64,
+
+    /// Seconds over which open streams are closed at shutdown (SIGTERM), so their
+    /// clients reconnect elsewhere gradually.
+    #[arg(long, env = "DRAIN_SECS", default_value_t = 5)]
+    pub drain_secs: u64,
+
     /// Reconnection delay suggested to browsers (the SSE `retry:` field), in milliseconds.
     #[arg(long, env = "SSE_RETRY_MS", default_value_t = 2000)]
     pub sse_retry_ms: u64,
@@ -105,6 +118,9 @@ impl Settings {
             keep_alive_secs: 15,
             stream_queue_size: 256,
             sse_retry_ms: 2000,
+            history_max_len: 1000,
+            history_max_age_secs: 3600,
+            drain_secs: 1,
             token_ttl_secs: 12 * 3600,
             max_body_bytes: 64 * 1024,
             workers: Some(1),
@@ -150,6 +166,13 @@ impl Settings {
         Duration::from_secs(self.keep_alive_secs)
     }
 
+    pub fn retention(&self) -> crate::bus::Retention {
+        crate::bus::Retention {
+            max_len: self.history_max_len,
+            max_age: Duration::from_secs(self.history_max_age_secs),
+        }
+    }
+
     /// One line describing the effective configuration, secrets left out.
     pub fn summary(&self) -> String {
         let redis = match &self.redis_url {
@@ -158,7 +181,8 @@ impl Settings {
         };
         format!(
             "host={} port={} redis={} dev_tokens={} jwt_secret={} publish_key={} keep_alive={}s \
-             stream_queue_size={} sse_retry={}ms token_ttl={}s max_body={}B workers={} log_format={:?}",
+             stream_queue_size={} history_max_len={} history_max_age={}s drain={}s sse_retry={}ms \
+             token_ttl={}s max_body={}B workers={} log_format={:?}",
             self.host,
             self.port,
             redis,
@@ -175,6 +199,9 @@ impl Settings {
             },
             self.keep_alive_secs,
             self.stream_queue_size,
+            self.history_max_len,
+            self.history_max_age_secs,
+            self.drain_secs,
             self.sse_retry_ms,
             self.token_ttl_secs,
             self.max_body_bytes,

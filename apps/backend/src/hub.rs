@@ -8,16 +8,56 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use actix_web_lab::sse;
-use events::Envelope;
+use bytestring::ByteString;
+use events::{Envelope, Position};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
-/// One encoded SSE frame, built once per event and cloned (cheaply: its strings are
-/// reference-counted) into every stream of the user.
-pub type Frame = sse::Event;
+/// What the hub queues on a stream.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A published event, encoded once and shared by every stream it goes to.
+    Event(Arc<Published>),
+    /// Events may have been missed (the Redis subscription reconnected or fell behind):
+    /// the stream should catch up from history.
+    CatchUp,
+}
+
+/// An event as the hub fans it out: its position and its `event:` and `data:` fields,
+/// already encoded. The `id:` is per stream (it carries the stream's whole cursor).
+#[derive(Debug)]
+pub struct Published {
+    pub broadcast: bool,
+    /// Absent for messages that bypassed the backend (a plain `PUBLISH`).
+    pub position: Option<Position>,
+    pub event_type: ByteString,
+    pub data: ByteString,
+}
+
+impl Published {
+    pub fn new(envelope: &Envelope) -> Self {
+        let json = serde_json::to_string(envelope).expect("an Envelope always serializes");
+        Self {
+            broadcast: envelope.is_broadcast(),
+            position: envelope.position(),
+            event_type: envelope.event_type.as_str().into(),
+            data: json.into(),
+        }
+    }
+
+    /// The SSE frame, with `id` if given.
+    pub fn frame(&self, id: Option<String>) -> sse::Event {
+        let data = sse::Data::new(self.data.clone()).event(self.event_type.clone());
+        match id {
+            Some(id) => data.id(id).into(),
+            None => data.into(),
+        }
+    }
+}
 
 /// The registry of open streams. A cheap `Clone` handle; every clone sees the same streams.
 ///
@@ -42,7 +82,7 @@ struct Shared {
 #[derive(Debug)]
 struct Entry {
     id: u64,
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Delivery>,
 }
 
 impl Hub {
@@ -59,8 +99,8 @@ impl Hub {
     }
 
     fn streams(&self) -> MutexGuard<'_, HashMap<String, Vec<Entry>>> {
-        // A panic while holding the lock cannot leave the map half-updated (every
-        // critical section is a single insert or removal), so a poisoned lock is usable.
+        // Every critical section is a single insert, removal or sweep, so a panic while
+        // holding the lock cannot leave the map half-updated: a poisoned lock is usable.
         self.shared
             .streams
             .lock()
@@ -68,7 +108,7 @@ impl Hub {
     }
 
     /// Registers a new stream for `user_id`. It receives every event delivered to that
-    /// user from now on, and unregisters itself when dropped.
+    /// user (and every broadcast) from now on, and unregisters itself when dropped.
     pub fn open(&self, user_id: &str) -> EventStream {
         let id = self.shared.next_stream_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.shared.queue_size);
@@ -93,21 +133,43 @@ impl Hub {
         }
     }
 
-    /// Queues `envelope` on every open stream of its user. Never waits: a stream whose
-    /// queue is full is closed instead, so one stalled client cannot hold up the others
-    /// or make this instance's memory grow.
+    /// Queues `envelope` on every open stream of its user, or on every stream for a
+    /// broadcast. Encodes it once. Never waits: a stream whose queue is full is closed
+    /// instead (its client resumes from history), so one stalled client cannot hold up
+    /// the others or make this instance's memory grow.
     pub fn deliver(&self, envelope: &Envelope) {
         let mut streams = self.streams();
-        let Some(entries) = streams.get_mut(&envelope.user_id) else {
-            return;
-        };
-        let frame = encode(envelope);
-        entries.retain(|entry| match entry.tx.try_send(frame.clone()) {
+        if envelope.is_broadcast() {
+            if streams.is_empty() {
+                return;
+            }
+            let delivery = Delivery::Event(Arc::new(Published::new(envelope)));
+            streams.retain(|user_id, entries| self.offer(user_id, entries, &delivery));
+        } else if let Some(entries) = streams.get_mut(&envelope.user_id) {
+            let delivery = Delivery::Event(Arc::new(Published::new(envelope)));
+            if !self.offer(&envelope.user_id, entries, &delivery) {
+                streams.remove(&envelope.user_id);
+            }
+        }
+    }
+
+    /// Tells every stream to catch up from history.
+    pub fn catch_up_all(&self) {
+        let mut streams = self.streams();
+        let count: usize = streams.values().map(Vec::len).sum();
+        streams.retain(|user_id, entries| self.offer(user_id, entries, &Delivery::CatchUp));
+        tracing::info!(streams = count, "streams told to catch up from history");
+    }
+
+    /// Queues `delivery` on each of `entries`, dropping those that are full or gone.
+    /// Returns whether any remain.
+    fn offer(&self, user_id: &str, entries: &mut Vec<Entry>, delivery: &Delivery) -> bool {
+        entries.retain(|entry| match entry.tx.try_send(delivery.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.shared.slow_closed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
-                    user_id = %envelope.user_id,
+                    user_id,
                     stream = entry.id,
                     "stream closed: its queue is full (the client stopped reading)"
                 );
@@ -116,18 +178,48 @@ impl Hub {
             // The stream is being dropped; its registration removes it.
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
-        if entries.is_empty() {
-            streams.remove(&envelope.user_id);
-        }
+        !entries.is_empty()
     }
 
-    /// Ends every stream, e.g. at shutdown: clients see the response end and reconnect.
+    /// Ends every stream at once, and any opened later: clients see the response end
+    /// and reconnect.
     pub fn close_all(&self) {
         let mut streams = self.streams();
         self.shared.closing.store(true, Ordering::Release);
         let closed = std::mem::take(&mut *streams);
         drop(streams);
         tracing::info!(users = closed.len(), "closed all streams");
+    }
+
+    /// Ends every stream, spread evenly over `window`, so that their clients reconnect
+    /// (elsewhere) gradually rather than all at once. Streams opened meanwhile end at once.
+    pub async fn drain(&self, window: Duration) {
+        const TICKS: u32 = 20;
+        let all: Vec<(String, u64)> = {
+            let streams = self.streams();
+            self.shared.closing.store(true, Ordering::Release);
+            streams
+                .iter()
+                .flat_map(|(user, entries)| entries.iter().map(|e| (user.clone(), e.id)))
+                .collect()
+        };
+        tracing::info!(streams = all.len(), ?window, "draining streams");
+        let per_tick = all.len().div_ceil(TICKS as usize).max(1);
+        for (i, batch) in all.chunks(per_tick).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(window / TICKS).await;
+            }
+            let mut streams = self.streams();
+            for (user_id, id) in batch {
+                if let Some(entries) = streams.get_mut(user_id) {
+                    entries.retain(|entry| entry.id != *id);
+                    if entries.is_empty() {
+                        streams.remove(user_id);
+                    }
+                }
+            }
+        }
+        self.close_all();
     }
 
     /// How many streams are open on this instance.
@@ -152,21 +244,10 @@ impl Hub {
     }
 }
 
-/// The SSE frame for an event: `id:` when the event has a position in its user's
-/// sequence, `event:` its type, `data:` the envelope as JSON.
-pub fn encode(envelope: &Envelope) -> Frame {
-    let json = serde_json::to_string(envelope).expect("an Envelope always serializes");
-    let data = sse::Data::new(json).event(envelope.event_type.clone());
-    match envelope.id {
-        Some(id) => data.id(id.to_string()).into(),
-        None => data.into(),
-    }
-}
-
-/// The receiving end of one stream. Ends when the hub closes it.
+/// The receiving end of one stream's queue. Ends when the hub closes it.
 #[derive(Debug)]
 pub struct EventStream {
-    rx: mpsc::Receiver<Frame>,
+    rx: mpsc::Receiver<Delivery>,
     registration: Registration,
 }
 
@@ -177,9 +258,9 @@ impl EventStream {
 }
 
 impl Stream for EventStream {
-    type Item = Frame;
+    type Item = Delivery;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
         self.rx.poll_recv(cx)
     }
 }
@@ -201,13 +282,22 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use events::BROADCAST_USER_ID;
     use futures_util::StreamExt;
     use serde_json::json;
 
     fn event(user: &str, id: u64) -> Envelope {
         Envelope {
             id: Some(id),
+            epoch: Some(1),
             ..Envelope::new(user, "test.happened", json!({"n": id}))
+        }
+    }
+
+    fn seq(delivery: Option<Delivery>) -> Option<u64> {
+        match delivery? {
+            Delivery::Event(published) => published.position.map(|p| p.seq),
+            Delivery::CatchUp => None,
         }
     }
 
@@ -217,24 +307,27 @@ mod tests {
         let mut first = hub.open("alice");
         let second = hub.open("alice");
         hub.deliver(&event("alice", 1));
-        assert!(first.next().await.is_some());
+        assert_eq!(seq(first.next().await), Some(1));
         drop(second);
         assert_eq!(hub.stream_count(), 1);
         hub.deliver(&event("alice", 2));
-        assert!(first.next().await.is_some());
+        assert_eq!(seq(first.next().await), Some(2));
     }
 
     #[tokio::test]
-    async fn users_are_isolated() {
+    async fn users_are_isolated_but_broadcasts_reach_everyone() {
         let hub = Hub::new(8);
         let mut alice = hub.open("alice");
-        let _bob = hub.open("bob");
+        let mut bob = hub.open("bob");
         hub.deliver(&event("bob", 1));
-        assert!(
-            tokio::time::timeout(std::time::Duration::from_millis(50), alice.next())
-                .await
-                .is_err()
+        hub.deliver(&event(BROADCAST_USER_ID, 7));
+        assert_eq!(
+            seq(alice.next().await),
+            Some(7),
+            "alice gets only the broadcast"
         );
+        assert_eq!(seq(bob.next().await), Some(1));
+        assert_eq!(seq(bob.next().await), Some(7));
     }
 
     #[tokio::test]
@@ -249,13 +342,13 @@ mod tests {
         assert_eq!(hub.slow_closed_count(), 1);
         assert_eq!(hub.stream_count(), 1);
         // The closed stream still yields what was queued, then ends.
-        assert!(stalled.next().await.is_some());
-        assert!(stalled.next().await.is_some());
+        assert_eq!(seq(stalled.next().await), Some(1));
+        assert_eq!(seq(stalled.next().await), Some(2));
         assert!(stalled.next().await.is_none());
     }
 
     #[tokio::test]
-    async fn close_all_ends_every_stream() {
+    async fn close_all_ends_every_stream_and_refuses_new_ones() {
         let hub = Hub::new(8);
         let mut stream = hub.open("alice");
         hub.close_all();
@@ -266,5 +359,24 @@ mod tests {
             late.next().await.is_none(),
             "no stream opens after close_all"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_spreads_closing_over_the_window() {
+        let hub = Hub::new(8);
+        let streams: Vec<_> = (0..40).map(|i| hub.open(&format!("user-{i}"))).collect();
+        let draining = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.drain(Duration::from_secs(2)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        let open = hub.stream_count();
+        assert!(
+            open > 0 && open < 40,
+            "half-way through, some are open: {open}"
+        );
+        draining.await.expect("drain completes");
+        assert_eq!(hub.stream_count(), 0);
+        drop(streams);
     }
 }

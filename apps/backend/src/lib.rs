@@ -7,8 +7,10 @@ pub mod auth;
 pub mod bus;
 mod clock;
 pub mod config;
+mod delivery;
 mod error;
 pub mod hub;
+pub mod readiness;
 mod redis;
 mod routes;
 pub mod snapshots;
@@ -16,6 +18,6 @@ mod state;
 pub mod store;
 pub mod telemetry;
 
-pub use app::Application;
+pub use app::{Application, Stop};
 pub use config::Settings;
 pub use error::ApiError;

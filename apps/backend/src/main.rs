@@ -1,7 +1,7 @@
 use std::net::TcpListener;
 
 use anyhow::Context;
-use backend::{Application, Settings, telemetry};
+use backend::{Application, Settings, Stop, telemetry};
 use clap::Parser;
 
 #[tokio::main]
@@ -18,12 +18,13 @@ async fn main() -> anyhow::Result<()> {
     app.run_until_stopped(shutdown_signal()).await
 }
 
-/// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM, asking for a graceful stop.
+async fn shutdown_signal() -> Stop {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
         _ = terminate.recv() => tracing::info!("received SIGTERM"),
     }
+    Stop::Graceful
 }

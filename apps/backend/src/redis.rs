@@ -25,8 +25,8 @@ pub struct Redis {
 
 impl Redis {
     /// Connects both clients. Fails if Redis cannot be reached now; once connected, both
-    /// reconnect forever with exponential backoff (100 ms doubling to 2 s), and the
-    /// subscriber re-subscribes to its channels after every reconnection.
+    /// reconnect forever with exponential backoff (100 ms doubling to 2 s). The bus's
+    /// relay re-subscribes after every reconnection (and then catches streams up).
     pub async fn connect(url: &str) -> Result<Self, Error> {
         let mut builder = Builder::from_config(Config::from_url(url)?);
         builder
@@ -44,7 +44,6 @@ impl Redis {
         let subscriber = builder.build_subscriber_client()?;
         client.init().await?;
         subscriber.init().await?;
-        let _resubscribing = subscriber.manage_subscriptions();
 
         log_connection_events("commands", &client);
         log_connection_events("subscriber", &subscriber);

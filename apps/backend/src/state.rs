@@ -3,7 +3,8 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    auth::Tokens, bus::Bus, config::Secret, hub::Hub, snapshots::SnapshotRequests, store::Store,
+    auth::Tokens, bus::Bus, config::Secret, hub::Hub, readiness::Readiness,
+    snapshots::SnapshotRequests, store::Store,
 };
 
 #[derive(Debug)]
@@ -18,6 +19,7 @@ pub struct AppState {
     pub bus: Arc<Bus>,
     pub store: Arc<Store>,
     pub snapshots: SnapshotRequests,
+    pub readiness: Arc<Readiness>,
     pub keep_alive: Duration,
     pub sse_retry: Duration,
 }

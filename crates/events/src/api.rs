@@ -117,14 +117,47 @@ pub struct StreamOpened {
     pub user_id: String,
 }
 
-/// `POST /api/publish`: an event for one user, in the original design's message shape.
+/// `POST /api/publish`: an event for one user, in the original design's message shape,
+/// or for everyone with `"broadcast": true` and no `userId`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PublishRequest {
-    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub broadcast: bool,
     pub event_type: String,
     #[serde(default)]
     pub data: serde_json::Value,
+}
+
+/// Which history a [`Resync`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ResyncScope {
+    User,
+    Broadcast,
+}
+
+/// The `data` of a `stream.resync` frame: events may have been missed and cannot be
+/// replayed, so the client should refetch whatever state it derives from them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resync {
+    pub scope: ResyncScope,
+    /// Why, for people: e.g. "history trimmed past the requested position".
+    pub reason: String,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    pub ready: bool,
+    pub server_id: String,
+    /// Why not ready, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `GET /healthz`.

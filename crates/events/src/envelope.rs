@@ -5,6 +5,12 @@ use serde::{Deserialize, Serialize};
 /// Kept from the original design so that its publishers keep working unchanged.
 pub const USER_EVENTS_CHANNEL: &str = "user-events";
 
+/// The Redis Pub/Sub channel that carries broadcast events, delivered to every stream.
+pub const SYSTEM_EVENTS_CHANNEL: &str = "system-events";
+
+/// The `userId` of a broadcast event. Not a valid user id, so it names no user.
+pub const BROADCAST_USER_ID: &str = "*";
+
 /// One event addressed to one user: the message on Redis and the JSON of each SSE `data:`.
 ///
 /// `userId`, `eventType` and `data` are exactly the original design's Redis message, so a
@@ -19,7 +25,10 @@ pub struct Envelope {
     /// bypassed the backend (a plain `PUBLISH user-events`), which are delivered live only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
-    /// The user whose streams receive the event.
+    /// The epoch of the history `id` counts in (see [`crate::Position`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// The user whose streams receive the event; [`BROADCAST_USER_ID`] for a broadcast.
     pub user_id: String,
     /// The event's name, sent as the SSE `event:` field (see [`crate::event_type`]).
     pub event_type: String,
@@ -35,6 +44,16 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// Whether this event goes to every stream rather than one user's.
+    pub fn is_broadcast(&self) -> bool {
+        self.user_id == BROADCAST_USER_ID
+    }
+
+    /// The event's position in its history, if it has one.
+    pub fn position(&self) -> Option<crate::Position> {
+        Some(crate::Position::new(self.epoch?, self.id?))
+    }
+
     /// A new event for `user_id`, not yet published.
     pub fn new(
         user_id: impl Into<String>,
@@ -43,6 +62,7 @@ impl Envelope {
     ) -> Self {
         Self {
             id: None,
+            epoch: None,
             user_id: user_id.into(),
             event_type: event_type.into(),
             data,
@@ -76,6 +96,7 @@ mod tests {
     fn round_trips_with_camel_case_keys() {
         let envelope = Envelope {
             id: Some(7),
+            epoch: Some(1_764_000_000_000),
             user_id: "alice".into(),
             event_type: "orders.shipped".into(),
             data: json!({"orderId": 42, "items": []}),
@@ -89,6 +110,11 @@ mod tests {
         assert_eq!(value["eventType"], "orders.shipped");
         assert_eq!(value["serverId"], "backend-2");
         assert_eq!(value["publishedAt"], 1_764_000_000_123_u64);
+        assert_eq!(value["epoch"], 1_764_000_000_000_u64);
+        assert_eq!(
+            envelope.position(),
+            Some(crate::Position::new(1_764_000_000_000, 7))
+        );
         assert_eq!(
             serde_json::from_str::<Envelope>(&text).expect("parses"),
             envelope
@@ -103,6 +129,7 @@ mod tests {
             .expect("serializes");
         assert!(text.starts_with(r#"{"userId":"u""#), "{text}");
         assert!(!text.contains(r#""id""#));
+        assert!(!text.contains(r#""epoch""#));
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub const SNAPSHOTS_GENERATE: &str = "snapshots.generate";
 /// Sent by the server as the first frame of every stream, with [`crate::StreamOpened`].
 pub const STREAM_OPENED: &str = "stream.opened";
 
+/// Sent by the server when it cannot replay what a stream missed (the history was
+/// trimmed or lost): the client should refetch its state. Data: [`crate::Resync`].
+pub const STREAM_RESYNC: &str = "stream.resync";
+
 /// The domain reserved for the server's own frames.
 pub const RESERVED_DOMAIN: &str = "stream";
 
@@ -43,7 +47,12 @@ mod tests {
 
     #[test]
     fn known_names_follow_the_rule() {
-        for name in [SNAPSHOTS_GENERATED, SNAPSHOTS_GENERATE, STREAM_OPENED] {
+        for name in [
+            SNAPSHOTS_GENERATED,
+            SNAPSHOTS_GENERATE,
+            STREAM_OPENED,
+            STREAM_RESYNC,
+        ] {
             assert!(is_well_formed(name), "{name}");
         }
         assert!(is_publishable(SNAPSHOTS_GENERATED));

@@ -7,14 +7,16 @@
 //! browser client share one definition.
 
 mod api;
+mod cursor;
 mod envelope;
 pub mod event_type;
 mod user_id;
 
 pub use api::{
     Account, CreateAccountRequest, ErrorBody, ErrorDetail, Health, MAX_ACCOUNT_NAME_CHARS,
-    PublishRequest, Snapshot, SnapshotsGenerated, StreamOpened, TokenRequest, TokenResponse,
-    ValidationError,
+    PublishRequest, Readiness, Resync, ResyncScope, Snapshot, SnapshotsGenerated, StreamOpened,
+    TokenRequest, TokenResponse, ValidationError,
 };
-pub use envelope::{Envelope, USER_EVENTS_CHANNEL};
+pub use cursor::{BadCursor, Cursor, Position};
+pub use envelope::{BROADCAST_USER_ID, Envelope, SYSTEM_EVENTS_CHANNEL, USER_EVENTS_CHANNEL};
 pub use user_id::{MAX_USER_ID_CHARS, validate_user_id};

@@ -1,39 +1,132 @@
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Mutex, PoisonError},
 };
 
-use events::Envelope;
+use events::{Envelope, Position};
 
+use super::{HistoryRead, Retention, Topic, now_millis};
 use crate::hub::Hub;
 
-/// The single-node bus: publishing delivers straight to this instance's hub.
+/// The single-node bus: publishing appends to an in-memory ring per topic and delivers
+/// straight to this instance's hub.
 #[derive(Debug)]
 pub struct LocalBus {
     hub: Hub,
-    /// The last sequence number given to each user's events.
-    sequences: Mutex<HashMap<String, u64>>,
+    retention: Retention,
+    /// The epoch of every history here: this process's start. A restarted node has lost
+    /// its histories, and its new epoch tells returning clients so.
+    epoch: u64,
+    histories: Mutex<HashMap<Topic, Ring>>,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    last_seq: u64,
+    events: VecDeque<Envelope>,
 }
 
 impl LocalBus {
-    pub fn new(hub: Hub) -> Self {
+    pub fn new(hub: Hub, retention: Retention) -> Self {
         Self {
             hub,
-            sequences: Mutex::new(HashMap::new()),
+            retention,
+            epoch: now_millis(),
+            histories: Mutex::new(HashMap::new()),
         }
     }
 
+    pub(super) fn retention(&self) -> Retention {
+        self.retention
+    }
+
     pub(super) fn publish(&self, mut envelope: Envelope) -> Envelope {
-        // Numbering and delivery happen under one lock, so that concurrent publishers
-        // for one user deliver in the order of their sequence numbers.
-        let mut sequences = self
-            .sequences
+        // Numbering, appending and delivery happen under one lock, so that concurrent
+        // publishers to one topic deliver in the order of their sequence numbers.
+        let mut histories = self
+            .histories
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let sequence = sequences.entry(envelope.user_id.clone()).or_insert(0);
-        *sequence += 1;
-        envelope.id = Some(*sequence);
+        let ring = histories.entry(Topic::of(&envelope)).or_default();
+        ring.last_seq += 1;
+        envelope.id = Some(ring.last_seq);
+        envelope.epoch = Some(self.epoch);
+        ring.events.push_back(envelope.clone());
+        self.trim(ring);
         self.hub.deliver(&envelope);
         envelope
+    }
+
+    pub(super) fn read(&self, topic: &Topic, after: u64, limit: usize) -> HistoryRead {
+        let mut histories = self
+            .histories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(ring) = histories.get_mut(topic) else {
+            return HistoryRead::default();
+        };
+        self.trim(ring);
+        HistoryRead {
+            head: Position::new(self.epoch, ring.last_seq),
+            oldest: ring.events.front().and_then(|e| e.id).unwrap_or(0),
+            events: ring
+                .events
+                .iter()
+                .filter(|e| e.id.is_some_and(|id| id > after))
+                .take(limit)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn trim(&self, ring: &mut Ring) {
+        let max_age_ms = u64::try_from(self.retention.max_age.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now_millis().saturating_sub(max_age_ms);
+        while ring.events.len() as u64 > self.retention.max_len
+            || ring
+                .events
+                .front()
+                .is_some_and(|e| e.published_at.unwrap_or(0) < cutoff)
+        {
+            ring.events.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use serde_json::Value;
+
+    fn bus(max_len: u64) -> LocalBus {
+        let retention = Retention {
+            max_len,
+            max_age: Duration::from_secs(60),
+        };
+        LocalBus::new(Hub::new(8), retention)
+    }
+
+    fn publish(bus: &LocalBus, user: &str) -> Envelope {
+        let mut envelope = Envelope::new(user, "a.b", Value::Null);
+        envelope.published_at = Some(now_millis());
+        bus.publish(envelope)
+    }
+
+    #[test]
+    fn numbers_each_topic_separately_and_keeps_a_capped_history() {
+        let bus = bus(3);
+        for _ in 0..5 {
+            publish(&bus, "alice");
+        }
+        assert_eq!(publish(&bus, "bob").id, Some(1));
+
+        let read = bus.read(&Topic::User("alice".into()), 3, 10);
+        assert_eq!(read.head, Position::new(bus.epoch, 5));
+        assert_eq!(read.oldest, 3, "only the last 3 are kept");
+        let ids: Vec<_> = read.events.iter().filter_map(|e| e.id).collect();
+        assert_eq!(ids, [4, 5]);
+        assert_eq!(bus.read(&Topic::Broadcast, 0, 10), HistoryRead::default());
     }
 }

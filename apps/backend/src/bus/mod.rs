@@ -1,14 +1,16 @@
 //! Carries events from the instance that accepts them to every instance holding a stream
-//! of their user. Two implementations behind one interface: Redis Pub/Sub when Redis is
-//! configured, an in-process channel on a single node. Nothing above the bus knows which
-//! one runs.
+//! of their user, and keeps each history so a stream can replay what it missed.
+//!
+//! Two implementations behind one interface: Redis (Streams for history, Pub/Sub for
+//! fan-out) when Redis is configured, and an in-process one on a single node. Nothing
+//! above the bus knows which one runs.
 
 mod local;
 mod redis;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use events::Envelope;
+use events::{BROADCAST_USER_ID, Envelope, Position};
 
 pub use self::{
     local::LocalBus,
@@ -21,27 +23,89 @@ pub enum Bus {
     Redis(RedisBus),
 }
 
+/// One history: a user's own events, or the broadcast events.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    User(String),
+    Broadcast,
+}
+
+impl Topic {
+    pub fn of(envelope: &Envelope) -> Self {
+        if envelope.is_broadcast() {
+            Self::Broadcast
+        } else {
+            Self::User(envelope.user_id.clone())
+        }
+    }
+
+    /// The `userId` events of this topic carry.
+    fn user_id(&self) -> &str {
+        match self {
+            Self::User(user_id) => user_id,
+            Self::Broadcast => BROADCAST_USER_ID,
+        }
+    }
+}
+
+/// How much history is kept per topic: both limits apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_len: u64,
+    pub max_age: Duration,
+}
+
+/// A topic's history as read at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistoryRead {
+    /// The current epoch and the last sequence number given; epoch 0: no history.
+    pub head: Position,
+    /// The oldest sequence number still kept; 0 when nothing is kept.
+    pub oldest: u64,
+    /// The kept events after the sequence number asked for, in order (at most the
+    /// number asked for).
+    pub events: Vec<Envelope>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
+    #[error("redis returned an unexpected reply: {0}")]
+    Reply(String),
 }
 
 impl Bus {
-    /// Publishes `envelope` to its user's streams on every instance. Stamps the event
-    /// with this instance's id, the time, and its position in the user's sequence, and
-    /// returns it as delivered.
+    /// Publishes `envelope` to its user's streams (or to every stream, for a broadcast)
+    /// on every instance, and appends it to the topic's history. Stamps it with this
+    /// instance's id, the time, and its epoch and position in the topic's sequence, all
+    /// in one atomic step; returns it as delivered.
     pub async fn publish(
         &self,
         mut envelope: Envelope,
         server_id: &str,
     ) -> Result<Envelope, BusError> {
         envelope.id = None;
+        envelope.epoch = None;
         envelope.server_id = Some(server_id.to_string());
         envelope.published_at = Some(now_millis());
         match self {
             Self::Local(bus) => Ok(bus.publish(envelope)),
             Self::Redis(bus) => bus.publish(envelope).await,
+        }
+    }
+
+    /// The head of `topic`'s history, and up to `limit` kept events after sequence
+    /// number `after`.
+    pub async fn read(
+        &self,
+        topic: &Topic,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryRead, BusError> {
+        match self {
+            Self::Local(bus) => Ok(bus.read(topic, after, limit)),
+            Self::Redis(bus) => bus.read(topic, after, limit).await,
         }
     }
 
@@ -52,9 +116,16 @@ impl Bus {
             Self::Redis(_) => "redis",
         }
     }
+
+    pub fn retention(&self) -> Retention {
+        match self {
+            Self::Local(bus) => bus.retention(),
+            Self::Redis(bus) => bus.retention(),
+        }
+    }
 }
 
-fn now_millis() -> u64 {
+pub(crate) fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -1,12 +1,26 @@
 use actix_web::{HttpResponse, web};
-use events::Health;
+use events::{Health, Readiness};
 
 use crate::state::AppState;
 
-/// `GET /healthz`: the process is up and serving.
+/// `GET /healthz`: the process is up and serving (says nothing of Redis: see `/readyz`).
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(Health {
         status: "ok".into(),
         server_id: state.server_id.clone(),
+    })
+}
+
+/// `GET /readyz`: whether load balancers should send traffic here. 503 while draining or
+/// while the Redis subscription probe is not coming back; always ready on a single node.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let (mut response, reason) = match state.readiness.check() {
+        Ok(()) => (HttpResponse::Ok(), None),
+        Err(reason) => (HttpResponse::ServiceUnavailable(), Some(reason.to_string())),
+    };
+    response.json(Readiness {
+        ready: reason.is_none(),
+        server_id: state.server_id.clone(),
+        reason,
     })
 }

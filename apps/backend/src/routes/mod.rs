@@ -9,7 +9,7 @@ mod token;
 
 use actix_web::web;
 
-pub use health::healthz;
+pub use health::{healthz, readyz};
 
 /// Mounts everything under `/api`.
 pub fn api(cfg: &mut web::ServiceConfig) {

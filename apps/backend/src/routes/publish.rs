@@ -1,11 +1,12 @@
 use actix_web::{HttpResponse, web};
-use events::{Envelope, PublishRequest, ValidationError, event_type};
+use events::{BROADCAST_USER_ID, Envelope, PublishRequest, ValidationError, event_type};
 
 use crate::{auth::Publisher, error::ApiError, state::AppState};
 
-/// `POST /api/publish`: how other services publish an event to a user. Answers 202 with
-/// the event as it will be delivered (its id, server id and publication time).
-#[tracing::instrument(skip_all, fields(user_id = %body.user_id, event_type = %body.event_type))]
+/// `POST /api/publish`: how other services publish an event to a user, or to everyone
+/// (`"broadcast": true`). Answers 202 with the event as it will be delivered (its id,
+/// epoch, server id and publication time) once it is in the history and on its way.
+#[tracing::instrument(skip_all, fields(event_type = %body.event_type))]
 pub async fn publish(
     _publisher: Publisher,
     state: web::Data<AppState>,
@@ -13,25 +14,42 @@ pub async fn publish(
 ) -> Result<HttpResponse, ApiError> {
     let PublishRequest {
         user_id,
+        broadcast,
         event_type,
         data,
     } = body.into_inner();
-    events::validate_user_id(&user_id).map_err(|message| ValidationError {
-        field: "userId",
-        message: message.to_string(),
-    })?;
-    if !event_type::is_publishable(&event_type) {
-        return Err(ValidationError {
-            field: "eventType",
-            message: "must be lowercase dot-separated segments like `orders.shipped`, at most \
-                      64 bytes, outside the reserved `stream.` domain"
-                .into(),
+    let recipient = match (user_id, broadcast) {
+        (Some(_), true) => {
+            return Err(invalid(
+                "userId",
+                "give either userId or broadcast: true, not both",
+            ));
         }
-        .into());
+        (None, false) => return Err(invalid("userId", "is required (or broadcast: true)")),
+        (None, true) => BROADCAST_USER_ID.to_string(),
+        (Some(user_id), false) => {
+            events::validate_user_id(&user_id).map_err(|message| invalid("userId", message))?;
+            user_id
+        }
+    };
+    if !event_type::is_publishable(&event_type) {
+        return Err(invalid(
+            "eventType",
+            "must be lowercase dot-separated segments like `orders.shipped`, at most 64 bytes, \
+             outside the reserved `stream.` domain",
+        ));
     }
     let envelope = state
         .bus
-        .publish(Envelope::new(user_id, event_type, data), &state.server_id)
+        .publish(Envelope::new(recipient, event_type, data), &state.server_id)
         .await?;
     Ok(HttpResponse::Accepted().json(envelope))
+}
+
+fn invalid(field: &'static str, message: &str) -> ApiError {
+    ValidationError {
+        field,
+        message: message.to_string(),
+    }
+    .into()
 }

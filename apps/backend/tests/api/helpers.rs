@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use backend::{Application, Settings, config::Secret};
+use backend::{Application, Settings, Stop, config::Secret, hub::Hub};
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 use tokio::{
@@ -26,32 +26,50 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A private redis-server on a free loopback port, without persistence; killed on drop.
 pub struct RedisServer {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
-        let port = free_port();
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Starts (again) on the same port, empty, and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.stop();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed: run `bash .ci/setup`");
-        let server = Self { child, port };
+        self.child = Some(child);
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            if let Ok(reply) = server.command(&["PING"]).await
+            if let Ok(reply) = self.command(&["PING"]).await
                 && reply == "+PONG"
             {
-                return server;
+                return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "redis-server did not start"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the server (its data is gone: it has no persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -76,8 +94,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -102,7 +119,8 @@ pub struct TestApp {
     pub address: String,
     pub server_id: String,
     pub client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
+    pub hub: Hub,
+    stop: Option<oneshot::Sender<Stop>>,
     running: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -117,23 +135,35 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         .expect("the application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let server_id = app.server_id().to_string();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let hub = app.hub();
+    let (stop, stopped) = oneshot::channel::<Stop>();
+    let running =
+        tokio::spawn(app.run_until_stopped(async { stopped.await.unwrap_or(Stop::Graceful) }));
     TestApp {
         address,
         server_id,
         client: reqwest::Client::new(),
+        hub,
         stop: Some(stop),
         running: Some(running),
     }
 }
 
 impl TestApp {
-    /// Shuts the instance down and waits until it has stopped.
-    pub async fn stop(mut self) {
-        self.stop.take();
+    /// Shuts the instance down gracefully (as on SIGTERM) and waits until it has stopped.
+    pub async fn stop(self) {
+        self.shut_down(Stop::Graceful).await;
+    }
+
+    /// Drops every connection at once, as a crash would, and waits until it has stopped.
+    pub async fn kill(self) {
+        self.shut_down(Stop::Abort).await;
+    }
+
+    async fn shut_down(mut self, how: Stop) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(how);
+        }
         if let Some(running) = self.running.take() {
             tokio::time::timeout(PATIENCE, running)
                 .await
@@ -210,12 +240,19 @@ impl TestApp {
     /// Opens a stream (token in the query, as a browser's EventSource sends it) and
     /// reads up to its `stream.opened` frame, after which it is sure to receive events.
     pub async fn open_stream(&self, token: &str) -> SseStream {
-        let response = self
+        self.resume_stream(token, None).await
+    }
+
+    /// Opens a stream that resumes after `last_event_id`.
+    pub async fn resume_stream(&self, token: &str, last_event_id: Option<&str>) -> SseStream {
+        let mut request = self
             .client
-            .get(self.url(&format!("/api/events?token={token}")))
-            .send()
-            .await
-            .expect("stream request is sent");
+            .get(self.url("/api/events"))
+            .query(&[("token", token)]);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.expect("stream request is sent");
         assert_eq!(response.status(), 200, "stream opened");
         let mut stream = SseStream::new(response);
         let opened = stream.next_event().await;
@@ -230,6 +267,130 @@ impl Drop for TestApp {
         // Dropping the sender stops the instance.
         self.stop.take();
     }
+}
+
+/// An event as a client saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub event: String,
+    pub envelope: Value,
+}
+
+impl Received {
+    /// The `n` a test put in the event's data.
+    pub fn n(&self) -> Option<u64> {
+        self.envelope["data"]["n"].as_u64()
+    }
+}
+
+/// Follows a user's stream the way a browser's EventSource does: when the stream ends
+/// or cannot be opened, it reconnects after a short pause with its last event id,
+/// trying `addresses` in turn. Records every event (not `stream.opened`) until `done`
+/// says so or `deadline` passes; returns what it saw and how many times it connected.
+pub async fn follow(
+    addresses: Vec<String>,
+    token: String,
+    deadline: Duration,
+    done: impl Fn(&[Received]) -> bool,
+) -> (Vec<Received>, usize) {
+    let client = reqwest::Client::new();
+    let until = tokio::time::Instant::now() + deadline;
+    let mut received: Vec<Received> = Vec::new();
+    let mut last_id: Option<String> = None;
+    let mut connections = 0;
+    let mut next = 0;
+    while !done(&received) && tokio::time::Instant::now() < until {
+        let address = &addresses[next % addresses.len()];
+        next += 1;
+        let mut request = client
+            .get(format!("{address}/api/events"))
+            .query(&[("token", token.as_str())]);
+        if let Some(id) = &last_id {
+            request = request.query(&[("lastEventId", id.as_str())]);
+        }
+        let response = match tokio::time::timeout_at(until, request.send()).await {
+            Ok(Ok(response)) if response.status() == 200 => response,
+            _ => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        connections += 1;
+        let mut stream = SseStream::new(response);
+        loop {
+            if done(&received) {
+                break;
+            }
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            match stream.next_frame_within(left).await {
+                Some(Some(frame)) => {
+                    if frame.id.is_some() {
+                        last_id.clone_from(&frame.id);
+                    }
+                    if let Some(event) = frame.event.clone()
+                        && event != "stream.opened"
+                    {
+                        received.push(Received {
+                            event,
+                            envelope: frame.json(),
+                        });
+                    }
+                }
+                // Ended (or timed out): reconnect.
+                Some(None) | None => break,
+            }
+        }
+    }
+    (received, connections)
+}
+
+/// Publishes `count` events `{"n": first..}` of type `test.counted` to `user_id`, in
+/// order, through `addresses` in turn, retrying each until it is accepted (a 503 while
+/// Redis is away is expected). Returns the `n`s accepted, in order.
+pub async fn publish_counted(
+    addresses: Vec<String>,
+    user_id: String,
+    first: u64,
+    count: u64,
+    pause: Duration,
+) -> Vec<u64> {
+    let client = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for (i, n) in (first..first + count).enumerate() {
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publishing took too long"
+            );
+            let address = &addresses[i % addresses.len()];
+            let response = client
+                .post(format!("{address}/api/publish"))
+                .bearer_auth(PUBLISH_KEY)
+                .json(&json!({"userId": user_id, "eventType": "test.counted", "data": {"n": n}}))
+                .send()
+                .await;
+            match response {
+                Ok(r) if r.status() == 202 => break,
+                Ok(r) if r.status() == 503 => {}
+                Ok(r) => panic!("publish refused: {}", r.status()),
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        accepted.push(n);
+        tokio::time::sleep(pause).await;
+    }
+    accepted
+}
+
+/// The `n`s of the `test.counted` events in `received`, in order.
+pub fn counted(received: &[Received]) -> Vec<u64> {
+    received
+        .iter()
+        .filter(|r| r.event == "test.counted")
+        .filter_map(Received::n)
+        .collect()
 }
 
 /// One SSE frame: an event, a bare `retry:`, or a comment.

@@ -4,6 +4,7 @@
 mod accounts;
 mod delivery;
 mod helpers;
+mod no_loss;
 mod publish;
 mod single_node;
 mod stream;

@@ -32,8 +32,9 @@ async fn stream_starts_with_retry_then_carries_named_events_with_ids() {
     let opened = stream.next_event().await;
     assert_eq!(opened.event.as_deref(), Some("stream.opened"));
     assert_eq!(
-        opened.id, None,
-        "the opening frame does not move the resume position"
+        opened.id.as_deref(),
+        Some("0-0.0-0"),
+        "the opening frame carries the cursor: no history yet"
     );
     assert_eq!(opened.json()["data"]["serverId"], app.server_id.as_str());
 
@@ -44,7 +45,12 @@ async fn stream_starts_with_retry_then_carries_named_events_with_ids() {
 
     let event = stream.next_event().await;
     assert_eq!(event.event.as_deref(), Some("orders.shipped"));
-    assert_eq!(event.id.as_deref(), Some("1"));
+    let epoch = accepted["epoch"].as_u64().expect("an epoch");
+    assert_eq!(
+        event.id,
+        Some(format!("{epoch}-1.0-0")),
+        "the cursor after this event"
+    );
     let envelope = event.json();
     assert_eq!(envelope["userId"], "alice");
     assert_eq!(envelope["eventType"], "orders.shipped");
@@ -58,11 +64,13 @@ async fn stream_starts_with_retry_then_carries_named_events_with_ids() {
 
     app.publish("alice", "orders.shipped", json!({"orderId": 8}))
         .await;
+    let second = stream.next_event().await;
     assert_eq!(
-        stream.next_event().await.id.as_deref(),
-        Some("2"),
+        second.id,
+        Some(format!("{epoch}-2.0-0")),
         "ids count up per user"
     );
+    assert_eq!(second.json()["id"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

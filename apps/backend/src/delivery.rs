@@ -1,0 +1,326 @@
+//! What one stream sends: where it resumes, what it replays, and how it keeps its
+//! sequence whole while live.
+//!
+//! Each stream holds a [`Cursor`]: the last position it sent in the user's history and in
+//! the broadcast history. Every frame's `id:` is the cursor after that frame, so the
+//! browser's `Last-Event-ID` is always exactly where to resume. The stream is registered
+//! with the hub *before* history is read, so nothing published in between is lost; what
+//! arrives twice (in history and live) is dropped by sequence number; a live event that
+//! skips ahead (a Pub/Sub message was lost) makes the stream fetch the missing ones from
+//! history first. When history cannot fill a gap, the stream says so with a
+//! `stream.resync` frame: loss is never silent.
+
+use std::sync::Arc;
+
+use actix_web_lab::sse;
+use events::{Cursor, Envelope, Position, Resync, ResyncScope, event_type};
+use futures_util::{Stream, StreamExt};
+
+use crate::{
+    bus::{Bus, BusError, HistoryRead, Topic},
+    hub::{Delivery, EventStream, Published},
+};
+
+/// The context a stream runs in.
+#[derive(Debug, Clone)]
+pub struct StreamContext {
+    pub bus: Arc<Bus>,
+    pub user_id: String,
+    pub server_id: String,
+}
+
+impl StreamContext {
+    fn topic(&self, scope: ResyncScope) -> Topic {
+        match scope {
+            ResyncScope::User => Topic::User(self.user_id.clone()),
+            ResyncScope::Broadcast => Topic::Broadcast,
+        }
+    }
+
+    /// At most this many events are read from history at once: all that is kept.
+    fn read_limit(&self) -> usize {
+        usize::try_from(self.bus.retention().max_len).unwrap_or(usize::MAX)
+    }
+
+    /// Brings `cursor`'s position in `scope` up to the head of that history, returning
+    /// the frames to send on the way (a resync, replayed events), each carrying the
+    /// cursor as it stands after it.
+    pub async fn catch_up(
+        &self,
+        cursor: &mut Cursor,
+        scope: ResyncScope,
+    ) -> Result<Vec<sse::Event>, BusError> {
+        let topic = self.topic(scope);
+        let at = position(cursor, scope);
+        let mut step = reconcile(at, &self.bus.read(&topic, at.seq, self.read_limit()).await?);
+        if step.reread_from_start {
+            let again = reconcile(step.to, &self.bus.read(&topic, 0, self.read_limit()).await?);
+            step = Step {
+                resync: step.resync.or(again.resync),
+                ..again
+            };
+        }
+
+        let mut frames = Vec::with_capacity(step.replay.len() + 1);
+        if let Some(reason) = step.resync {
+            *position_mut(cursor, scope) = step.resync_to;
+            frames.push(self.resync_frame(scope, reason, cursor));
+            tracing::info!(user_id = %self.user_id, ?scope, reason, "stream resynchronised");
+        }
+        for envelope in &step.replay {
+            if let Some(p) = envelope.position() {
+                *position_mut(cursor, scope) = p;
+                frames.push(Published::new(envelope).frame(Some(cursor.to_string())));
+            }
+        }
+        *position_mut(cursor, scope) = step.to;
+        Ok(frames)
+    }
+
+    /// The head of `scope`'s history: where a stream that asks for nothing starts.
+    pub async fn head(&self, scope: ResyncScope) -> Result<Position, BusError> {
+        Ok(self.bus.read(&self.topic(scope), u64::MAX, 0).await?.head)
+    }
+
+    pub fn resync_frame(&self, scope: ResyncScope, reason: &str, cursor: &Cursor) -> sse::Event {
+        let data = Resync {
+            scope,
+            reason: reason.to_string(),
+        };
+        let envelope = Envelope {
+            server_id: Some(self.server_id.clone()),
+            ..Envelope::new(
+                self.user_id.clone(),
+                event_type::STREAM_RESYNC,
+                serde_json::to_value(data).expect("Resync serializes"),
+            )
+        };
+        Published::new(&envelope).frame(Some(cursor.to_string()))
+    }
+
+    /// The live part of a stream: every delivery from the hub, deduplicated and made
+    /// contiguous against `cursor`. Ends when the hub closes the stream, or when history
+    /// is needed but cannot be read (the client then resumes from its last id).
+    pub fn live(
+        self,
+        mut deliveries: EventStream,
+        mut cursor: Cursor,
+    ) -> impl Stream<Item = sse::Event> {
+        async_stream::stream! {
+            while let Some(delivery) = deliveries.next().await {
+                // Past this match only the rare paths remain: catching up from history.
+                let scopes = match &delivery {
+                    Delivery::CatchUp => vec![ResyncScope::User, ResyncScope::Broadcast],
+                    Delivery::Event(published) => {
+                        let scope = if published.broadcast { ResyncScope::Broadcast } else { ResyncScope::User };
+                        match published.position {
+                            // Bypassed the backend: no position, delivered as it is.
+                            None => {
+                                yield published.frame(None);
+                                continue;
+                            }
+                            Some(p) => {
+                                let at = position(&cursor, scope);
+                                if p.epoch == at.epoch && p.seq <= at.seq {
+                                    continue; // Already sent (from history, at the seam).
+                                }
+                                if p.epoch == at.epoch && p.seq == at.seq + 1 {
+                                    *position_mut(&mut cursor, scope) = p;
+                                    yield published.frame(Some(cursor.to_string()));
+                                    continue;
+                                }
+                                // A gap, or a new epoch: history has what is missing,
+                                // this event included.
+                                vec![scope]
+                            }
+                        }
+                    }
+                };
+                for scope in scopes {
+                    match self.catch_up(&mut cursor, scope).await {
+                        Ok(frames) => for frame in frames { yield frame; },
+                        Err(error) => {
+                            tracing::warn!(user_id = %self.user_id, %error, "cannot read history; closing the stream so the client resumes");
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn position(cursor: &Cursor, scope: ResyncScope) -> Position {
+    match scope {
+        ResyncScope::User => cursor.user,
+        ResyncScope::Broadcast => cursor.broadcast,
+    }
+}
+
+fn position_mut(cursor: &mut Cursor, scope: ResyncScope) -> &mut Position {
+    match scope {
+        ResyncScope::User => &mut cursor.user,
+        ResyncScope::Broadcast => &mut cursor.broadcast,
+    }
+}
+
+/// One step from a position towards the head of a history.
+#[derive(Debug, Clone, PartialEq)]
+struct Step {
+    /// Why events between the position and the head cannot all be replayed.
+    resync: Option<&'static str>,
+    /// Where the position stands right after the resync frame, if any.
+    resync_to: Position,
+    /// Events to send, in order.
+    replay: Vec<Envelope>,
+    /// Where the position stands after the replay.
+    to: Position,
+    /// The history is of another epoch: read it again from its start, from `to`.
+    reread_from_start: bool,
+}
+
+/// Decides how a stream at `at` reaches the head of `read`, a read of the history after
+/// `at.seq`. Pure, so every case is tested below.
+fn reconcile(at: Position, read: &HistoryRead) -> Step {
+    let head = read.head;
+    let done = |resync: Option<&'static str>, to: Position| Step {
+        resync,
+        resync_to: to,
+        replay: Vec::new(),
+        to,
+        reread_from_start: false,
+    };
+    if head.epoch == 0 {
+        // Nothing has been published, or the history is gone.
+        let lost = at.seq > 0;
+        return done(lost.then_some("history lost"), Position::default());
+    }
+    let same_life = at.epoch == head.epoch || at == Position::default();
+    if !same_life {
+        let start = Position::new(head.epoch, 0);
+        return Step {
+            reread_from_start: true,
+            ..done(Some("history restarted"), start)
+        };
+    }
+    let at = Position::new(head.epoch, at.seq);
+    if at.seq > head.seq {
+        return done(Some("cursor is ahead of the history"), head);
+    }
+    if at.seq == head.seq {
+        return done(None, at);
+    }
+    if read.oldest == 0 || read.oldest > at.seq + 1 {
+        return done(Some("history trimmed past the requested position"), head);
+    }
+    let replay: Vec<Envelope> = read
+        .events
+        .iter()
+        .filter(|e| e.id.is_some_and(|id| id > at.seq && id <= head.seq))
+        .cloned()
+        .collect();
+    let to = replay.last().and_then(Envelope::position).unwrap_or(at);
+    Step {
+        resync: None,
+        resync_to: at,
+        replay,
+        to,
+        reread_from_start: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    const E: u64 = 1_000;
+
+    fn history(epoch: u64, oldest: u64, head: u64, after: u64) -> HistoryRead {
+        HistoryRead {
+            head: Position::new(epoch, head),
+            oldest,
+            events: (oldest.max(after + 1)..=head)
+                .filter(|_| oldest > 0)
+                .map(|id| Envelope {
+                    id: Some(id),
+                    epoch: Some(epoch),
+                    ..Envelope::new("u", "a.b", Value::Null)
+                })
+                .collect(),
+        }
+    }
+
+    fn ids(step: &Step) -> Vec<u64> {
+        step.replay.iter().filter_map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn replays_what_was_missed_in_order() {
+        let step = reconcile(Position::new(E, 3), &history(E, 1, 6, 3));
+        assert_eq!(step.resync, None);
+        assert_eq!(ids(&step), [4, 5, 6]);
+        assert_eq!(step.to, Position::new(E, 6));
+    }
+
+    #[test]
+    fn an_up_to_date_cursor_replays_nothing() {
+        let step = reconcile(Position::new(E, 6), &history(E, 1, 6, 6));
+        assert_eq!(
+            (step.resync, ids(&step), step.to),
+            (None, vec![], Position::new(E, 6))
+        );
+    }
+
+    #[test]
+    fn a_cursor_from_before_any_history_replays_it_all() {
+        let step = reconcile(Position::default(), &history(E, 1, 2, 0));
+        assert_eq!((step.resync, ids(&step)), (None, vec![1, 2]));
+    }
+
+    #[test]
+    fn trimmed_history_means_resync_at_the_head() {
+        let step = reconcile(Position::new(E, 2), &history(E, 5, 9, 2));
+        assert_eq!(
+            step.resync,
+            Some("history trimmed past the requested position")
+        );
+        assert!(step.replay.is_empty());
+        assert_eq!(step.to, Position::new(E, 9));
+
+        let expired = HistoryRead {
+            head: Position::new(E, 9),
+            oldest: 0,
+            events: vec![],
+        };
+        assert!(reconcile(Position::new(E, 2), &expired).resync.is_some());
+    }
+
+    #[test]
+    fn another_epoch_means_resync_then_the_new_history_from_its_start() {
+        let step = reconcile(Position::new(E, 40), &history(E + 1, 1, 3, 40));
+        assert_eq!(step.resync, Some("history restarted"));
+        assert!(step.reread_from_start);
+        assert_eq!(step.to, Position::new(E + 1, 0));
+        let again = reconcile(step.to, &history(E + 1, 1, 3, 0));
+        assert_eq!(ids(&again), [1, 2, 3]);
+    }
+
+    #[test]
+    fn lost_history_means_resync() {
+        let step = reconcile(Position::new(E, 4), &HistoryRead::default());
+        assert_eq!(step.resync, Some("history lost"));
+        assert_eq!(step.to, Position::default());
+        assert_eq!(
+            reconcile(Position::default(), &HistoryRead::default()).resync,
+            None
+        );
+    }
+
+    #[test]
+    fn a_cursor_ahead_of_the_history_means_resync() {
+        let step = reconcile(Position::new(E, 10), &history(E, 1, 4, 10));
+        assert_eq!(step.resync, Some("cursor is ahead of the history"));
+        assert_eq!(step.to, Position::new(E, 4));
+    }
+}

@@ -1,0 +1,427 @@
+//! No event lost: resume from history, and survival of backend and Redis failures.
+//! Each test is bounded in time and runs against real redis-server processes.
+
+use std::{collections::HashSet, time::Duration};
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Asserts that `received` holds exactly `expected`, once each, in order, with
+/// contiguous ids.
+fn assert_exactly_in_order(received: &[Received], expected: &[u64], who: &str) {
+    assert_eq!(
+        counted(received),
+        expected,
+        "{who}: every event once, in order"
+    );
+    let ids: Vec<u64> = received
+        .iter()
+        .filter(|r| r.event == "test.counted")
+        .filter_map(|r| r.envelope["id"].as_u64())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "{who}: contiguous ids: {ids:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_resumed_with_its_last_id_gets_exactly_what_it_missed() {
+    let redis = RedisServer::start().await;
+    let a = spawn_app(Some(&redis)).await;
+    let b = spawn_app(Some(&redis)).await;
+    let token = a.token("alice").await;
+
+    let mut stream = a.open_stream(&token).await;
+    for n in 1..=3 {
+        a.publish("alice", "test.counted", json!({ "n": n })).await;
+    }
+    let mut last_id = None;
+    for n in 1..=3 {
+        let event = stream.next_event().await;
+        assert_eq!(event.json()["data"]["n"], n);
+        last_id = event.id;
+    }
+    drop(stream);
+
+    for n in 4..=7 {
+        b.publish("alice", "test.counted", json!({ "n": n })).await;
+    }
+    // Resumed on the other instance, with the header a browser sends.
+    let mut resumed = b.resume_stream(&token, last_id.as_deref()).await;
+    for n in 4..=7 {
+        let event = resumed.next_event().await;
+        assert_eq!(event.event.as_deref(), Some("test.counted"));
+        assert_eq!(event.json()["data"]["n"], n, "exactly k+1..k+m, in order");
+    }
+    // Live events continue after the replay, without a gap or a duplicate at the seam.
+    a.publish("alice", "test.counted", json!({ "n": 8 })).await;
+    assert_eq!(resumed.next_event().await.json()["data"]["n"], 8);
+    resumed.expect_no_event(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_backend_dies_its_clients_resume_on_another_and_miss_nothing() {
+    let redis = RedisServer::start().await;
+    let a = spawn_app(Some(&redis)).await;
+    let b = spawn_app(Some(&redis)).await;
+    let users = ["u1", "u2", "u3"];
+    let total = 60;
+    let mut clients = Vec::new();
+    for user in users {
+        let token = a.token(user).await;
+        // Each client starts on A and fails over to B.
+        let addresses = vec![a.address.clone(), b.address.clone()];
+        clients.push(tokio::spawn(follow(addresses, token, DEADLINE, move |r| {
+            counted(r).len() >= total as usize
+        })));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.hub.stream_count(), 3, "every client is on A");
+
+    let publishers: Vec<_> = users
+        .iter()
+        .map(|user| {
+            tokio::spawn(publish_counted(
+                vec![b.address.clone()],
+                user.to_string(),
+                1,
+                total,
+                Duration::from_millis(10),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.kill().await;
+
+    let expected: Vec<u64> = (1..=total).collect();
+    for publisher in publishers {
+        assert_eq!(publisher.await.expect("publisher"), expected);
+    }
+    for (user, client) in users.iter().zip(clients) {
+        let (received, connections) = client.await.expect("client");
+        assert!(connections >= 2, "{user} reconnected");
+        assert_exactly_in_order(&received, &expected, user);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_no_accepted_event_and_readiness_reflects_it() {
+    let mut redis = RedisServer::start().await;
+    let a = spawn_app(Some(&redis)).await;
+    let b = spawn_app(Some(&redis)).await;
+    let total = 40;
+    let token = a.token("alice").await;
+    let addresses = vec![a.address.clone(), b.address.clone()];
+    let client = tokio::spawn(follow(addresses.clone(), token, DEADLINE, move |r| {
+        counted(r).contains(&total)
+    }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.get("/readyz", None).await.status(), 200);
+
+    let publisher = tokio::spawn(publish_counted(
+        addresses,
+        "alice".into(),
+        1,
+        total,
+        Duration::from_millis(50),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.stop();
+    // Readiness turns false once the subscription probe stops coming back.
+    let mut saw_unready = false;
+    for _ in 0..40 {
+        if a.get("/readyz", None).await.status() == 503 {
+            saw_unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_unready, "/readyz answers 503 while Redis is away");
+    let refused = a
+        .post_json(
+            "/api/publish",
+            Some(PUBLISH_KEY),
+            &json!({"userId": "alice", "eventType": "test.probe", "data": {}}),
+        )
+        .await;
+    assert_eq!(
+        refused.status(),
+        503,
+        "publishing during the outage is refused, not lost"
+    );
+    redis.restart().await;
+
+    let accepted = publisher.await.expect("publisher");
+    let (received, _) = client.await.expect("client");
+    let got: HashSet<u64> = counted(&received).into_iter().collect();
+    let missing: Vec<_> = accepted.iter().filter(|n| !got.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "accepted but never received: {missing:?}"
+    );
+    // Redis came back empty: the client was told its history restarted.
+    assert!(received.iter().any(|r| r.event == "stream.resync"));
+
+    let mut ready_again = false;
+    for _ in 0..50 {
+        if a.get("/readyz", None).await.status() == 200 {
+            ready_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready_again, "/readyz answers 200 once Redis is back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_then_resumes_with_nothing_missing() {
+    let redis = RedisServer::start().await;
+    let mut settings = settings(Some(&redis));
+    settings.stream_queue_size = 8;
+    let a = spawn_app_with(settings).await;
+    let token = a.token("alice").await;
+    let mut stalled = a.open_stream(&token).await;
+
+    // Enough data to fill the socket buffers on both sides, then the 8-event queue.
+    let total: u64 = 600;
+    let padding = "x".repeat(32 * 1024);
+    for n in 1..=total {
+        a.publish(
+            "alice",
+            "test.counted",
+            json!({ "n": n, "padding": padding }),
+        )
+        .await;
+        if a.hub.slow_closed_count() > 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        a.hub.slow_closed_count(),
+        1,
+        "the stalled stream was closed"
+    );
+    assert_eq!(
+        a.hub.stream_count(),
+        0,
+        "and removed: its queue no longer holds memory"
+    );
+    let published = a.publish("alice", "test.counted", json!({ "n": 0 })).await["id"]
+        .as_u64()
+        .expect("an id");
+
+    // The client wakes up: it reads what reached it, sees the end, resumes from its last id.
+    let mut received = Vec::new();
+    let mut last_id = None;
+    while let Some(Some(frame)) = stalled.next_frame_within(PATIENCE).await {
+        if frame.event.as_deref() == Some("test.counted") {
+            received.push(frame.json()["id"].as_u64().expect("an id"));
+            last_id = frame.id;
+        }
+    }
+    let mut resumed = a.resume_stream(&token, last_id.as_deref()).await;
+    while received.last() != Some(&published) {
+        let event = resumed.next_event().await;
+        received.push(event.json()["id"].as_u64().expect("an id"));
+    }
+    let expected: Vec<u64> = (1..=published).collect();
+    assert_eq!(received, expected, "every event once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_backend_hands_its_clients_over_without_loss() {
+    let redis = RedisServer::start().await;
+    let mut a_settings = settings(Some(&redis));
+    a_settings.drain_secs = 1;
+    let a = spawn_app_with(a_settings).await;
+    let b = spawn_app(Some(&redis)).await;
+    let total = 50;
+    let users = ["d1", "d2", "d3", "d4"];
+    let mut clients = Vec::new();
+    for user in users {
+        let token = a.token(user).await;
+        let addresses = vec![a.address.clone(), b.address.clone()];
+        clients.push(tokio::spawn(follow(addresses, token, DEADLINE, move |r| {
+            counted(r).len() >= total as usize
+        })));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let publishers: Vec<_> = users
+        .iter()
+        .map(|user| {
+            tokio::spawn(publish_counted(
+                vec![b.address.clone()],
+                user.to_string(),
+                1,
+                total,
+                Duration::from_millis(20),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.stop().await; // As on SIGTERM.
+
+    let expected: Vec<u64> = (1..=total).collect();
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    for (user, client) in users.iter().zip(clients) {
+        let (received, connections) = client.await.expect("client");
+        assert!(connections >= 2, "{user} reconnected");
+        assert_exactly_in_order(&received, &expected, user);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_history_was_lost_is_told_to_resync() {
+    let redis = RedisServer::start().await;
+    let a = spawn_app(Some(&redis)).await;
+    let token = a.token("alice").await;
+    let mut stream = a.open_stream(&token).await;
+    a.publish("alice", "test.counted", json!({ "n": 1 })).await;
+    let last_id = stream.next_event().await.id;
+    drop(stream);
+
+    assert_eq!(redis.command(&["FLUSHALL"]).await.expect("FLUSHALL"), "+OK");
+    a.publish("alice", "test.counted", json!({ "n": 2 })).await;
+
+    let mut resumed = a.resume_stream(&token, last_id.as_deref()).await;
+    let resync = resumed.next_event().await;
+    assert_eq!(resync.event.as_deref(), Some("stream.resync"));
+    assert_eq!(resync.json()["data"]["scope"], "user");
+    // What the new history holds follows the resync.
+    assert_eq!(resumed.next_event().await.json()["data"]["n"], 2);
+
+    // An id the server never wrote is a resync too, not an error.
+    let mut odd = a.resume_stream(&token, Some("not-a-cursor")).await;
+    assert_eq!(
+        odd.next_event().await.event.as_deref(),
+        Some("stream.resync")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_through_several_instances_yield_one_total_order() {
+    let redis = RedisServer::start().await;
+    let a = spawn_app(Some(&redis)).await;
+    let b = spawn_app(Some(&redis)).await;
+    let token = a.token("alice").await;
+    let per_publisher = 30;
+    let publishers = 4;
+    let total = per_publisher * publishers;
+    let mut clients = Vec::new();
+    for address in [&a.address, &b.address] {
+        clients.push(tokio::spawn(follow(
+            vec![address.clone()],
+            token.clone(),
+            DEADLINE,
+            move |r| counted(r).len() >= total as usize,
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tasks: Vec<_> = (0..publishers)
+        .map(|p| {
+            tokio::spawn(publish_counted(
+                vec![a.address.clone(), b.address.clone()],
+                "alice".into(),
+                p * 1000,
+                per_publisher,
+                Duration::ZERO,
+            ))
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("publisher");
+    }
+    let (on_a, _) = clients.remove(0).await.expect("client on A");
+    let (on_b, _) = clients.remove(0).await.expect("client on B");
+    let order_a = counted(&on_a);
+    assert_eq!(order_a.len(), total as usize);
+    assert_eq!(
+        order_a,
+        counted(&on_b),
+        "both clients see the same total order"
+    );
+    let ids: Vec<u64> = on_a
+        .iter()
+        .filter_map(|r| r.envelope["id"].as_u64())
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=total).collect::<Vec<_>>(),
+        "contiguous sequence numbers"
+    );
+    // Each publisher's own events keep their order within the total order.
+    for p in 0..publishers {
+        let own: Vec<u64> = order_a.iter().copied().filter(|n| n / 1000 == p).collect();
+        assert!(
+            own.windows(2).all(|w| w[0] < w[1]),
+            "publisher {p} in order"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_reach_every_stream_and_are_resumable() {
+    let redis = RedisServer::start().await;
+    let a = spawn_app(Some(&redis)).await;
+    let b = spawn_app(Some(&redis)).await;
+    let alice = a.token("alice").await;
+    let bob = b.token("bob").await;
+    let mut alice_stream = a.open_stream(&alice).await;
+    let mut bob_stream = b.open_stream(&bob).await;
+
+    let broadcast =
+        |n: u64| json!({"broadcast": true, "eventType": "system.announced", "data": {"n": n}});
+    let accepted = a
+        .post_json("/api/publish", Some(PUBLISH_KEY), &broadcast(1))
+        .await;
+    assert_eq!(accepted.status(), 202);
+    let last_alice = alice_stream.next_event().await;
+    assert_eq!(last_alice.json()["data"]["n"], 1);
+    assert_eq!(last_alice.json()["userId"], "*");
+    assert_eq!(bob_stream.next_event().await.json()["data"]["n"], 1);
+    drop(alice_stream);
+
+    b.post_json("/api/publish", Some(PUBLISH_KEY), &broadcast(2))
+        .await;
+    b.publish("alice", "test.counted", json!({"n": 3})).await;
+    let mut resumed = b.resume_stream(&alice, last_alice.id.as_deref()).await;
+    let mut missed = vec![
+        resumed.next_event().await.json()["data"]["n"].as_u64(),
+        resumed.next_event().await.json()["data"]["n"].as_u64(),
+    ];
+    missed.sort();
+    assert_eq!(missed, [Some(2), Some(3)], "both histories replayed");
+
+    for (case, body) in [
+        (
+            "both",
+            json!({"broadcast": true, "userId": "a", "eventType": "a.b"}),
+        ),
+        ("neither", json!({"eventType": "a.b"})),
+    ] {
+        let response = a.post_json("/api/publish", Some(PUBLISH_KEY), &body).await;
+        assert_eq!(response.status(), 400, "{case}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_resumes_from_its_in_memory_history() {
+    let a = spawn_app(None).await;
+    let token = a.token("alice").await;
+    let mut stream = a.open_stream(&token).await;
+    a.publish("alice", "test.counted", json!({"n": 1})).await;
+    let last_id = stream.next_event().await.id;
+    drop(stream);
+    a.publish("alice", "test.counted", json!({"n": 2})).await;
+    a.publish("alice", "test.counted", json!({"n": 3})).await;
+    let mut resumed = a.resume_stream(&token, last_id.as_deref()).await;
+    assert_eq!(resumed.next_event().await.json()["data"]["n"], 2);
+    assert_eq!(resumed.next_event().await.json()["data"]["n"], 3);
+    assert_eq!(a.get("/readyz", None).await.status(), 200, "always ready");
+}
