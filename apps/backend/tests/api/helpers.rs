@@ -269,6 +269,85 @@ impl Drop for TestApp {
     }
 }
 
+/// The backend binary running as its own process (as in production), for tests of
+/// signals and of the command line. Killed on drop.
+pub struct BackendProcess {
+    child: Child,
+    pub address: String,
+}
+
+impl BackendProcess {
+    /// Starts `target/.../backend` on a free port with the test secrets and `env`.
+    pub async fn start(redis: Option<&RedisServer>, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_backend"));
+        command
+            .env_clear()
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("JWT_SECRET", JWT_SECRET)
+            .env("PUBLISH_KEY", PUBLISH_KEY)
+            .env("WORKERS", "1")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null());
+        if let Some(redis) = redis {
+            command.env("REDIS_URL", redis.url());
+        }
+        let child = command.spawn().expect("the backend binary starts");
+        let process = Self {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while client
+            .get(format!("{}/readyz", process.address))
+            .send()
+            .await
+            .map_or(true, |r| r.status() != 200)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "backend did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        process
+    }
+
+    /// Sends SIGTERM, as an orchestrator does before stopping a container.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns whether it exited successfully.
+    pub async fn wait(mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.success();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "backend did not exit in time"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for BackendProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An event as a client saw it.
 #[derive(Debug, Clone)]
 pub struct Received {

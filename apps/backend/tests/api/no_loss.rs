@@ -233,23 +233,23 @@ async fn a_client_that_stops_reading_is_cut_off_and_then_resumes_with_nothing_mi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_draining_backend_hands_its_clients_over_without_loss() {
+async fn a_backend_sent_sigterm_drains_its_clients_to_another_without_loss() {
     let redis = RedisServer::start().await;
-    let mut a_settings = settings(Some(&redis));
-    a_settings.drain_secs = 1;
-    let a = spawn_app_with(a_settings).await;
+    // A is the real binary, so the signal handling in main is under test too.
+    let a = BackendProcess::start(Some(&redis), &[("DRAIN_SECS", "1")]).await;
     let b = spawn_app(Some(&redis)).await;
     let total = 50;
     let users = ["d1", "d2", "d3", "d4"];
     let mut clients = Vec::new();
     for user in users {
-        let token = a.token(user).await;
+        let token = b.token(user).await;
         let addresses = vec![a.address.clone(), b.address.clone()];
         clients.push(tokio::spawn(follow(addresses, token, DEADLINE, move |r| {
             counted(r).len() >= total as usize
         })));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.hub.stream_count(), 0, "every client starts on A");
     let publishers: Vec<_> = users
         .iter()
         .map(|user| {
@@ -263,7 +263,11 @@ async fn a_draining_backend_hands_its_clients_over_without_loss() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    a.stop().await; // As on SIGTERM.
+    a.terminate();
+    assert!(
+        a.wait(Duration::from_secs(15)).await,
+        "A exits cleanly after draining"
+    );
 
     let expected: Vec<u64> = (1..=total).collect();
     for publisher in publishers {
