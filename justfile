@@ -13,16 +13,27 @@ default:
 setup:
     @bash .ci/setup
 
-# Run every test (unit, integration with real Redis).
-test:
+# Run every test: unit and integration (real Redis), then the browser end-to-end tests.
+test: && e2e
     cargo test --workspace
+
+# The web client's release build, into dist/.
+web-build:
+    trunk build --release
+
+# End-to-end tests of the web client in headless Chromium (screenshots in target/e2e/).
+e2e: web-build
+    cargo build -p backend
+    [ -d apps/web/e2e/node_modules/playwright-core ] || npm ci --prefix apps/web/e2e --no-audit --no-fund
+    node apps/web/e2e/e2e.mjs
 
 # Formatting and lints, as CI checks them.
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Run the system locally: a private Redis and two backends. Ctrl-C stops everything.
+# Run the system locally: a private Redis, two backends and the web client (trunk serve
+# on 3001, proxying /api to backend-1). Ctrl-C stops everything.
 dev: setup
     #!/usr/bin/env bash
     set -euo pipefail
@@ -37,9 +48,12 @@ dev: setup
     export REDIS_URL=redis://127.0.0.1:{{redis_port}} PUBLISH_KEY=${PUBLISH_KEY:-dev-publish-key}
     PORT={{backend_1_port}} SERVER_ID=backend-1 target/debug/backend 2>&1 | prefix 36 backend-1 &
     PORT={{backend_2_port}} SERVER_ID=backend-2 target/debug/backend 2>&1 | prefix 35 backend-2 &
+    trunk serve 2>&1 | prefix 32 web &
     for port in {{backend_1_port}} {{backend_2_port}}; do
         until curl -fs http://127.0.0.1:$port/healthz >/dev/null; do sleep 0.2; done
     done
-    printf '\n  backend-1  http://127.0.0.1:{{backend_1_port}}\n  backend-2  http://127.0.0.1:{{backend_2_port}}\n'
+    until curl -fs http://127.0.0.1:3001/ >/dev/null; do sleep 0.5; done
+    printf '\n  open       http://127.0.0.1:3001   (the web client)\n'
+    printf '  backend-1  http://127.0.0.1:{{backend_1_port}}\n  backend-2  http://127.0.0.1:{{backend_2_port}}\n'
     printf '  redis      redis://127.0.0.1:{{redis_port}}\n  publish key: %s\n\n' "$PUBLISH_KEY"
     wait -n

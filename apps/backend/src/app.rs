@@ -204,6 +204,14 @@ fn http_server(
     listener: TcpListener,
 ) -> anyhow::Result<Server> {
     let body_limit = settings.max_body_bytes;
+    let web_dir = settings.web_dir.clone();
+    if let Some(dir) = &web_dir {
+        anyhow::ensure!(
+            dir.join("index.html").is_file(),
+            "WEB_DIR {} has no index.html (run `trunk build --release`)",
+            dir.display()
+        );
+    }
     let mut server = HttpServer::new(move || {
         let json = web::JsonConfig::default()
             .limit(body_limit)
@@ -219,6 +227,11 @@ fn http_server(
             .route("/healthz", web::get().to(routes::healthz))
             .route("/readyz", web::get().to(routes::readyz))
             .service(web::scope("/api").configure(routes::api))
+            .configure(|cfg| {
+                if let Some(dir) = &web_dir {
+                    cfg.service(actix_files::Files::new("/", dir).index_file("index.html"));
+                }
+            })
             .default_service(web::to(not_found))
     })
     .disable_signals()

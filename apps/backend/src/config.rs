@@ -77,6 +77,11 @@ pub struct Settings {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Directory of the web client's release build (`trunk build --release` → dist/) to
+    /// serve at `/`. Unset: only the API is served (nginx serves the page).
+    #[arg(long, env = "WEB_DIR")]
+    pub web_dir: Option<std::path::PathBuf>,
+
     /// HTTP worker threads [default: one per core].
     #[arg(long, env = "WORKERS")]
     pub workers: Option<usize>,
@@ -123,6 +128,7 @@ impl Settings {
             drain_secs: 1,
             token_ttl_secs: 12 * 3600,
             max_body_bytes: 64 * 1024,
+            web_dir: None,
             workers: Some(1),
             log_format: LogFormat::Text,
         }
@@ -182,7 +188,7 @@ impl Settings {
         format!(
             "host={} port={} redis={} dev_tokens={} jwt_secret={} publish_key={} keep_alive={}s \
              stream_queue_size={} history_max_len={} history_max_age={}s drain={}s sse_retry={}ms \
-             token_ttl={}s max_body={}B workers={} log_format={:?}",
+             token_ttl={}s max_body={}B web_dir={} workers={} log_format={:?}",
             self.host,
             self.port,
             redis,
@@ -205,6 +211,9 @@ impl Settings {
             self.sse_retry_ms,
             self.token_ttl_secs,
             self.max_body_bytes,
+            self.web_dir
+                .as_ref()
+                .map_or_else(|| "none".to_string(), |d| d.display().to_string()),
             self.workers
                 .map_or_else(|| "auto".to_string(), |w| w.to_string()),
             self.log_format,

@@ -1,6 +1,4 @@
-//! The browser client. Until the web client lands, this member only proves that the
-//! wire contract builds into it.
-
 fn main() {
-    let _contract = events::USER_EVENTS_CHANNEL;
+    console_error_panic_hook::set_once();
+    leptos::mount::mount_to_body(web::App);
 }

@@ -1,0 +1,346 @@
+// End-to-end tests of the web client: the release build served by a real backend, with a
+// real Redis, driven in Debian's headless Chromium through playwright-core.
+//
+// Needs: dist/ (trunk build --release), target/debug/backend, redis-server, chromium.
+// `just e2e` builds the first two. Everything it starts listens on 127.0.0.1 and is
+// stopped at the end; the whole run is bounded by RUN_DEADLINE_MS.
+// Screenshots go to target/e2e/.
+
+import { spawn } from 'node:child_process';
+import { mkdirSync, existsSync } from 'node:fs';
+import { createServer } from 'node:net';
+import http from 'node:http';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+const DIST = join(ROOT, 'dist');
+const BACKEND = process.env.BACKEND_BIN ?? join(ROOT, 'target/debug/backend');
+const SHOTS = join(ROOT, 'target/e2e');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const PUBLISH_KEY = 'e2e-publish-key';
+const WAIT_MS = 15_000;
+const RUN_DEADLINE_MS = 180_000;
+
+const children = new Set();
+
+function freePort() {
+  return new Promise((ok, fail) => {
+    const server = createServer();
+    server.unref();
+    server.on('error', fail);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => ok(port));
+    });
+  });
+}
+
+function start(name, command, args, env = {}) {
+  const child = spawn(command, args, {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const prefix = (chunk) =>
+    chunk.toString().split('\n').filter(Boolean).forEach((l) => process.stderr.write(`[${name}] ${l}\n`));
+  if (process.env.E2E_VERBOSE) {
+    child.stdout.on('data', prefix);
+    child.stderr.on('data', prefix);
+  } else {
+    child.stdout.resume();
+    child.stderr.on('data', (chunk) => {
+      if (/error|panic/i.test(chunk.toString())) prefix(chunk);
+    });
+  }
+  children.add(child);
+  child.on('exit', () => children.delete(child));
+  return child;
+}
+
+function stop(child, signal = 'SIGTERM') {
+  return new Promise((ok) => {
+    if (child.exitCode !== null || child.signalCode !== null) return ok();
+    child.once('exit', () => ok());
+    child.kill(signal);
+  });
+}
+
+async function until(what, check, ms = WAIT_MS) {
+  const deadline = Date.now() + ms;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      if (await check()) return;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
+}
+
+async function startRedis() {
+  const port = await freePort();
+  const child = start('redis', 'redis-server', [
+    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+  ]);
+  const url = `redis://127.0.0.1:${port}`;
+  await until('redis', async () => {
+    const { execFileSync } = await import('node:child_process');
+    return execFileSync('redis-cli', ['-p', String(port), 'ping'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim() === 'PONG';
+  });
+  return { child, url };
+}
+
+async function startBackend(name, port, redisUrl) {
+  const child = start(name, BACKEND, [], {
+    HOST: '127.0.0.1',
+    PORT: String(port),
+    SERVER_ID: name,
+    REDIS_URL: redisUrl,
+    PUBLISH_KEY,
+    WEB_DIR: DIST,
+    WORKERS: '1',
+    DRAIN_SECS: '0',
+    SSE_RETRY_MS: '500',
+    RUST_LOG: 'warn',
+  });
+  const base = `http://127.0.0.1:${port}`;
+  await until(`${name} ready`, async () => (await fetch(`${base}/readyz`)).ok);
+  return { child, base };
+}
+
+// A pass-through proxy in front of a backend that can be told to answer 503, as a load
+// balancer does during a deploy. It records the event-stream requests it sees.
+async function startDeployProxy(target) {
+  const state = { refusing: false, streamUrls: [], sockets: new Set() };
+  const server = http.createServer((req, res) => {
+    if (req.url.startsWith('/api/events')) state.streamUrls.push(req.url);
+    if (state.refusing) {
+      res.writeHead(503, { 'content-type': 'text/plain' });
+      res.end('deploying');
+      return;
+    }
+    const upstream = http.request(`${target}${req.url}`, { method: req.method, headers: req.headers }, (up) => {
+      res.writeHead(up.statusCode, up.headers);
+      up.pipe(res);
+    });
+    upstream.on('error', () => {
+      res.writeHead(502);
+      res.end();
+    });
+    req.pipe(upstream);
+  });
+  server.on('connection', (socket) => {
+    state.sockets.add(socket);
+    socket.on('close', () => state.sockets.delete(socket));
+  });
+  const port = await freePort();
+  await new Promise((ok) => server.listen(port, '127.0.0.1', ok));
+  return {
+    base: `http://127.0.0.1:${port}`,
+    state,
+    // Start refusing, and cut every open connection (the streams among them).
+    refuse() {
+      state.refusing = true;
+      for (const socket of state.sockets) socket.destroy();
+    },
+    accept() {
+      state.refusing = false;
+    },
+    close: () => new Promise((ok) => { server.close(ok); for (const s of state.sockets) s.destroy(); }),
+  };
+}
+
+async function api(base, path, { token, body } = {}) {
+  const response = await fetch(`${base}${path}`, {
+    method: body ? 'POST' : 'GET',
+    headers: {
+      'content-type': 'application/json',
+      ...(token ? { authorization: `Bearer ${token}` } : {}),
+    },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  return { status: response.status, json: await response.json() };
+}
+
+async function signIn(page, base, userId) {
+  await page.goto(base);
+  await page.getByTestId('user-id').fill(userId);
+  await page.getByTestId('connect').click();
+  await until(`${userId}'s stream to open`, async () =>
+    (await page.getByTestId('badge').getAttribute('data-state')) === 'open');
+}
+
+async function logCount(page) {
+  return Number(await page.getByTestId('event-count').textContent());
+}
+
+async function main() {
+  for (const [what, path] of [['the web build (trunk build --release)', join(DIST, 'index.html')], ['the backend binary (cargo build -p backend)', BACKEND], ['Chromium', CHROMIUM]]) {
+    if (!existsSync(path)) throw new Error(`missing ${what}: ${path}`);
+  }
+  mkdirSync(SHOTS, { recursive: true });
+  const redis = await startRedis();
+  const portA = await freePort();
+  let a = await startBackend('backend-a', portA, redis.url);
+  const b = await startBackend('backend-b', await freePort(), redis.url);
+
+  // playwright gives each launch a fresh temporary profile.
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    ],
+  });
+  const suffix = Math.random().toString(16).slice(2, 8);
+  const alice = `alice-${suffix}`;
+  const bob = `bob-${suffix}`;
+  const aliceContext = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+  const bobContext = await browser.newContext({ viewport: { width: 390, height: 844 } });
+  const page = await aliceContext.newPage();
+  const bobPage = await bobContext.newPage();
+  for (const [who, p] of [['alice', page], ['bob', bobPage]]) {
+    p.setDefaultTimeout(WAIT_MS);
+    p.on('pageerror', (error) => console.log(`[${who} page] ${error.message}`));
+    p.on('console', (message) => {
+      if (message.type() === 'error') console.log(`[${who} console] ${message.text()}`);
+    });
+  }
+  const results = [];
+
+  async function test(name, body) {
+    const started = Date.now();
+    try {
+      await body();
+      results.push({ name, ok: true });
+      console.log(`ok   ${name} (${Date.now() - started} ms)`);
+    } catch (error) {
+      results.push({ name, ok: false });
+      console.log(`FAIL ${name}: ${error.message}`);
+      await page.screenshot({ path: join(SHOTS, `failed-${results.length}.png`), fullPage: true }).catch(() => {});
+    }
+  }
+
+  try {
+    await test('creating an account shows snapshots.generated, the account and its snapshot', async () => {
+      await signIn(page, a.base, alice);
+      await until('the serving instance in the badge', async () =>
+        (await page.getByTestId('server-id').textContent()).includes('backend-a'));
+      await page.getByTestId('account-name').fill('Savings');
+      await page.getByTestId('account-balance').fill('1250');
+      await page.getByTestId('create-account').click();
+      await until('snapshots.generated in the log', async () =>
+        (await page.locator('[data-event-type="snapshots.generated"]').count()) === 1);
+      await until('the account listed', async () =>
+        (await page.getByTestId('accounts').textContent()).includes('Savings'));
+      await until('its snapshot listed', async () =>
+        (await page.getByTestId('snapshots').locator('li').count()) === 1);
+      await page.screenshot({ path: join(SHOTS, '1-account-created.png'), fullPage: true });
+    });
+
+    await test("another user's browser sees nothing of the first user's events", async () => {
+      await signIn(bobPage, a.base, bob);
+      await page.getByTestId('account-name').fill('Checking');
+      await page.getByTestId('account-balance').fill('40');
+      await page.getByTestId('create-account').click();
+      await until("alice's second snapshots.generated", async () =>
+        (await page.locator('[data-event-type="snapshots.generated"]').count()) === 2);
+      // Both streams are on the same instance: had bob's stream been sent alice's event,
+      // it would have arrived by now.
+      await new Promise((r) => setTimeout(r, 500));
+      if ((await logCount(bobPage)) !== 0) throw new Error('bob received events');
+      if ((await bobPage.getByTestId('accounts').count()) !== 0) throw new Error("bob sees accounts");
+      await bobPage.screenshot({ path: join(SHOTS, '2-other-user-phone.png'), fullPage: true });
+    });
+
+    await test('the stream survives a backend restart and gets what was published meanwhile', async () => {
+      const before = await logCount(page);
+      await stop(a.child, 'SIGKILL');
+      await until('the badge to show reconnecting', async () =>
+        (await page.getByTestId('badge').getAttribute('data-state')) === 'reconnecting');
+      await page.screenshot({ path: join(SHOTS, '3a-reconnecting.png'), fullPage: true });
+      const published = await api(b.base, '/api/publish', {
+        token: PUBLISH_KEY,
+        body: { userId: alice, eventType: 'orders.shipped', data: { orderId: 42 } },
+      });
+      if (published.status !== 202) throw new Error(`publish answered ${published.status}`);
+      a = await startBackend('backend-a', portA, redis.url);
+      await until('the badge to show open again', async () =>
+        (await page.getByTestId('badge').getAttribute('data-state')) === 'open', 20_000);
+      await until('the event published during the outage', async () =>
+        (await page.locator('[data-event-type="orders.shipped"]').count()) === 1);
+      if ((await logCount(page)) !== before + 1) throw new Error('expected exactly one more event');
+      await page.screenshot({ path: join(SHOTS, '3b-reconnected.png'), fullPage: true });
+    });
+
+    await test('after the browser gives up (a 503 during a deploy) the hook reconnects and resumes', async () => {
+      const proxy = await startDeployProxy(b.base);
+      const carol = `carol-${suffix}`;
+      const carolPage = await aliceContext.newPage();
+      try {
+        await signIn(carolPage, proxy.base, carol);
+        proxy.refuse();
+        await until('the badge to report the refusal', async () =>
+          /refused/.test(await carolPage.getByTestId('badge').textContent()));
+        await carolPage.screenshot({ path: join(SHOTS, '3c-refused-during-deploy.png'), fullPage: true });
+        const published = await api(b.base, '/api/publish', {
+          token: PUBLISH_KEY,
+          body: { userId: carol, eventType: 'notifications.sent', data: { text: 'deployed' } },
+        });
+        if (published.status !== 202) throw new Error(`publish answered ${published.status}`);
+        proxy.accept();
+        await until('the event published during the deploy', async () =>
+          (await carolPage.locator('[data-event-type="notifications.sent"]').count()) === 1, 25_000);
+        if ((await carolPage.getByTestId('badge').getAttribute('data-state')) !== 'open') throw new Error('badge not open');
+        // Only the hook (a new EventSource) puts the resume position in the query.
+        if (!proxy.state.streamUrls.some((url) => url.includes('lastEventId='))) {
+          throw new Error(`no resuming request among ${proxy.state.streamUrls.length}`);
+        }
+      } finally {
+        await carolPage.close();
+        await proxy.close();
+      }
+    });
+
+    await test('a form error (empty name) is shown and nothing is created', async () => {
+      await page.getByTestId('account-name').fill('');
+      await page.getByTestId('account-balance').fill('5');
+      await page.getByTestId('create-account').click();
+      await until('the inline error', async () =>
+        /name/i.test(await page.getByTestId('form-error').textContent()));
+      const { json: token } = await api(a.base, '/api/auth/token', { body: { userId: alice } });
+      const { json: accounts } = await api(a.base, '/api/accounts', { token: token.token });
+      if (accounts.length !== 2) throw new Error(`expected 2 accounts, found ${accounts.length}`);
+      if ((await page.getByTestId('accounts').locator('li').count()) !== 2) throw new Error('the page lists a third account');
+      await page.screenshot({ path: join(SHOTS, '4-form-error.png'), fullPage: true });
+    });
+  } finally {
+    await browser.close().catch(() => {});
+    for (const child of [...children]) await stop(child);
+  }
+
+  const failed = results.filter((r) => !r.ok).length;
+  console.log(`screenshots: ${SHOTS}`);
+  console.log(`${results.length - failed} passed, ${failed} failed`);
+  return failed === 0;
+}
+
+const deadline = setTimeout(async () => {
+  console.log(`e2e: over ${RUN_DEADLINE_MS} ms; stopping`);
+  for (const child of [...children]) child.kill('SIGKILL');
+  process.exit(1);
+}, RUN_DEADLINE_MS);
+
+main()
+  .then((ok) => {
+    clearTimeout(deadline);
+    process.exit(ok ? 0 : 1);
+  })
+  .catch(async (error) => {
+    console.error(`e2e: ${error.stack ?? error}`);
+    for (const child of [...children]) child.kill('SIGKILL');
+    process.exit(1);
+  });

@@ -1,0 +1,11 @@
+//! The page, one component per file.
+
+mod account_form;
+mod accounts_panel;
+mod app;
+mod connection_badge;
+mod dashboard;
+mod event_log;
+mod user_box;
+
+pub use app::App;

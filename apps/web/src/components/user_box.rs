@@ -1,0 +1,76 @@
+use leptos::{prelude::*, task::spawn_local};
+
+use super::app::Session;
+use crate::{api, format};
+
+/// Enter (or generate) a user id and get a token for it.
+///
+/// `on_session` receives the user and their token once the server has issued it.
+#[component]
+pub fn UserBox(on_session: Callback<Session>) -> impl IntoView {
+    let user_id = RwSignal::new(String::new());
+    let busy = RwSignal::new(false);
+    let error = RwSignal::new(None::<String>);
+    let current = RwSignal::new(None::<String>);
+
+    let connect = move || {
+        let id = user_id.get_untracked().trim().to_string();
+        if id.is_empty() {
+            error.set(Some("Enter a user id, or generate one.".into()));
+            return;
+        }
+        busy.set(true);
+        error.set(None);
+        spawn_local(async move {
+            match api::request_token(&id).await {
+                Ok(token) => {
+                    current.set(Some(id.clone()));
+                    on_session.run(Session {
+                        user_id: id,
+                        token: token.token,
+                    });
+                }
+                Err(failure) => error.set(Some(failure.message)),
+            }
+            busy.set(false);
+        });
+    };
+
+    view! {
+        <section class="card user-box">
+            <h2>"User"</h2>
+            <form
+                class="row"
+                on:submit=move |ev| {
+                    ev.prevent_default();
+                    connect();
+                }
+            >
+                <input
+                    type="text"
+                    data-testid="user-id"
+                    placeholder="user id, e.g. alice"
+                    maxlength="128"
+                    prop:value=move || user_id.get()
+                    on:input=move |ev| user_id.set(event_target_value(&ev))
+                />
+                <button
+                    type="button"
+                    class="secondary"
+                    on:click=move |_| user_id.set(format::generated_user_id(js_sys::Math::random()))
+                >
+                    "Generate"
+                </button>
+                <button type="submit" data-testid="connect" disabled=move || busy.get()>
+                    {move || if busy.get() { "Connecting…" } else { "Connect" }}
+                </button>
+            </form>
+            {move || error.get().map(|e| view! { <p class="error" data-testid="user-error">{e}</p> })}
+            {move || {
+                current
+                    .get()
+                    .map(|id| view! { <p class="hint">"Signed in as " <strong data-testid="current-user">{id}</strong></p> })
+            }}
+        </section>
+    }
+}

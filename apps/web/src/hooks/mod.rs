@@ -1,0 +1,9 @@
+//! Reactive hooks over browser APIs.
+
+pub mod reconnect;
+mod use_events;
+
+pub use reconnect::{Backoff, ConnectionState};
+pub use use_events::{
+    ReceivedEvent, UseEventsOptions, UseEventsReturn, use_events, use_events_with_options,
+};

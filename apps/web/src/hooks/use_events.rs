@@ -1,0 +1,344 @@
+//! `use_events`: a user's event stream as reactive signals.
+//!
+//! One EventSource per mounted hook, closed when the owning component unmounts. The
+//! browser reconnects by itself after a dropped connection (sending `Last-Event-ID`);
+//! when it gives up instead (readyState CLOSED, e.g. a 502 or 503 during a deploy), the
+//! hook opens a new EventSource after a backoff with jitter, passing the last event id
+//! as `lastEventId` so the server resumes where the stream stopped.
+
+use std::{
+    cell::{Cell, RefCell},
+    rc::{Rc, Weak},
+};
+
+use events::{Envelope, Resync, event_type};
+use leptos::prelude::*;
+use send_wrapper::SendWrapper;
+use wasm_bindgen::{JsCast, closure::Closure};
+use web_sys::{EventSource, MessageEvent};
+
+use super::reconnect::{Backoff, ConnectionState, Signal as SourceSignal, events_url, next_state};
+
+/// An event as the page received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedEvent {
+    /// The SSE `event:` name.
+    pub event_type: String,
+    pub envelope: Envelope,
+    /// The stream's cursor after this event (the SSE `id:`), if it had one.
+    pub last_event_id: Option<String>,
+    /// When it arrived, in milliseconds since the Unix epoch (the browser's clock).
+    pub received_at: f64,
+}
+
+/// Options of [`use_events_with_options`].
+#[derive(Debug, Clone)]
+pub struct UseEventsOptions {
+    /// The stream's URL. Default: `/api/events` (same origin).
+    pub url: String,
+    /// The user's token, sent as `?token=` (EventSource cannot send headers).
+    pub token: String,
+    /// Backoff for reconnecting after the browser gave up. Default: [`Backoff::default`].
+    pub reconnect: Backoff,
+}
+
+impl UseEventsOptions {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self {
+            url: "/api/events".into(),
+            token: token.into(),
+            reconnect: Backoff::default(),
+        }
+    }
+}
+
+/// What [`use_events`] returns: read-only signals, and the handle to close or reopen.
+#[derive(Clone, Copy)]
+pub struct UseEventsReturn {
+    pub state: Signal<ConnectionState>,
+    pub last_event: Signal<Option<ReceivedEvent>>,
+    /// The cursor to resume from (the last SSE `id:` seen).
+    pub last_event_id: Signal<Option<String>>,
+    pub last_error: Signal<Option<String>>,
+    /// The backend instance serving the stream (from its `stream.opened` frame).
+    pub server_id: Signal<Option<String>>,
+    /// The last `stream.resync`: events may have been missed; refetch derived state.
+    pub last_resync: Signal<Option<Resync>>,
+    handle: StoredValue<SendWrapper<Rc<Connection>>>,
+}
+
+impl std::fmt::Debug for UseEventsReturn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UseEventsReturn")
+            .field("state", &self.state.get_untracked())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UseEventsReturn {
+    /// Closes the stream for good.
+    pub fn close(&self) {
+        self.handle.with_value(|connection| connection.close());
+    }
+
+    /// Opens a new stream now (resuming from the last event id).
+    pub fn reconnect(&self) {
+        self.handle
+            .with_value(|connection| connection.reconnect_now());
+    }
+}
+
+/// Subscribes to `event_types` on the caller's stream and calls `on_event` for each
+/// event, like the original `useEvents(['snapshots.generated'], handler)`. The token is
+/// required, so this form takes it; see [`use_events_with_options`] for the rest.
+pub fn use_events(
+    event_types: &[&str],
+    token: impl Into<String>,
+    on_event: impl Fn(&ReceivedEvent) + 'static,
+) -> UseEventsReturn {
+    use_events_with_options(event_types, on_event, UseEventsOptions::new(token))
+}
+
+pub fn use_events_with_options(
+    event_types: &[&str],
+    on_event: impl Fn(&ReceivedEvent) + 'static,
+    options: UseEventsOptions,
+) -> UseEventsReturn {
+    let signals = Signals {
+        state: RwSignal::new(ConnectionState::Connecting),
+        last_event: RwSignal::new(None),
+        last_event_id: RwSignal::new(None),
+        last_error: RwSignal::new(None),
+        server_id: RwSignal::new(None),
+        last_resync: RwSignal::new(None),
+    };
+    let mut types: Vec<String> = event_types.iter().map(|t| t.to_string()).collect();
+    for control in [event_type::STREAM_OPENED, event_type::STREAM_RESYNC] {
+        if !types.iter().any(|t| t == control) {
+            types.push(control.to_string());
+        }
+    }
+    let connection = Rc::new(Connection {
+        options,
+        types,
+        on_event: Box::new(on_event),
+        signals,
+        source: RefCell::new(None),
+        listeners: RefCell::new(Vec::new()),
+        retry: RefCell::new(None),
+        attempt: Cell::new(0),
+    });
+    connection.open();
+
+    let handle = StoredValue::new(SendWrapper::new(connection.clone()));
+    let cleanup = SendWrapper::new(connection);
+    on_cleanup(move || cleanup.close());
+
+    UseEventsReturn {
+        state: signals.state.into(),
+        last_event: signals.last_event.into(),
+        last_event_id: signals.last_event_id.into(),
+        last_error: signals.last_error.into(),
+        server_id: signals.server_id.into(),
+        last_resync: signals.last_resync.into(),
+        handle,
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Signals {
+    state: RwSignal<ConnectionState>,
+    last_event: RwSignal<Option<ReceivedEvent>>,
+    last_event_id: RwSignal<Option<String>>,
+    last_error: RwSignal<Option<String>>,
+    server_id: RwSignal<Option<String>>,
+    last_resync: RwSignal<Option<Resync>>,
+}
+
+type Listener = Closure<dyn FnMut(web_sys::Event)>;
+
+/// The EventSource of one mounted hook and everything that must die with it.
+struct Connection {
+    options: UseEventsOptions,
+    types: Vec<String>,
+    on_event: Box<dyn Fn(&ReceivedEvent)>,
+    signals: Signals,
+    source: RefCell<Option<EventSource>>,
+    /// Kept alive as long as the EventSource may call them.
+    listeners: RefCell<Vec<Listener>>,
+    retry: RefCell<Option<TimeoutHandle>>,
+    /// Failed reconnections in a row, for the backoff.
+    attempt: Cell<u32>,
+}
+
+impl Connection {
+    fn open(self: &Rc<Self>) {
+        self.drop_source();
+        let resume_from = self.signals.last_event_id.get_untracked();
+        let url = events_url(
+            &self.options.url,
+            &self.options.token,
+            resume_from.as_deref(),
+        );
+        let source = match EventSource::new(&url) {
+            Ok(source) => source,
+            Err(error) => {
+                self.signals
+                    .last_error
+                    .set(Some(format!("cannot open the stream: {error:?}")));
+                self.schedule_reconnect();
+                return;
+            }
+        };
+        let mut listeners = Vec::new();
+        let weak = Rc::downgrade(self);
+        listeners.push(listen(&source, "open", weak.clone(), |c, _| c.on_open()));
+        listeners.push(listen(&source, "error", weak.clone(), |c, _| c.on_error()));
+        for event_type in &self.types {
+            listeners.push(listen(&source, event_type, weak.clone(), |c, event| {
+                if let Some(message) = event.dyn_ref::<MessageEvent>() {
+                    c.on_message(message);
+                }
+            }));
+        }
+        *self.listeners.borrow_mut() = listeners;
+        *self.source.borrow_mut() = Some(source);
+    }
+
+    fn on_open(&self) {
+        self.attempt.set(0);
+        self.signals.last_error.set(None);
+        self.apply(SourceSignal::Opened);
+    }
+
+    fn on_error(self: &Rc<Self>) {
+        let gave_up = self
+            .source
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| s.ready_state() == EventSource::CLOSED);
+        if gave_up {
+            self.signals.last_error.set(Some(
+                "the server refused or ended the stream; retrying".into(),
+            ));
+            if self.apply(SourceSignal::GaveUp) {
+                self.drop_source();
+                self.schedule_reconnect();
+            }
+        } else {
+            self.signals
+                .last_error
+                .set(Some("connection lost; reconnecting".into()));
+            self.apply(SourceSignal::Interrupted);
+        }
+    }
+
+    fn on_message(&self, message: &MessageEvent) {
+        let id = message.last_event_id();
+        let id = (!id.is_empty()).then_some(id);
+        if id.is_some() {
+            self.signals.last_event_id.set(id.clone());
+        }
+        let Some(data) = message.data().as_string() else {
+            return;
+        };
+        let envelope: Envelope = match serde_json::from_str(&data) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                self.signals
+                    .last_error
+                    .set(Some(format!("unreadable event: {error}")));
+                return;
+            }
+        };
+        let event = ReceivedEvent {
+            event_type: message.type_(),
+            envelope,
+            last_event_id: id,
+            received_at: js_sys::Date::now(),
+        };
+        match event.event_type.as_str() {
+            event_type::STREAM_OPENED => {
+                let server = event.envelope.data["serverId"].as_str().map(str::to_string);
+                self.signals.server_id.set(server);
+                self.apply(SourceSignal::Opened);
+            }
+            event_type::STREAM_RESYNC => {
+                let resync = serde_json::from_value(event.envelope.data.clone()).ok();
+                self.signals.last_resync.set(resync);
+            }
+            _ => {}
+        }
+        (self.on_event)(&event);
+        self.signals.last_event.set(Some(event));
+    }
+
+    /// Moves the state machine; returns whether the hook must reconnect by itself.
+    fn apply(&self, signal: SourceSignal) -> bool {
+        let (state, reconnect) = next_state(self.signals.state.get_untracked(), signal);
+        self.signals.state.set(state);
+        reconnect
+    }
+
+    fn schedule_reconnect(self: &Rc<Self>) {
+        let delay = self
+            .options
+            .reconnect
+            .delay(self.attempt.get(), js_sys::Math::random());
+        self.attempt.set(self.attempt.get().saturating_add(1));
+        let weak = Rc::downgrade(self);
+        let handle = set_timeout_with_handle(
+            move || {
+                if let Some(connection) = weak.upgrade()
+                    && connection.signals.state.get_untracked() != ConnectionState::Closed
+                {
+                    connection.open();
+                }
+            },
+            delay,
+        );
+        *self.retry.borrow_mut() = handle.ok();
+    }
+
+    fn reconnect_now(self: &Rc<Self>) {
+        if let Some(timer) = self.retry.borrow_mut().take() {
+            timer.clear();
+        }
+        self.signals.state.set(ConnectionState::Reconnecting);
+        self.open();
+    }
+
+    fn close(&self) {
+        if let Some(timer) = self.retry.borrow_mut().take() {
+            timer.clear();
+        }
+        self.drop_source();
+        self.listeners.borrow_mut().clear();
+        // The owner may already be gone (unmounting): its signals with it.
+        let _ = self.signals.state.try_set(ConnectionState::Closed);
+    }
+
+    /// Closes the EventSource. Its listeners stay until the next `open` or `close`
+    /// replaces them: this may run inside one of them, which must not be freed mid-call.
+    fn drop_source(&self) {
+        if let Some(source) = self.source.borrow_mut().take() {
+            source.close();
+        }
+    }
+}
+
+fn listen(
+    source: &EventSource,
+    event_type: &str,
+    connection: Weak<Connection>,
+    handler: impl Fn(&Rc<Connection>, &web_sys::Event) + 'static,
+) -> Listener {
+    let closure = Closure::<dyn FnMut(web_sys::Event)>::new(move |event: web_sys::Event| {
+        if let Some(connection) = connection.upgrade() {
+            handler(&connection, &event);
+        }
+    });
+    // Cannot fail for an EventSource and a function.
+    let _ = source.add_event_listener_with_callback(event_type, closure.as_ref().unchecked_ref());
+    closure
+}
