@@ -4,6 +4,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 redis_port := "6380"
 backend_1_port := "3000"
 backend_2_port := "3002"
+web_port := "3001"
+nginx_port := "8080"
 
 # List the recipes.
 default:
@@ -32,13 +34,12 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Run the system locally: a private Redis, two backends and the web client (trunk serve
-# on 3001, proxying /api to backend-1). Ctrl-C stops everything.
-dev: setup
+# Run it all locally: Redis, two backends, nginx (8080), trunk serve (3001). Ctrl-C stops all.
+dev: setup web-build
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build -p backend
-    mkdir -p target/dev
+    mkdir -p target/dev/nginx
     # Ctrl-C reaches every process of the group; this also cleans up if one of them dies.
     trap 'trap - EXIT; kill 0 2>/dev/null; wait' INT TERM EXIT
     prefix() { sed -u "s/^/$(printf '\033[%sm%-9s\033[0m ' "$1" "$2")/"; }
@@ -48,12 +49,34 @@ dev: setup
     export REDIS_URL=redis://127.0.0.1:{{redis_port}} PUBLISH_KEY=${PUBLISH_KEY:-dev-publish-key}
     PORT={{backend_1_port}} SERVER_ID=backend-1 target/debug/backend 2>&1 | prefix 36 backend-1 &
     PORT={{backend_2_port}} SERVER_ID=backend-2 target/debug/backend 2>&1 | prefix 35 backend-2 &
-    trunk serve 2>&1 | prefix 32 web &
+    # The repo's nginx.conf, rendered for this machine.
+    sed -e 's|${BACKEND_1}|127.0.0.1:{{backend_1_port}}|g' -e 's|${BACKEND_2}|127.0.0.1:{{backend_2_port}}|g' \
+        -e 's|${NGINX_PORT}|{{nginx_port}}|g' -e "s|\${WEB_ROOT}|$PWD/dist|g" \
+        -e "s|\${NGINX_RUN_DIR}|$PWD/target/dev/nginx|g" nginx.conf > target/dev/nginx/nginx.conf
+    nginx -c "$PWD/target/dev/nginx/nginx.conf" -g 'daemon off;' 2>&1 | prefix 34 nginx &
+    trunk serve --port {{web_port}} 2>&1 | prefix 32 web &
     for port in {{backend_1_port}} {{backend_2_port}}; do
         until curl -fs http://127.0.0.1:$port/healthz >/dev/null; do sleep 0.2; done
     done
-    until curl -fs http://127.0.0.1:3001/ >/dev/null; do sleep 0.5; done
-    printf '\n  open       http://127.0.0.1:3001   (the web client)\n'
-    printf '  backend-1  http://127.0.0.1:{{backend_1_port}}\n  backend-2  http://127.0.0.1:{{backend_2_port}}\n'
-    printf '  redis      redis://127.0.0.1:{{redis_port}}\n  publish key: %s\n\n' "$PUBLISH_KEY"
+    until curl -fs http://127.0.0.1:{{nginx_port}}/ >/dev/null; do sleep 0.2; done
+    until curl -fs http://127.0.0.1:{{web_port}}/ >/dev/null; do sleep 0.5; done
+    printf '\n  open       http://127.0.0.1:{{nginx_port}}   (nginx: both backends, release build)\n'
+    printf '             http://127.0.0.1:{{web_port}}   (trunk serve: rebuilds on change, backend-1)\n'
+    printf '  backend-1  http://127.0.0.1:{{backend_1_port}}  backend-2  http://127.0.0.1:{{backend_2_port}}\n'
+    printf '  redis      redis://127.0.0.1:{{redis_port}}   metrics: /metrics on each backend\n'
+    printf '  publish key: %s\n\n' "$PUBLISH_KEY"
+    wait -n
+
+# One backend without Redis (in-process bus, in-memory store) and trunk serve.
+dev-single: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build -p backend
+    trap 'trap - EXIT; kill 0 2>/dev/null; wait' INT TERM EXIT
+    prefix() { sed -u "s/^/$(printf '\033[%sm%-9s\033[0m ' "$1" "$2")/"; }
+    PORT={{backend_1_port}} SERVER_ID=backend-1 PUBLISH_KEY=${PUBLISH_KEY:-dev-publish-key} \
+        target/debug/backend 2>&1 | prefix 36 backend &
+    trunk serve --port {{web_port}} 2>&1 | prefix 32 web &
+    until curl -fs http://127.0.0.1:{{web_port}}/ >/dev/null; do sleep 0.5; done
+    printf '\n  open  http://127.0.0.1:{{web_port}}   (single node, no Redis)\n\n'
     wait -n

@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::Tokens,
-    bus::{self, Bus, LocalBus, RedisBus},
+    bus::{self, Bus, LocalBus, RedisBus, Transport},
     config::Settings,
     error::ApiError,
     hub::Hub,
+    metrics::{HttpLabels, Metrics},
     readiness::Readiness,
     redis::Redis,
     routes,
@@ -68,7 +69,11 @@ impl Application {
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
-        let hub = Hub::new(usize::try_from(settings.stream_queue_size)?);
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(
+            usize::try_from(settings.stream_queue_size)?,
+            metrics.clone(),
+        );
         let readiness = Arc::new(Readiness::new(settings.redis_url.is_some()));
         let (bus, store, redis) = match &settings.redis_url {
             Some(url) => {
@@ -80,12 +85,13 @@ impl Application {
                         &redis,
                         hub.clone(),
                         readiness.clone(),
+                        metrics.clone(),
                         &server_id,
                         shutdown.clone(),
                     )
                     .await?,
                 );
-                let bus = Bus::Redis(RedisBus::new(&redis, settings.retention()));
+                let bus = Transport::Redis(RedisBus::new(&redis, settings.retention()));
                 let store = Store::Redis(RedisStore::new(redis.client.clone()));
                 (bus, store, Some(redis))
             }
@@ -94,11 +100,12 @@ impl Application {
                     "REDIS_URL is not set: running single-node with an in-process bus and an \
                      in-memory store; streams on other instances will not receive events"
                 );
-                let bus = Bus::Local(LocalBus::new(hub.clone(), settings.retention()));
+                let bus = Transport::Local(LocalBus::new(hub.clone(), settings.retention()));
                 (bus, Store::Memory(MemoryStore::default()), None)
             }
         };
-        let (bus, store) = (Arc::new(bus), Arc::new(store));
+        let bus = Arc::new(Bus::new(bus, server_id.clone(), metrics.clone()));
+        let store = Arc::new(store);
 
         let (snapshot_requests, snapshot_queue) = snapshots::channel(SNAPSHOT_QUEUE);
         let service = SnapshotService {
@@ -124,6 +131,7 @@ impl Application {
             store,
             snapshots: snapshot_requests,
             readiness,
+            metrics,
             keep_alive: settings.keep_alive(),
             sse_retry: Duration::from_millis(settings.sse_retry_ms),
         });
@@ -226,6 +234,7 @@ fn http_server(
             .wrap(from_fn(access_log))
             .route("/healthz", web::get().to(routes::healthz))
             .route("/readyz", web::get().to(routes::readyz))
+            .route("/metrics", web::get().to(routes::metrics))
             .service(web::scope("/api").configure(routes::api))
             .configure(|cfg| {
                 if let Some(dir) = &web_dir {
@@ -256,11 +265,24 @@ async fn access_log(
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.path().to_string();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.metrics.clone());
     let response = next.call(req).await?;
+    let status = response.status().as_u16();
+    if let Some(metrics) = metrics {
+        let labels = HttpLabels {
+            method: method.to_string(),
+            route,
+            status,
+        };
+        metrics.http_requests.get_or_create(&labels).inc();
+    }
     tracing::info!(
         %method,
         path,
-        status = response.status().as_u16(),
+        status,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "request"
     );

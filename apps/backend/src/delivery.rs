@@ -17,16 +17,25 @@ use events::{Cursor, Envelope, Position, Resync, ResyncScope, event_type};
 use futures_util::{Stream, StreamExt};
 
 use crate::{
-    bus::{Bus, BusError, HistoryRead, Topic},
+    bus::{Bus, BusError, HistoryRead, Topic, now_millis},
     hub::{Delivery, EventStream, Published},
+    metrics::{Metrics, ResumeOutcome},
 };
 
 /// The context a stream runs in.
 #[derive(Debug, Clone)]
 pub struct StreamContext {
     pub bus: Arc<Bus>,
+    pub metrics: Arc<Metrics>,
     pub user_id: String,
     pub server_id: String,
+}
+
+/// The frames that bring a stream up to date, and what kind of catching up it was.
+#[derive(Debug)]
+pub struct CatchUp {
+    pub frames: Vec<sse::Event>,
+    pub outcome: ResumeOutcome,
 }
 
 impl StreamContext {
@@ -49,7 +58,7 @@ impl StreamContext {
         &self,
         cursor: &mut Cursor,
         scope: ResyncScope,
-    ) -> Result<Vec<sse::Event>, BusError> {
+    ) -> Result<CatchUp, BusError> {
         let topic = self.topic(scope);
         let at = position(cursor, scope);
         let mut step = reconcile(at, &self.bus.read(&topic, at.seq, self.read_limit()).await?);
@@ -71,10 +80,36 @@ impl StreamContext {
             if let Some(p) = envelope.position() {
                 *position_mut(cursor, scope) = p;
                 frames.push(Published::new(envelope).frame(Some(cursor.to_string())));
+                self.delivered(&envelope.event_type);
             }
         }
         *position_mut(cursor, scope) = step.to;
-        Ok(frames)
+        let outcome = if step.resync.is_some() {
+            ResumeOutcome::resync
+        } else if step.replay.is_empty() {
+            ResumeOutcome::up_to_date
+        } else {
+            ResumeOutcome::replayed
+        };
+        Ok(CatchUp { frames, outcome })
+    }
+
+    fn delivered(&self, event_type: &str) {
+        self.metrics
+            .events_delivered
+            .get_or_create(&self.metrics.event_labels(event_type))
+            .inc();
+    }
+
+    /// Counts a live event on its way to the connection, with its delivery latency.
+    fn delivered_live(&self, published: &Published) {
+        self.delivered(&published.event_type);
+        if let Some(at) = published.published_at {
+            let latency_ms = now_millis().saturating_sub(at);
+            self.metrics
+                .delivery_latency
+                .observe(latency_ms as f64 / 1000.0);
+        }
     }
 
     /// The head of `scope`'s history: where a stream that asks for nothing starts.
@@ -116,6 +151,7 @@ impl StreamContext {
                         match published.position {
                             // Bypassed the backend: no position, delivered as it is.
                             None => {
+                                self.delivered_live(published);
                                 yield published.frame(None);
                                 continue;
                             }
@@ -126,6 +162,7 @@ impl StreamContext {
                                 }
                                 if p.epoch == at.epoch && p.seq == at.seq + 1 {
                                     *position_mut(&mut cursor, scope) = p;
+                                    self.delivered_live(published);
                                     yield published.frame(Some(cursor.to_string()));
                                     continue;
                                 }
@@ -138,7 +175,7 @@ impl StreamContext {
                 };
                 for scope in scopes {
                     match self.catch_up(&mut cursor, scope).await {
-                        Ok(frames) => for frame in frames { yield frame; },
+                        Ok(caught_up) => for frame in caught_up.frames { yield frame; },
                         Err(error) => {
                             tracing::warn!(user_id = %self.user_id, %error, "cannot read history; closing the stream so the client resumes");
                             return;

@@ -17,6 +17,8 @@ use events::{Envelope, Position};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
+use crate::metrics::Metrics;
+
 /// What the hub queues on a stream.
 #[derive(Debug, Clone)]
 pub enum Delivery {
@@ -36,6 +38,8 @@ pub struct Published {
     pub position: Option<Position>,
     pub event_type: ByteString,
     pub data: ByteString,
+    /// When it was accepted (ms since the epoch), for the delivery latency.
+    pub published_at: Option<u64>,
 }
 
 impl Published {
@@ -46,6 +50,7 @@ impl Published {
             position: envelope.position(),
             event_type: envelope.event_type.as_str().into(),
             data: json.into(),
+            published_at: envelope.published_at,
         }
     }
 
@@ -75,8 +80,7 @@ struct Shared {
     queue_size: usize,
     /// Set at shutdown: streams opened from then on end at once.
     closing: AtomicBool,
-    /// Streams closed because their queue was full: the client was not reading.
-    slow_closed: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug)]
@@ -86,14 +90,14 @@ struct Entry {
 }
 
 impl Hub {
-    pub fn new(queue_size: usize) -> Self {
+    pub fn new(queue_size: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 streams: Mutex::new(HashMap::new()),
                 next_stream_id: AtomicU64::new(1),
                 queue_size: queue_size.max(1),
                 closing: AtomicBool::new(false),
-                slow_closed: AtomicU64::new(0),
+                metrics,
             }),
         }
     }
@@ -122,6 +126,8 @@ impl Hub {
                     .push(Entry { id, tx });
             }
         }
+        self.shared.metrics.streams_opened.inc();
+        self.shared.metrics.streams_open.inc();
         tracing::debug!(user_id, stream = id, "stream opened");
         EventStream {
             rx,
@@ -167,7 +173,7 @@ impl Hub {
         entries.retain(|entry| match entry.tx.try_send(delivery.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.shared.slow_closed.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.slow_consumer_disconnects.inc();
                 tracing::warn!(
                     user_id,
                     stream = entry.id,
@@ -229,7 +235,7 @@ impl Hub {
 
     /// How many streams were closed because their client stopped reading.
     pub fn slow_closed_count(&self) -> u64 {
-        self.shared.slow_closed.load(Ordering::Relaxed)
+        self.shared.metrics.slow_consumer_disconnects.get()
     }
 
     fn remove(&self, user_id: &str, id: u64) {
@@ -276,6 +282,9 @@ struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.remove(&self.user_id, self.id);
+        let metrics = &self.hub.shared.metrics;
+        metrics.streams_closed.inc();
+        metrics.streams_open.dec();
     }
 }
 
@@ -303,7 +312,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_stream_of_a_user_receives_and_closing_one_keeps_the_others() {
-        let hub = Hub::new(8);
+        let hub = Hub::new(8, Arc::default());
         let mut first = hub.open("alice");
         let second = hub.open("alice");
         hub.deliver(&event("alice", 1));
@@ -316,7 +325,7 @@ mod tests {
 
     #[tokio::test]
     async fn users_are_isolated_but_broadcasts_reach_everyone() {
-        let hub = Hub::new(8);
+        let hub = Hub::new(8, Arc::default());
         let mut alice = hub.open("alice");
         let mut bob = hub.open("bob");
         hub.deliver(&event("bob", 1));
@@ -332,7 +341,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_that_stops_reading_is_closed_when_its_queue_fills() {
-        let hub = Hub::new(2);
+        let hub = Hub::new(2, Arc::default());
         let mut stalled = hub.open("alice");
         let mut reading = hub.open("alice");
         for id in 1..=3 {
@@ -349,7 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_all_ends_every_stream_and_refuses_new_ones() {
-        let hub = Hub::new(8);
+        let hub = Hub::new(8, Arc::default());
         let mut stream = hub.open("alice");
         hub.close_all();
         assert!(stream.next().await.is_none());
@@ -363,7 +372,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn drain_spreads_closing_over_the_window() {
-        let hub = Hub::new(8);
+        let hub = Hub::new(8, Arc::default());
         let streams: Vec<_> = (0..40).map(|i| hub.open(&format!("user-{i}"))).collect();
         let draining = tokio::spawn({
             let hub = hub.clone();

@@ -10,6 +10,7 @@ pub mod config;
 mod delivery;
 mod error;
 pub mod hub;
+pub mod metrics;
 pub mod readiness;
 mod redis;
 mod routes;

@@ -120,10 +120,11 @@ impl SnapshotService {
         };
         let data = serde_json::to_value(&generated)?;
         self.bus
-            .publish(
-                Envelope::new(user_id, event_type::SNAPSHOTS_GENERATED, data),
-                &self.server_id,
-            )
+            .publish(Envelope::new(
+                user_id,
+                event_type::SNAPSHOTS_GENERATED,
+                data,
+            ))
             .await?;
         Ok(snapshots.len())
     }

@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    auth::Tokens, bus::Bus, config::Secret, hub::Hub, readiness::Readiness,
+    auth::Tokens, bus::Bus, config::Secret, hub::Hub, metrics::Metrics, readiness::Readiness,
     snapshots::SnapshotRequests, store::Store,
 };
 
@@ -20,6 +20,7 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub snapshots: SnapshotRequests,
     pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
     pub keep_alive: Duration,
     pub sse_retry: Duration,
 }

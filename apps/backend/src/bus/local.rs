@@ -105,7 +105,7 @@ mod tests {
             max_len,
             max_age: Duration::from_secs(60),
         };
-        LocalBus::new(Hub::new(8), retention)
+        LocalBus::new(Hub::new(8, std::sync::Arc::default()), retention)
     }
 
     fn publish(bus: &LocalBus, user: &str) -> Envelope {

@@ -8,17 +8,30 @@
 mod local;
 mod redis;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use events::{BROADCAST_USER_ID, Envelope, Position};
+
+use crate::metrics::Metrics;
 
 pub use self::{
     local::LocalBus,
     redis::{RedisBus, start_relay},
 };
 
+/// The bus of one instance: a transport, and what it stamps and counts on the way.
 #[derive(Debug)]
-pub enum Bus {
+pub struct Bus {
+    transport: Transport,
+    server_id: String,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug)]
+pub enum Transport {
     Local(LocalBus),
     Redis(RedisBus),
 }
@@ -76,23 +89,32 @@ pub enum BusError {
 }
 
 impl Bus {
+    pub fn new(transport: Transport, server_id: impl Into<String>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            transport,
+            server_id: server_id.into(),
+            metrics,
+        }
+    }
+
     /// Publishes `envelope` to its user's streams (or to every stream, for a broadcast)
     /// on every instance, and appends it to the topic's history. Stamps it with this
     /// instance's id, the time, and its epoch and position in the topic's sequence, all
     /// in one atomic step; returns it as delivered.
-    pub async fn publish(
-        &self,
-        mut envelope: Envelope,
-        server_id: &str,
-    ) -> Result<Envelope, BusError> {
+    pub async fn publish(&self, mut envelope: Envelope) -> Result<Envelope, BusError> {
         envelope.id = None;
         envelope.epoch = None;
-        envelope.server_id = Some(server_id.to_string());
+        envelope.server_id = Some(self.server_id.clone());
         envelope.published_at = Some(now_millis());
-        match self {
-            Self::Local(bus) => Ok(bus.publish(envelope)),
-            Self::Redis(bus) => bus.publish(envelope).await,
-        }
+        let published = match &self.transport {
+            Transport::Local(bus) => bus.publish(envelope),
+            Transport::Redis(bus) => bus.publish(envelope).await?,
+        };
+        self.metrics
+            .events_published
+            .get_or_create(&self.metrics.event_labels(&published.event_type))
+            .inc();
+        Ok(published)
     }
 
     /// The head of `topic`'s history, and up to `limit` kept events after sequence
@@ -103,24 +125,24 @@ impl Bus {
         after: u64,
         limit: usize,
     ) -> Result<HistoryRead, BusError> {
-        match self {
-            Self::Local(bus) => Ok(bus.read(topic, after, limit)),
-            Self::Redis(bus) => bus.read(topic, after, limit).await,
+        match &self.transport {
+            Transport::Local(bus) => Ok(bus.read(topic, after, limit)),
+            Transport::Redis(bus) => bus.read(topic, after, limit).await,
         }
     }
 
     /// A short name for logs: "redis" or "in-process".
     pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Local(_) => "in-process",
-            Self::Redis(_) => "redis",
+        match &self.transport {
+            Transport::Local(_) => "in-process",
+            Transport::Redis(_) => "redis",
         }
     }
 
     pub fn retention(&self) -> Retention {
-        match self {
-            Self::Local(bus) => bus.retention(),
-            Self::Redis(bus) => bus.retention(),
+        match &self.transport {
+            Transport::Local(bus) => bus.retention(),
+            Transport::Redis(bus) => bus.retention(),
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{BusError, HistoryRead, Retention, Topic};
 use crate::{
     hub::Hub,
+    metrics::Metrics,
     readiness::{PROBE_INTERVAL, Readiness},
     redis::Redis,
 };
@@ -186,6 +187,7 @@ pub async fn start_relay(
     redis: &Redis,
     hub: Hub,
     readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
     server_id: &str,
     shutdown: CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, BusError> {
@@ -205,6 +207,7 @@ pub async fn start_relay(
         subscriber: redis.subscriber.clone(),
         hub,
         readiness: readiness.clone(),
+        metrics,
         probe: probe.clone(),
     };
     Ok(vec![
@@ -222,6 +225,7 @@ struct Relay {
     subscriber: SubscriberClient,
     hub: Hub,
     readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
     probe: String,
 }
 
@@ -252,6 +256,7 @@ impl Relay {
                     // Pub/Sub: subscribe again, then have every stream catch up from
                     // history (in that order, so nothing falls between the two).
                     Ok(_) | Err(RecvError::Lagged(_)) => {
+                        self.metrics.redis_reconnects.inc();
                         if let Err(error) = self.subscriber.resubscribe_all().await {
                             tracing::error!(%error, "could not resubscribe after reconnecting");
                         }

@@ -24,3 +24,14 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         reason,
     })
 }
+
+/// `GET /metrics`: every metric of this instance, in the Prometheus text format.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let metrics = &state.metrics;
+    metrics
+        .probe_round_trip
+        .set(state.readiness.probe_round_trip().as_secs_f64());
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(metrics.encode())
+}

@@ -9,7 +9,7 @@ mod token;
 
 use actix_web::web;
 
-pub use health::{healthz, readyz};
+pub use health::{healthz, metrics, readyz};
 
 /// Mounts everything under `/api`.
 pub fn api(cfg: &mut web::ServiceConfig) {

@@ -41,7 +41,7 @@ pub async fn publish(
     }
     let envelope = state
         .bus
-        .publish(Envelope::new(recipient, event_type, data), &state.server_id)
+        .publish(Envelope::new(recipient, event_type, data))
         .await?;
     Ok(HttpResponse::Accepted().json(envelope))
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::{
     auth::AuthenticatedUser, delivery::StreamContext, error::ApiError, hub::Published,
-    state::AppState,
+    metrics::ResumeOutcome, state::AppState,
 };
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +44,7 @@ pub async fn open(
     let deliveries = state.hub.open(&user.0);
     let context = StreamContext {
         bus: state.bus.clone(),
+        metrics: state.metrics.clone(),
         user_id: user.0.clone(),
         server_id: state.server_id.clone(),
     };
@@ -67,11 +68,21 @@ pub async fn open(
             (head, head, frames, false)
         }
     };
+    let mut outcome = if opening.is_empty() {
+        ResumeOutcome::fresh
+    } else {
+        ResumeOutcome::resync
+    };
     if resuming {
+        outcome = ResumeOutcome::up_to_date;
         for scope in [ResyncScope::User, ResyncScope::Broadcast] {
-            opening.extend(context.catch_up(&mut cursor, scope).await?);
+            let caught_up = context.catch_up(&mut cursor, scope).await?;
+            opening.extend(caught_up.frames);
+            // The most telling outcome of the two histories wins.
+            outcome = outcome.max(caught_up.outcome);
         }
     }
+    state.metrics.resumed(outcome);
 
     let opened = Envelope {
         server_id: Some(state.server_id.clone()),

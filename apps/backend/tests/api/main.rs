@@ -8,3 +8,4 @@ mod no_loss;
 mod publish;
 mod single_node;
 mod stream;
+mod topology;

@@ -1,0 +1,225 @@
+//! What `GET /metrics` reports, in the Prometheus text format.
+
+use std::{
+    collections::HashSet,
+    sync::{Mutex, PoisonError, atomic::AtomicU64},
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Event types get their own label value up to this many; the rest count as `other`, so a
+/// publisher cannot blow up the number of series.
+const MAX_EVENT_TYPES: usize = 64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event_type: String,
+}
+
+/// Ordered from least to most telling: when two histories resume differently, the
+/// stream counts as the greater.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // Label values are written as they are spelled.
+pub enum ResumeOutcome {
+    /// No cursor: the stream started at the head.
+    fresh,
+    /// The cursor was already at the head.
+    up_to_date,
+    /// Missed events were replayed from history.
+    replayed,
+    /// History could not fill the gap: `stream.resync` was sent.
+    resync,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResumeLabels {
+    pub outcome: ResumeOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    /// The route pattern, never the raw path (which could carry ids or tokens).
+    pub route: String,
+    pub status: u16,
+}
+
+/// Every metric of one instance. Cheap to update from any thread.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub streams_open: Gauge,
+    pub streams_opened: Counter,
+    pub streams_closed: Counter,
+    pub slow_consumer_disconnects: Counter,
+    pub events_published: Family<EventLabels, Counter>,
+    pub events_delivered: Family<EventLabels, Counter>,
+    /// From `publishedAt` to the frame being handed to the connection, live events only.
+    pub delivery_latency: Histogram,
+    pub redis_reconnects: Counter,
+    pub probe_round_trip: Gauge<f64, AtomicU64>,
+    pub resumes: Family<ResumeLabels, Counter>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    seen_event_types: Mutex<HashSet<String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut metrics = Self {
+            registry: Registry::default(),
+            streams_open: Gauge::default(),
+            streams_opened: Counter::default(),
+            streams_closed: Counter::default(),
+            slow_consumer_disconnects: Counter::default(),
+            events_published: Family::default(),
+            events_delivered: Family::default(),
+            delivery_latency: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            redis_reconnects: Counter::default(),
+            probe_round_trip: Gauge::default(),
+            resumes: Family::default(),
+            http_requests: Family::default(),
+            seen_event_types: Mutex::new(HashSet::new()),
+        };
+        let r = &mut metrics.registry;
+        r.register(
+            "sse_streams_open",
+            "Event streams open now",
+            metrics.streams_open.clone(),
+        );
+        r.register(
+            "sse_streams_opened",
+            "Event streams opened",
+            metrics.streams_opened.clone(),
+        );
+        r.register(
+            "sse_streams_closed",
+            "Event streams closed",
+            metrics.streams_closed.clone(),
+        );
+        r.register(
+            "sse_slow_consumer_disconnects",
+            "Streams closed because their client stopped reading and the queue filled",
+            metrics.slow_consumer_disconnects.clone(),
+        );
+        r.register(
+            "events_published",
+            "Events accepted by this instance, by type",
+            metrics.events_published.clone(),
+        );
+        r.register(
+            "events_delivered",
+            "Events written to streams on this instance (live and replayed), by type",
+            metrics.events_delivered.clone(),
+        );
+        r.register(
+            "event_delivery_latency_seconds",
+            "Time from publication to the frame reaching the connection, live events",
+            metrics.delivery_latency.clone(),
+        );
+        r.register(
+            "redis_reconnects",
+            "Reconnections of the Redis subscriber",
+            metrics.redis_reconnects.clone(),
+        );
+        r.register(
+            "redis_probe_round_trip_seconds",
+            "Round trip of the last subscription probe through Redis",
+            metrics.probe_round_trip.clone(),
+        );
+        r.register(
+            "sse_resumes",
+            "Streams opened, by how they resumed",
+            metrics.resumes.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests, by method, route and status",
+            metrics.http_requests.clone(),
+        );
+        metrics
+    }
+
+    /// The label for `event_type`, or `other` once too many types have been seen.
+    pub fn event_labels(&self, event_type: &str) -> EventLabels {
+        let mut seen = self
+            .seen_event_types
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let known = seen.contains(event_type) || {
+            seen.len() < MAX_EVENT_TYPES && seen.insert(event_type.to_string())
+        };
+        EventLabels {
+            event_type: if known { event_type } else { "other" }.to_string(),
+        }
+    }
+
+    pub fn resumed(&self, outcome: ResumeOutcome) {
+        self.resumes.get_or_create(&ResumeLabels { outcome }).inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_counters_in_the_text_format() {
+        let metrics = Metrics::new();
+        metrics.streams_opened.inc();
+        metrics
+            .events_published
+            .get_or_create(&metrics.event_labels("orders.shipped"))
+            .inc();
+        metrics.resumed(ResumeOutcome::replayed);
+        let text = metrics.encode();
+        assert!(text.contains("sse_streams_opened_total 1"), "{text}");
+        assert!(
+            text.contains(r#"events_published_total{event_type="orders.shipped"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sse_resumes_total{outcome="replayed"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("event_delivery_latency_seconds_bucket"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn event_types_beyond_the_cap_are_counted_as_other() {
+        let metrics = Metrics::new();
+        for i in 0..MAX_EVENT_TYPES {
+            assert_eq!(
+                metrics.event_labels(&format!("t.e{i}")).event_type,
+                format!("t.e{i}")
+            );
+        }
+        assert_eq!(metrics.event_labels("t.one-too-many").event_type, "other");
+        assert_eq!(
+            metrics.event_labels("t.e0").event_type,
+            "t.e0",
+            "known types keep their label"
+        );
+    }
+}

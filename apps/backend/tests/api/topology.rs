@@ -1,0 +1,338 @@
+//! The topology `just dev` runs, on free ports: Redis, two backend processes, and nginx
+//! with the repo's own nginx.conf in front of them.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// The repository's root, where nginx.conf and docker-compose.yml live.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// nginx running the repo's nginx.conf, rendered for this machine; killed on drop.
+struct Nginx {
+    child: Child,
+    base: String,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    async fn start(backend_1: &str, backend_2: &str, web_root: &Path) -> Self {
+        let dir = TempDir::new("nginx");
+        let port = free_port();
+        let template = std::fs::read_to_string(repo_root().join("nginx.conf"))
+            .expect("nginx.conf is readable");
+        let rendered = template
+            .replace("${BACKEND_1}", backend_1)
+            .replace("${BACKEND_2}", backend_2)
+            .replace("${NGINX_PORT}", &format!("127.0.0.1:{port}"))
+            .replace("${WEB_ROOT}", &web_root.display().to_string())
+            .replace("${NGINX_RUN_DIR}", &dir.path.display().to_string());
+        let unfilled = rendered
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .any(|line| line.contains("${"));
+        assert!(!unfilled, "every template name is filled in");
+        let config = dir.path.join("nginx.conf");
+        std::fs::write(&config, rendered).expect("write the rendered config");
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&config)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx must be installed: run `bash .ci/setup`");
+        let nginx = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while client.get(&nginx.base).send().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nginx did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: only the master can take its workers down with it.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("{name}-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&path).expect("create a temp dir");
+        Self { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn host_port(address: &str) -> &str {
+    address.trim_start_matches("http://")
+}
+
+/// Opens a stream through `base` and returns it with the instance that serves it.
+async fn open_via(base: &str, token: &str) -> (SseStream, String) {
+    let response = reqwest::Client::new()
+        .get(format!("{base}/api/events"))
+        .query(&[("token", token)])
+        .send()
+        .await
+        .expect("stream request");
+    assert_eq!(response.status(), 200);
+    let mut stream = SseStream::new(response);
+    let opened = stream.next_event().await;
+    let server = opened.json()["data"]["serverId"]
+        .as_str()
+        .expect("serverId")
+        .to_string();
+    (stream, server)
+}
+
+async fn token_via(base: &str, user_id: &str) -> String {
+    let body: Value = reqwest::Client::new()
+        .post(format!("{base}/api/auth/token"))
+        .json(&json!({ "userId": user_id }))
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token body");
+    body["token"].as_str().expect("a token").to_string()
+}
+
+async fn publish_via(base: &str, user_id: &str, event_type: &str, n: u64) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/publish"))
+        .bearer_auth(PUBLISH_KEY)
+        .json(&json!({"userId": user_id, "eventType": event_type, "data": {"n": n}}))
+        .send()
+        .await
+        .expect("publish request");
+    assert_eq!(response.status(), 202, "publish through nginx");
+    response.json().await.expect("publish body")
+}
+
+async fn metric(base: &str, line_start: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find(|line| line.starts_with(line_start))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_in_front_of_two_backends_delivers_survives_a_dead_backend_and_reports() {
+    let mut redis = RedisServer::start().await;
+    let one = BackendProcess::start(Some(&redis), &[("SERVER_ID", "backend-1")]).await;
+    let two = BackendProcess::start(Some(&redis), &[("SERVER_ID", "backend-2")]).await;
+    let web = TempDir::new("web");
+    std::fs::write(
+        web.path.join("index.html"),
+        "<!doctype html><title>t</title>",
+    )
+    .expect("index");
+    std::fs::write(web.path.join("web-0123abcd_bg.wasm"), b"\0asm").expect("wasm");
+    let nginx = Nginx::start(host_port(&one.address), host_port(&two.address), &web.path).await;
+    let http = reqwest::Client::new();
+
+    // The web build: the page revalidated, hashed assets cached for good, as wasm.
+    let page = http.get(&nginx.base).send().await.expect("page");
+    assert_eq!(page.headers()["cache-control"], "no-cache");
+    let wasm = http
+        .get(format!("{}/web-0123abcd_bg.wasm", nginx.base))
+        .send()
+        .await
+        .expect("wasm");
+    assert_eq!(wasm.headers()["content-type"], "application/wasm");
+    assert!(
+        wasm.headers()["cache-control"]
+            .to_str()
+            .unwrap_or("")
+            .contains("immutable")
+    );
+
+    // Streams through nginx land on both backends; every event published through nginx
+    // reaches every one of them, whichever backend accepted it.
+    let token = token_via(&nginx.base, "alice").await;
+    let mut streams = Vec::new();
+    let mut servers = HashSet::new();
+    for _ in 0..4 {
+        let (stream, server) = open_via(&nginx.base, &token).await;
+        servers.insert(server);
+        streams.push(stream);
+    }
+    assert_eq!(
+        servers,
+        HashSet::from(["backend-1".to_string(), "backend-2".to_string()])
+    );
+    let mut accepted_by = HashSet::new();
+    for n in 1..=4 {
+        let accepted = publish_via(&nginx.base, "alice", "test.counted", n).await;
+        accepted_by.insert(
+            accepted["serverId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        accepted_by.len(),
+        2,
+        "publishes were spread over both backends"
+    );
+    for stream in &mut streams {
+        for n in 1..=4 {
+            assert_eq!(stream.next_event().await.json()["data"]["n"], n);
+        }
+    }
+    drop(streams);
+
+    // backend-1 dies: nginx skips it for new streams and publishes. (Another user now,
+    // so that alice's closed streams, which a server notices only lazily, stay out of
+    // the counts below.)
+    drop(one);
+    let token = token_via(&nginx.base, "bob").await;
+    let before = metric(
+        &two.address,
+        "events_published_total{event_type=\"test.after-kill\"}",
+    )
+    .await;
+    assert_eq!(before, 0.0);
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        let (stream, server) = open_via(&nginx.base, &token).await;
+        assert_eq!(server, "backend-2");
+        after.push(stream);
+    }
+    for n in 1..=3 {
+        publish_via(&nginx.base, "bob", "test.after-kill", n).await;
+    }
+    for stream in &mut after {
+        for n in 1..=3 {
+            assert_eq!(stream.next_event().await.json()["data"]["n"], n);
+        }
+    }
+
+    // backend-2's metrics count exactly what went through it.
+    let published = metric(
+        &two.address,
+        "events_published_total{event_type=\"test.after-kill\"}",
+    )
+    .await;
+    assert_eq!(published, 3.0);
+    let delivered = metric(
+        &two.address,
+        "events_delivered_total{event_type=\"test.after-kill\"}",
+    )
+    .await;
+    assert_eq!(delivered, 9.0, "3 events to 3 streams");
+    assert!(metric(&two.address, "sse_streams_open ").await >= 3.0);
+    assert!(metric(&two.address, "event_delivery_latency_seconds_count").await >= 9.0);
+    assert!(
+        metric(
+            &two.address,
+            "http_requests_total{method=\"POST\",route=\"/api/publish\",status=\"202\"}"
+        )
+        .await
+            >= 3.0
+    );
+
+    // Redis stops: readiness says so, directly and through nginx.
+    assert_eq!(
+        http.get(format!("{}/readyz", nginx.base))
+            .send()
+            .await
+            .expect("readyz")
+            .status(),
+        200
+    );
+    redis.stop();
+    let mut unready = false;
+    for _ in 0..50 {
+        let status = http
+            .get(format!("{}/readyz", two.address))
+            .send()
+            .await
+            .expect("readyz")
+            .status();
+        if status == 503 {
+            unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(unready, "/readyz answers 503 once Redis is gone");
+    let through_nginx = http
+        .get(format!("{}/readyz", nginx.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(through_nginx.status(), 503);
+    let body: Value = through_nginx.json().await.expect("readyz body");
+    assert_eq!(body["ready"], false);
+    assert!(body["reason"].as_str().is_some_and(|r| r.contains("probe")));
+}
+
+#[test]
+fn the_compose_file_is_valid() {
+    let output = Command::new("docker-compose")
+        .current_dir(repo_root())
+        .args(["config", "-q"])
+        .env("JWT_SECRET", "a-secret-of-at-least-thirty-two-bytes!!")
+        .env("PUBLISH_KEY", "key")
+        .output()
+        .expect("docker-compose must be installed: run `bash .ci/setup`");
+    assert!(
+        output.status.success(),
+        "docker-compose config: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
