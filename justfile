@@ -80,3 +80,31 @@ dev-single: setup
     until curl -fs http://127.0.0.1:{{web_port}}/ >/dev/null; do sleep 0.5; done
     printf '\n  open  http://127.0.0.1:{{web_port}}   (single node, no Redis)\n\n'
     wait -n
+
+# The standard load scenario: Redis and two release backends started here, 10,000 streams,
+# 5 broadcasts/s for 30 s (50,000 deliveries/s). Prints the table; JSON in target/bench/.
+bench: (bench-scenario "throughput" "--streams 10000 --users 10000 --mode broadcast --rate 5 --duration 30")
+
+# Any scenario against a fresh topology, e.g. just bench-scenario fanout "--streams 10000 --mode broadcast --rate 1 --duration 10" 1
+bench-scenario name args instances="2":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release -p backend -p bench
+    mkdir -p target/bench
+    redis-server --port 6390 --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+    redis=$!
+    # Backends first, then Redis, so they do not log its disappearance.
+    trap 'trap - EXIT; kill ${pids_only[@]:-} 2>/dev/null; wait ${pids_only[@]:-}; kill $redis; wait' INT TERM EXIT
+    pids_only=()
+    until redis-cli -p 6390 ping >/dev/null 2>&1; do sleep 0.1; done
+    export JWT_SECRET=bench-secret-bench-secret-bench-secret PUBLISH_KEY=bench-key RUST_LOG=warn
+    urls=() pids=()
+    for i in $(seq 1 {{instances}}); do
+        port=$((3100 + 2 * i))
+        REDIS_URL=redis://127.0.0.1:6390 HOST=127.0.0.1 PORT=$port SERVER_ID=bench-$i \
+            STREAM_QUEUE_SIZE=1024 target/release/backend &
+        pids+=(--pid $!) pids_only+=($!) urls+=(--url http://127.0.0.1:$port)
+        until curl -fs http://127.0.0.1:$port/readyz >/dev/null; do sleep 0.1; done
+    done
+    target/release/bench run --name {{name}} "${urls[@]}" "${pids[@]}" {{args}} \
+        --json target/bench/{{name}}.json

@@ -1,0 +1,88 @@
+//! Command-line interface.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// Streams one worker process holds at most (the per-process open-file cap is 20,000).
+pub const STREAMS_PER_WORKER: usize = 10_000;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "Load generator for the event delivery backend (loopback only)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a scenario and print its results.
+    Run(Scenario),
+    /// (Internal) hold a share of the streams; spawned by `run`.
+    Worker(WorkerShare),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Each event goes to one random user.
+    User,
+    /// Each event goes to every stream.
+    Broadcast,
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct Scenario {
+    /// A short name for the table and the JSON.
+    #[arg(long, default_value = "scenario")]
+    pub name: String,
+    /// Backend base URLs (loopback only); streams and publishes are spread over them.
+    #[arg(long = "url", required = true)]
+    pub urls: Vec<String>,
+    /// Streams to open.
+    #[arg(long, default_value_t = 1000)]
+    pub streams: usize,
+    /// Distinct users the streams belong to (stream i is user i mod users).
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// Events published per second (0: only open streams and hold them).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Seconds to publish (or to hold idle streams).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    #[arg(long, value_enum, default_value_t = Mode::User)]
+    pub mode: Mode,
+    /// The backends' JWT_SECRET, to mint user tokens without a round trip each.
+    #[arg(long, env = "JWT_SECRET")]
+    pub jwt_secret: String,
+    /// The backends' PUBLISH_KEY.
+    #[arg(long, env = "PUBLISH_KEY")]
+    pub publish_key: String,
+    /// Server process ids whose memory and CPU time are measured.
+    #[arg(long = "pid")]
+    pub pids: Vec<u32>,
+    /// Streams being opened at once, per worker.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Where to write the results as JSON.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Seconds to wait for late deliveries after the last publish.
+    #[arg(long, default_value_t = 3.0)]
+    pub grace: f64,
+}
+
+/// A worker's share: streams `first..first + count` of the scenario.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerShare {
+    #[arg(long)]
+    pub first: usize,
+    #[arg(long)]
+    pub count: usize,
+    /// The scenario, as JSON.
+    #[arg(long)]
+    pub scenario: String,
+}

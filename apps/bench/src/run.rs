@@ -1,0 +1,392 @@
+//! `bench run`: the coordinator.
+
+use std::{
+    process::Stdio,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    process::{Child, Command},
+    sync::{Semaphore, mpsc},
+};
+
+use crate::{
+    cli::{Mode, STREAMS_PER_WORKER, Scenario},
+    proc_stats,
+    report::{Latency, Report, ServerCost},
+    worker::{Message, StreamTally, user_id},
+};
+
+pub fn main(scenario: Scenario) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(scenario))
+}
+
+/// Only loopback servers: this is a load generator, and the machine's network rules say so.
+fn check_loopback(url: &str) -> anyhow::Result<()> {
+    let host = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url}: only http:// URLs"))?
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        bail!("{url}: the load generator only targets loopback (127.0.0.0/8)");
+    }
+    Ok(())
+}
+
+struct Worker {
+    child: Child,
+    connected: Option<Connected>,
+    done: Option<Done>,
+    received: u64,
+}
+
+/// A worker's report once its streams are open.
+struct Connected {
+    streams: usize,
+    failed: usize,
+    secs: f64,
+    first_error: Option<String>,
+}
+
+/// A worker's final report.
+struct Done {
+    tallies: Vec<StreamTally>,
+    latency_us: Vec<(u64, u64)>,
+}
+
+pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
+    for url in &scenario.urls {
+        check_loopback(url)?;
+    }
+    let before = proc_stats::total(&scenario.pids);
+    let workers_count = scenario.streams.div_ceil(STREAMS_PER_WORKER).max(1);
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Message)>();
+    let scenario_json = serde_json::to_string(&scenario)?;
+    let mut workers = Vec::new();
+    let per_worker = scenario.streams.div_ceil(workers_count);
+    for w in 0..workers_count {
+        let first = w * per_worker;
+        let count = per_worker.min(scenario.streams - first);
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([
+                "worker",
+                "--first",
+                &first.to_string(),
+                "--count",
+                &count.to_string(),
+            ])
+            .args(["--scenario", &scenario_json])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning a worker")?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(message) = serde_json::from_str::<Message>(&line) {
+                    let _ = tx.send((w, message));
+                }
+            }
+        });
+        workers.push(Worker {
+            child,
+            connected: None,
+            done: None,
+            received: 0,
+        });
+    }
+    drop(tx);
+
+    // 1. Connect.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(180);
+    while workers.iter().any(|w| w.connected.is_none()) {
+        let (w, message) = tokio::time::timeout_at(deadline.into(), rx.recv())
+            .await
+            .context("workers took too long to connect")?
+            .context("a worker died while connecting")?;
+        match message {
+            Message::Progress {
+                connected, failed, ..
+            } => {
+                let total: usize = connected + failed;
+                eprint!(
+                    "\r[{}] worker {w}: {total}/{per_worker} streams opened    ",
+                    scenario.name
+                );
+            }
+            Message::Connected {
+                connected,
+                failed,
+                connect_secs,
+                first_error,
+            } => {
+                workers[w].connected = Some(Connected {
+                    streams: connected,
+                    failed,
+                    secs: connect_secs,
+                    first_error,
+                });
+            }
+            Message::Done { .. } => bail!("worker {w} finished early"),
+        }
+    }
+    let reports: Vec<&Connected> = workers
+        .iter()
+        .filter_map(|w| w.connected.as_ref())
+        .collect();
+    let connected: usize = reports.iter().map(|c| c.streams).sum();
+    let failed: usize = reports.iter().map(|c| c.failed).sum();
+    let connect_secs = reports.iter().map(|c| c.secs).fold(0.0_f64, f64::max);
+    let first_error = reports.iter().find_map(|c| c.first_error.clone());
+    eprintln!(
+        "\r[{}] {connected} streams open ({failed} failed) in {connect_secs:.2} s        ",
+        scenario.name
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_connect = proc_stats::total(&scenario.pids);
+
+    // 2. Publish (or hold).
+    let accepted: Arc<Vec<AtomicU64>> = Arc::new(
+        (0..scenario.users.max(1))
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+    );
+    let broadcasts = Arc::new(AtomicU64::new(0));
+    let publish_failed = Arc::new(AtomicU64::new(0));
+    let publish_started = Instant::now();
+    let publishing = publish(
+        &scenario,
+        accepted.clone(),
+        broadcasts.clone(),
+        publish_failed.clone(),
+    );
+    let progress = async {
+        loop {
+            if let Some((w, Message::Progress { received, .. })) = rx.recv().await {
+                workers_received(&mut workers, w, received);
+                let total: u64 = workers.iter().map(|w| w.received).sum();
+                eprint!(
+                    "\r[{}] {:.0} s: {total} events received    ",
+                    scenario.name,
+                    publish_started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    };
+    tokio::select! {
+        result = publishing => result?,
+        () = progress => {}
+    }
+    let publish_secs = publish_started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs_f64(scenario.grace)).await;
+
+    // 3. Collect.
+    for worker in &mut workers {
+        if let Some(stdin) = worker.child.stdin.as_mut() {
+            let _ = stdin.write_all(b"finish\n").await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while workers.iter().any(|w| w.done.is_none()) {
+        let (w, message) = tokio::time::timeout_at(deadline.into(), rx.recv())
+            .await
+            .context("workers took too long to report")?
+            .context("a worker died before reporting")?;
+        if let Message::Done {
+            tallies,
+            latency_us,
+            received,
+        } = message
+        {
+            workers[w].done = Some(Done {
+                tallies,
+                latency_us,
+            });
+            workers[w].received = received;
+        }
+    }
+    let after = proc_stats::total(&scenario.pids);
+    for worker in &mut workers {
+        let _ = worker.child.wait().await;
+    }
+    eprintln!();
+
+    // 4. Merge.
+    let mut latency = Histogram::<u64>::new(3)?;
+    let (mut deliveries, mut duplicates, mut expected) = (0_u64, 0_u64, 0_u64);
+    let broadcasts = broadcasts.load(Ordering::Relaxed);
+    for done in workers.iter().filter_map(|w| w.done.as_ref()) {
+        for &(value, count) in &done.latency_us {
+            latency.record_n(value, count)?;
+        }
+        for tally in &done.tallies {
+            let user_expected = accepted[tally.user].load(Ordering::Relaxed);
+            expected += user_expected + broadcasts;
+            deliveries +=
+                tally.user_events.min(user_expected) + tally.broadcast_events.min(broadcasts);
+            duplicates += tally.duplicates;
+        }
+    }
+    let published = accepted
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .sum::<u64>()
+        + broadcasts;
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    let report = Report {
+        workers: workers.len(),
+        streams_connected: connected,
+        connect_failed: failed,
+        first_connect_error: first_error,
+        connect_secs,
+        connects_per_sec: connected as f64 / connect_secs.max(1e-9),
+        published,
+        publish_failed: publish_failed.load(Ordering::Relaxed),
+        publish_secs,
+        expected_deliveries: expected,
+        deliveries,
+        lost: expected - deliveries,
+        duplicates,
+        deliveries_per_sec: deliveries as f64 / publish_secs.max(1e-9),
+        latency: Latency {
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: latency.max() as f64 / 1000.0,
+            samples: latency.len(),
+        },
+        server: ServerCost {
+            pids: scenario.pids.clone(),
+            before,
+            after_connect,
+            after,
+            kib_per_stream: (after_connect.rss_kib as f64 - before.rss_kib as f64)
+                / connected.max(1) as f64,
+            cpu_secs: after.cpu_secs - before.cpu_secs,
+        },
+        scenario,
+    };
+    print!("{}", report.table());
+    if let Some(path) = &report.scenario.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn workers_received(workers: &mut [Worker], w: usize, received: u64) {
+    if let Some(worker) = workers.get_mut(w) {
+        worker.received = received;
+    }
+}
+
+/// Publishes at `scenario.rate` for `scenario.duration` seconds (or just waits, at rate 0),
+/// counting what was accepted per user.
+async fn publish(
+    scenario: &Scenario,
+    accepted: Arc<Vec<AtomicU64>>,
+    broadcasts: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let duration = Duration::from_secs_f64(scenario.duration);
+    if scenario.rate <= 0.0 {
+        tokio::time::sleep(duration).await;
+        return Ok(());
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let in_flight = Arc::new(Semaphore::new(256));
+    let rng = Mutex::new(0x2545_F491_4F6C_DD1D_u64);
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while started.elapsed() < duration {
+        ticker.tick().await;
+        let due = (started.elapsed().as_secs_f64() * scenario.rate) as u64;
+        while sent < due {
+            let permit = in_flight.clone().acquire_owned().await?;
+            let url = format!(
+                "{}/api/publish",
+                scenario.urls[sent as usize % scenario.urls.len()]
+            );
+            let (body, user) = match scenario.mode {
+                Mode::Broadcast => (
+                    json!({"broadcast": true, "eventType": "bench.tick", "data": {"n": sent}}),
+                    None,
+                ),
+                Mode::User => {
+                    let user = {
+                        let mut state = rng.lock().unwrap_or_else(PoisonError::into_inner);
+                        *state ^= *state << 13;
+                        *state ^= *state >> 7;
+                        *state ^= *state << 17;
+                        (*state % scenario.users.max(1) as u64) as usize
+                    };
+                    (
+                        json!({"userId": user_id(user), "eventType": "bench.tick", "data": {"n": sent}}),
+                        Some(user),
+                    )
+                }
+            };
+            let request = client
+                .post(url)
+                .bearer_auth(&scenario.publish_key)
+                .json(&body);
+            let (accepted, broadcasts, failed) =
+                (accepted.clone(), broadcasts.clone(), failed.clone());
+            tokio::spawn(async move {
+                let ok = matches!(request.send().await, Ok(r) if r.status() == 202);
+                match (ok, user) {
+                    (true, Some(user)) => accepted[user].fetch_add(1, Ordering::Relaxed),
+                    (true, None) => broadcasts.fetch_add(1, Ordering::Relaxed),
+                    (false, _) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                drop(permit);
+            });
+            sent += 1;
+        }
+    }
+    // Wait for the requests still in flight.
+    let _ = in_flight.acquire_many(256).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_loopback;
+
+    #[test]
+    fn only_loopback_targets_are_accepted() {
+        assert!(check_loopback("http://127.0.0.1:3000").is_ok());
+        assert!(check_loopback("http://127.0.0.7:3000/").is_ok());
+        assert!(check_loopback("http://localhost:3000").is_ok());
+        assert!(check_loopback("http://10.0.0.1:3000").is_err());
+        assert!(check_loopback("http://example.com").is_err());
+        assert!(check_loopback("https://127.0.0.1").is_err());
+    }
+}
