@@ -1,9 +1,9 @@
 //! Command-line interface.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum, builder::TypedValueParser};
 use serde::{Deserialize, Serialize};
 
-/// Streams one worker process holds at most (the per-process open-file cap is 20,000).
+/// Streams one worker process holds by default (the per-process open-file cap is 20,000).
 pub const STREAMS_PER_WORKER: usize = 10_000;
 
 #[derive(Debug, Parser)]
@@ -70,6 +70,10 @@ pub struct Scenario {
     /// Where to write the results as JSON.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Streams per worker process (at most 19,000: the open-file cap is 20,000). More,
+    /// smaller workers spread the client's own work over the cores.
+    #[arg(long, default_value_t = STREAMS_PER_WORKER, value_parser = clap::value_parser!(u64).range(1..=19_000).map(|v| v as usize))]
+    pub streams_per_worker: usize,
     /// Seconds to wait for late deliveries after the last publish.
     #[arg(long, default_value_t = 3.0)]
     pub grace: f64,

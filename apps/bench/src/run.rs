@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::{Mode, STREAMS_PER_WORKER, Scenario},
+    cli::{Mode, Scenario},
     proc_stats,
     report::{Latency, Report, ServerCost},
     worker::{Message, StreamTally, user_id},
@@ -77,7 +77,10 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
         check_loopback(url)?;
     }
     let before = proc_stats::total(&scenario.pids);
-    let workers_count = scenario.streams.div_ceil(STREAMS_PER_WORKER).max(1);
+    let workers_count = scenario
+        .streams
+        .div_ceil(scenario.streams_per_worker)
+        .max(1);
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Message)>();
     let scenario_json = serde_json::to_string(&scenario)?;
     let mut workers = Vec::new();
@@ -255,6 +258,10 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
         .sum::<u64>()
         + broadcasts;
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    // The report is written to disk: no secrets in it.
+    let mut scenario = scenario;
+    scenario.jwt_secret = "[redacted]".into();
+    scenario.publish_key = "[redacted]".into();
     let report = Report {
         workers: workers.len(),
         streams_connected: connected,
