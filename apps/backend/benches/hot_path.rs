@@ -1,0 +1,84 @@
+//! Micro-benchmarks of what every delivery goes through: parsing an envelope off Redis,
+//! encoding it once for the hub, building and encoding each stream's frame, and the
+//! hub's fan-out. `cargo bench -p backend` keeps regressions visible; the end-to-end
+//! numbers come from the load generator (docs/PERFORMANCE.md).
+
+use std::{hint::black_box, sync::Arc, time::Instant};
+
+use actix_web::body::{MessageBody, to_bytes};
+use actix_web_lab::sse::Sse;
+use backend::hub::{Hub, Published};
+use criterion::{Criterion, criterion_group, criterion_main};
+use events::{BROADCAST_USER_ID, Cursor, Envelope, Position};
+use futures_util::{FutureExt, StreamExt, stream};
+
+fn envelope(user: &str) -> Envelope {
+    Envelope {
+        id: Some(42),
+        epoch: Some(1_764_000_000_123),
+        server_id: Some("backend-1".into()),
+        published_at: Some(1_764_000_000_456),
+        ..Envelope::new(
+            user,
+            "snapshots.generated",
+            serde_json::json!({"snapshotCount": 3, "timestamp": "2025-08-26T10:00:00.000Z", "serverId": "backend-1"}),
+        )
+    }
+}
+
+fn parse_and_encode(c: &mut Criterion) {
+    let wire = serde_json::to_vec(&envelope("alice")).expect("serializes");
+    c.bench_function("envelope parse (relay, per event)", |b| {
+        b.iter(|| serde_json::from_slice::<Envelope>(black_box(&wire)).expect("parses"))
+    });
+    let event = envelope("alice");
+    c.bench_function("envelope encode once (hub, per event)", |b| {
+        b.iter(|| Published::new(black_box(&event)))
+    });
+    let published = Published::new(&event);
+    let cursor = Cursor {
+        user: Position::new(1_764_000_000_123, 42),
+        broadcast: Position::new(1_763_990_000_000, 7),
+    };
+    c.bench_function("frame build (per stream)", |b| {
+        b.iter(|| published.frame(Some(black_box(cursor).to_string())))
+    });
+    c.bench_function("frame SSE encoding, 100 frames (per stream)", |b| {
+        b.iter(|| {
+            let frames: Vec<_> = (0..100)
+                .map(|_| published.frame(Some(cursor.to_string())))
+                .collect();
+            let body = Sse::from_infallible_stream(stream::iter(frames)).boxed();
+            to_bytes(body)
+                .now_or_never()
+                .expect("ready")
+                .expect("encodes")
+        })
+    });
+}
+
+fn fan_out(c: &mut Criterion) {
+    const STREAMS: usize = 10_000;
+    let hub = Hub::new(64, Arc::default());
+    let mut streams: Vec<_> = (0..STREAMS)
+        .map(|i| hub.open(&format!("user-{i}")))
+        .collect();
+    let broadcast = envelope(BROADCAST_USER_ID);
+    c.bench_function("hub deliver, one broadcast to 10,000 streams", |b| {
+        b.iter_custom(|iterations| {
+            let mut spent = std::time::Duration::ZERO;
+            for _ in 0..iterations {
+                let started = Instant::now();
+                hub.deliver(black_box(&broadcast));
+                spent += started.elapsed();
+                for stream in &mut streams {
+                    let _ = stream.next().now_or_never();
+                }
+            }
+            spent
+        })
+    });
+}
+
+criterion_group!(benches, parse_and_encode, fan_out);
+criterion_main!(benches);
