@@ -28,6 +28,59 @@ fn assert_exactly_in_order(received: &[Received], expected: &[u64], who: &str) {
     );
 }
 
+/// Clients of `users` open their streams on `first` and fail over to `second`; each
+/// user gets `total` events published through `second` while `disrupt` runs against
+/// `first`. Every client must end with every event once, in order, having reconnected.
+async fn hand_over<F: std::future::Future<Output = ()>>(
+    first: &str,
+    second: &TestApp,
+    users: &[&str],
+    total: u64,
+    pause: Duration,
+    disrupt: F,
+) {
+    let mut clients = Vec::new();
+    for user in users {
+        let token = second.token(user).await;
+        let addresses = vec![first.to_string(), second.address.clone()];
+        clients.push(tokio::spawn(follow(addresses, token, DEADLINE, move |r| {
+            counted(r).len() >= total as usize
+        })));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        second.hub.stream_count(),
+        0,
+        "every client starts on the first instance"
+    );
+
+    let publishers: Vec<_> = users
+        .iter()
+        .map(|user| {
+            let address = second.address.clone();
+            tokio::spawn(publish_counted(
+                vec![address],
+                user.to_string(),
+                1,
+                total,
+                pause,
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    disrupt.await;
+
+    let expected: Vec<u64> = (1..=total).collect();
+    for publisher in publishers {
+        assert_eq!(publisher.await.expect("publisher"), expected);
+    }
+    for (user, client) in users.iter().zip(clients) {
+        let (received, connections) = client.await.expect("client");
+        assert!(connections >= 2, "{user} reconnected");
+        assert_exactly_in_order(&received, &expected, user);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_resumed_with_its_last_id_gets_exactly_what_it_missed() {
     let redis = RedisServer::start().await;
@@ -68,44 +121,9 @@ async fn when_a_backend_dies_its_clients_resume_on_another_and_miss_nothing() {
     let redis = RedisServer::start().await;
     let a = spawn_app(Some(&redis)).await;
     let b = spawn_app(Some(&redis)).await;
+    let first = a.address.clone();
     let users = ["u1", "u2", "u3"];
-    let total = 60;
-    let mut clients = Vec::new();
-    for user in users {
-        let token = a.token(user).await;
-        // Each client starts on A and fails over to B.
-        let addresses = vec![a.address.clone(), b.address.clone()];
-        clients.push(tokio::spawn(follow(addresses, token, DEADLINE, move |r| {
-            counted(r).len() >= total as usize
-        })));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(a.hub.stream_count(), 3, "every client is on A");
-
-    let publishers: Vec<_> = users
-        .iter()
-        .map(|user| {
-            tokio::spawn(publish_counted(
-                vec![b.address.clone()],
-                user.to_string(),
-                1,
-                total,
-                Duration::from_millis(10),
-            ))
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    a.kill().await;
-
-    let expected: Vec<u64> = (1..=total).collect();
-    for publisher in publishers {
-        assert_eq!(publisher.await.expect("publisher"), expected);
-    }
-    for (user, client) in users.iter().zip(clients) {
-        let (received, connections) = client.await.expect("client");
-        assert!(connections >= 2, "{user} reconnected");
-        assert_exactly_in_order(&received, &expected, user);
-    }
+    hand_over(&first, &b, &users, 60, Duration::from_millis(10), a.kill()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,46 +256,16 @@ async fn a_backend_sent_sigterm_drains_its_clients_to_another_without_loss() {
     // A is the real binary, so the signal handling in main is under test too.
     let a = BackendProcess::start(Some(&redis), &[("DRAIN_SECS", "1")]).await;
     let b = spawn_app(Some(&redis)).await;
-    let total = 50;
+    let first = a.address.clone();
     let users = ["d1", "d2", "d3", "d4"];
-    let mut clients = Vec::new();
-    for user in users {
-        let token = b.token(user).await;
-        let addresses = vec![a.address.clone(), b.address.clone()];
-        clients.push(tokio::spawn(follow(addresses, token, DEADLINE, move |r| {
-            counted(r).len() >= total as usize
-        })));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(b.hub.stream_count(), 0, "every client starts on A");
-    let publishers: Vec<_> = users
-        .iter()
-        .map(|user| {
-            tokio::spawn(publish_counted(
-                vec![b.address.clone()],
-                user.to_string(),
-                1,
-                total,
-                Duration::from_millis(20),
-            ))
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    a.terminate();
-    assert!(
-        a.wait(Duration::from_secs(15)).await,
-        "A exits cleanly after draining"
-    );
-
-    let expected: Vec<u64> = (1..=total).collect();
-    for publisher in publishers {
-        publisher.await.expect("publisher");
-    }
-    for (user, client) in users.iter().zip(clients) {
-        let (received, connections) = client.await.expect("client");
-        assert!(connections >= 2, "{user} reconnected");
-        assert_exactly_in_order(&received, &expected, user);
-    }
+    let drain = async move {
+        a.terminate();
+        assert!(
+            a.wait(Duration::from_secs(15)).await,
+            "A exits cleanly after draining"
+        );
+    };
+    hand_over(&first, &b, &users, 50, Duration::from_millis(20), drain).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
