@@ -113,19 +113,9 @@ async fn refuses_bad_input_and_stores_nothing(app: &TestApp) {
         assert_eq!(error["error"]["code"], "unauthorized", "{case}");
     }
 
-    let accounts: Vec<Value> = app
-        .get("/api/accounts", Some(&token))
-        .await
-        .json()
-        .await
-        .expect("accounts");
+    let accounts = app.list("/api/accounts", &token).await;
     assert!(accounts.is_empty(), "nothing stored: {accounts:?}");
-    let snapshots: Vec<Value> = app
-        .get("/api/snapshots", Some(&token))
-        .await
-        .json()
-        .await
-        .expect("snapshots");
+    let snapshots = app.list("/api/snapshots", &token).await;
     assert!(snapshots.is_empty(), "no snapshots: {snapshots:?}");
     stream.expect_no_event(Duration::from_millis(300)).await;
 

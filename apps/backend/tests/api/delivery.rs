@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::*;
 
@@ -32,20 +32,10 @@ async fn event_from_one_instance_reaches_a_stream_on_another() {
     assert_eq!(envelope["serverId"], a.server_id.as_str());
 
     // Stored in Redis: every instance sees the same accounts and snapshots.
-    let accounts: Vec<Value> = b
-        .get("/api/accounts", Some(&token))
-        .await
-        .json()
-        .await
-        .expect("accounts");
+    let accounts = b.list("/api/accounts", &token).await;
     let names: Vec<_> = accounts.iter().map(|a| a["name"].as_str()).collect();
     assert_eq!(names, [Some("Savings"), Some("Checking")]);
-    let snapshots: Vec<Value> = a
-        .get("/api/snapshots", Some(&token))
-        .await
-        .json()
-        .await
-        .expect("snapshots");
+    let snapshots = a.list("/api/snapshots", &token).await;
     assert_eq!(snapshots.len(), 3, "one snapshot, then two");
 }
 
@@ -110,19 +100,9 @@ async fn users_never_see_each_others_events() {
     // Y's stream on instance A has seen both events, so X's stream on A would have too.
     x_on_a.expect_no_event(Duration::from_millis(300)).await;
 
-    let x_accounts: Vec<Value> = a
-        .get("/api/accounts", Some(&x))
-        .await
-        .json()
-        .await
-        .expect("accounts");
+    let x_accounts = a.list("/api/accounts", &x).await;
     assert!(x_accounts.is_empty(), "X sees none of Y's accounts");
-    let x_snapshots: Vec<Value> = a
-        .get("/api/snapshots", Some(&x))
-        .await
-        .json()
-        .await
-        .expect("snapshots");
+    let x_snapshots = a.list("/api/snapshots", &x).await;
     assert!(x_snapshots.is_empty(), "X sees none of Y's snapshots");
 }
 

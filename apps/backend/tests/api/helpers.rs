@@ -211,6 +211,13 @@ impl TestApp {
         request.send().await.expect("request is sent")
     }
 
+    /// `GET path` as the token's user, asserting a 200 and a JSON list.
+    pub async fn list(&self, path: &str, token: &str) -> Vec<Value> {
+        let response = self.get(path, Some(token)).await;
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.expect("a JSON list")
+    }
+
     /// Creates an account and asserts it was created.
     pub async fn create_account(&self, token: &str, name: &str, balance: i64) -> Value {
         let response = self

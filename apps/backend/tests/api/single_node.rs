@@ -29,27 +29,12 @@ async fn single_node_delivers_snapshots_to_every_tab_of_the_user_only() {
     assert_eq!(tab_1.next_event().await.json()["data"]["snapshotCount"], 2);
     bob_stream.expect_no_event(Duration::from_millis(300)).await;
 
-    let accounts: Vec<Value> = app
-        .get("/api/accounts", Some(&alice))
-        .await
-        .json()
-        .await
-        .expect("accounts");
+    let accounts = app.list("/api/accounts", &alice).await;
     assert_eq!(accounts.len(), 2);
     assert_eq!(accounts[0]["userId"], "alice");
-    let snapshots: Vec<Value> = app
-        .get("/api/snapshots", Some(&alice))
-        .await
-        .json()
-        .await
-        .expect("snapshots");
+    let snapshots = app.list("/api/snapshots", &alice).await;
     assert_eq!(snapshots.len(), 3);
-    let bobs: Vec<Value> = app
-        .get("/api/accounts", Some(&bob))
-        .await
-        .json()
-        .await
-        .expect("accounts");
+    let bobs = app.list("/api/accounts", &bob).await;
     assert_eq!(bobs, Vec::<Value>::new());
 
     app.publish("bob", "chat.message-posted", json!({"text": "hi"}))
