@@ -131,7 +131,7 @@ impl Hub {
         tracing::debug!(user_id, stream = id, "stream opened");
         EventStream {
             rx,
-            registration: Registration {
+            _registration: Registration {
                 hub: self.clone(),
                 user_id: user_id.to_string(),
                 id,
@@ -254,13 +254,8 @@ impl Hub {
 #[derive(Debug)]
 pub struct EventStream {
     rx: mpsc::Receiver<Delivery>,
-    registration: Registration,
-}
-
-impl EventStream {
-    pub fn user_id(&self) -> &str {
-        &self.registration.user_id
-    }
+    /// Held only for its `Drop`, which unregisters the stream.
+    _registration: Registration,
 }
 
 impl Stream for EventStream {

@@ -355,6 +355,22 @@ impl Drop for BackendProcess {
     }
 }
 
+/// Polls `address`'s `/readyz` until it answers `status`; returns whether it did within
+/// five seconds (readiness follows a probe sent every 500 ms, stale after 2 s).
+pub async fn readiness_becomes(address: &str, status: u16) -> bool {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(response) = client.get(format!("{address}/readyz")).send().await
+            && response.status() == status
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// An event as a client saw it.
 #[derive(Debug, Clone)]
 pub struct Received {

@@ -150,15 +150,10 @@ async fn a_redis_restart_loses_no_accepted_event_and_readiness_reflects_it() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.stop();
     // Readiness turns false once the subscription probe stops coming back.
-    let mut saw_unready = false;
-    for _ in 0..40 {
-        if a.get("/readyz", None).await.status() == 503 {
-            saw_unready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(saw_unready, "/readyz answers 503 while Redis is away");
+    assert!(
+        readiness_becomes(&a.address, 503).await,
+        "/readyz answers 503 while Redis is away"
+    );
     let refused = a
         .post_json(
             "/api/publish",
@@ -184,15 +179,10 @@ async fn a_redis_restart_loses_no_accepted_event_and_readiness_reflects_it() {
     // Redis came back empty: the client was told its history restarted.
     assert!(received.iter().any(|r| r.event == "stream.resync"));
 
-    let mut ready_again = false;
-    for _ in 0..50 {
-        if a.get("/readyz", None).await.status() == 200 {
-            ready_again = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready_again, "/readyz answers 200 once Redis is back");
+    assert!(
+        readiness_becomes(&a.address, 200).await,
+        "/readyz answers 200 once Redis is back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -295,21 +295,10 @@ async fn nginx_in_front_of_two_backends_delivers_survives_a_dead_backend_and_rep
         200
     );
     redis.stop();
-    let mut unready = false;
-    for _ in 0..50 {
-        let status = http
-            .get(format!("{}/readyz", two.address))
-            .send()
-            .await
-            .expect("readyz")
-            .status();
-        if status == 503 {
-            unready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(unready, "/readyz answers 503 once Redis is gone");
+    assert!(
+        readiness_becomes(&two.address, 503).await,
+        "/readyz answers 503 once Redis is gone"
+    );
     let through_nginx = http
         .get(format!("{}/readyz", nginx.base))
         .send()
