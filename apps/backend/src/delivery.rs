@@ -103,7 +103,12 @@ impl StreamContext {
 
     /// Counts a live event on its way to the connection, with its delivery latency.
     fn delivered_live(&self, published: &Published) {
-        self.delivered(&published.event_type);
+        match &published.delivered {
+            Some(counter) => {
+                counter.inc();
+            }
+            None => self.delivered(&published.event_type),
+        }
         if let Some(at) = published.published_at {
             let latency_ms = now_millis().saturating_sub(at);
             self.metrics

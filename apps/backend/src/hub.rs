@@ -17,6 +17,8 @@ use events::{Envelope, Position};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::metrics::Metrics;
 
 /// What the hub queues on a stream.
@@ -40,6 +42,9 @@ pub struct Published {
     pub data: ByteString,
     /// When it was accepted (ms since the epoch), for the delivery latency.
     pub published_at: Option<u64>,
+    /// The `events_delivered` counter of its type, resolved once per event by the hub
+    /// rather than once per stream it reaches.
+    pub delivered: Option<Counter>,
 }
 
 impl Published {
@@ -51,6 +56,7 @@ impl Published {
             event_type: envelope.event_type.as_str().into(),
             data: json.into(),
             published_at: envelope.published_at,
+            delivered: None,
         }
     }
 
@@ -149,14 +155,27 @@ impl Hub {
             if streams.is_empty() {
                 return;
             }
-            let delivery = Delivery::Event(Arc::new(Published::new(envelope)));
+            let delivery = self.delivery(envelope);
             streams.retain(|user_id, entries| self.offer(user_id, entries, &delivery));
         } else if let Some(entries) = streams.get_mut(&envelope.user_id) {
-            let delivery = Delivery::Event(Arc::new(Published::new(envelope)));
+            let delivery = self.delivery(envelope);
             if !self.offer(&envelope.user_id, entries, &delivery) {
                 streams.remove(&envelope.user_id);
             }
         }
+    }
+
+    /// The shared delivery of an event: encoded once, with its delivery counter.
+    fn delivery(&self, envelope: &Envelope) -> Delivery {
+        let metrics = &self.shared.metrics;
+        let counter = metrics
+            .events_delivered
+            .get_or_create(&metrics.event_labels(&envelope.event_type))
+            .clone();
+        Delivery::Event(Arc::new(Published {
+            delivered: Some(counter),
+            ..Published::new(envelope)
+        }))
     }
 
     /// Tells every stream to catch up from history.
