@@ -5,12 +5,11 @@
 
 use std::{hint::black_box, sync::Arc, time::Instant};
 
-use actix_web::body::{MessageBody, to_bytes};
-use actix_web_lab::sse::Sse;
 use backend::hub::{Hub, Published};
+use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
 use events::{BROADCAST_USER_ID, Cursor, Envelope, Position};
-use futures_util::{FutureExt, StreamExt, stream};
+use futures_util::{FutureExt, StreamExt};
 
 fn envelope(user: &str) -> Envelope {
     Envelope {
@@ -45,14 +44,11 @@ fn parse_and_encode(c: &mut Criterion) {
     });
     c.bench_function("frame SSE encoding, 100 frames (per stream)", |b| {
         b.iter(|| {
-            let frames: Vec<_> = (0..100)
-                .map(|_| published.frame(Some(cursor.to_string())))
-                .collect();
-            let body = Sse::from_infallible_stream(stream::iter(frames)).boxed();
-            to_bytes(body)
-                .now_or_never()
-                .expect("ready")
-                .expect("encodes")
+            let mut out = BytesMut::new();
+            for _ in 0..100 {
+                published.frame(Some(cursor.to_string())).encode(&mut out);
+            }
+            out
         })
     });
 }

@@ -1,15 +1,22 @@
 //! Assembles the instance: bus, store, hub, background services and the HTTP server.
 
-use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
+use std::{future::Future, net::TcpListener, rc::Rc, sync::Arc, time::Duration};
 
+use actix_http::{HttpService, KeepAlive};
+use actix_server::Server;
+use actix_service::{
+    IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt, fn_factory, fn_service,
+    map_config,
+};
 use actix_web::{
-    App, HttpResponse, HttpServer,
+    App, HttpResponse,
     body::MessageBody,
-    dev::{Server, ServiceRequest, ServiceResponse},
+    dev::{AppConfig, ServiceRequest, ServiceResponse},
     middleware::{Next, from_fn},
     web,
 };
 use anyhow::Context;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -17,15 +24,17 @@ use crate::{
     auth::Tokens,
     bus::{self, Bus, LocalBus, RedisBus, Transport},
     config::Settings,
+    direct,
     error::ApiError,
     hub::Hub,
-    metrics::{HttpLabels, Metrics},
+    metrics::Metrics,
     readiness::Readiness,
     redis::Redis,
     routes,
     snapshots::{self, SnapshotService},
     state::AppState,
     store::{MemoryStore, RedisStore, Store},
+    telemetry,
 };
 
 /// How many `snapshots.generate` requests may wait for the snapshot service.
@@ -34,6 +43,9 @@ const SNAPSHOT_QUEUE: usize = 1024;
 /// How long the HTTP server waits for open requests at shutdown. Streams are closed
 /// before it starts waiting, so this bounds only ordinary requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a new connection may take to send its request head (actix-web's default).
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How an instance stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +218,10 @@ impl std::fmt::Debug for Application {
     }
 }
 
+/// The HTTP server: actix-web's, assembled from its parts (as `actix_web::HttpServer`
+/// does) so that each new connection is first offered to [`direct`], which serves plain
+/// stream requests without actix-http's per-connection buffers; every other connection
+/// goes to the actix-web `App` as usual.
 fn http_server(
     settings: &Settings,
     state: web::Data<AppState>,
@@ -220,32 +236,78 @@ fn http_server(
             dir.display()
         );
     }
-    let mut server = HttpServer::new(move || {
-        let json = web::JsonConfig::default()
-            .limit(body_limit)
-            .content_type_required(false)
-            .error_handler(move |err, _| ApiError::from_json_error(&err, body_limit).into());
-        let query = web::QueryConfig::default()
-            .error_handler(|err, _| ApiError::from_query_error(&err).into());
-        App::new()
-            .app_data(state.clone())
-            .app_data(json)
-            .app_data(query)
-            .wrap(from_fn(access_log))
-            .route("/healthz", web::get().to(routes::healthz))
-            .route("/readyz", web::get().to(routes::readyz))
-            .route("/metrics", web::get().to(routes::metrics))
-            .service(web::scope("/api").configure(routes::api))
-            .configure(|cfg| {
-                if let Some(dir) = &web_dir {
-                    cfg.service(actix_files::Files::new("/", dir).index_file("index.html"));
-                }
-            })
-            .default_service(web::to(not_found))
-    })
-    .disable_signals()
-    .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-    .listen(listener)?;
+    let addr = listener.local_addr()?;
+    // Each worker thread builds its own services from this.
+    let per_worker = move || {
+        let app_state = state.clone();
+        let web_dir = web_dir.clone();
+        let app = move || {
+            let json = web::JsonConfig::default()
+                .limit(body_limit)
+                .content_type_required(false)
+                .error_handler(move |err, _| ApiError::from_json_error(&err, body_limit).into());
+            let query = web::QueryConfig::default()
+                .error_handler(|err, _| ApiError::from_query_error(&err).into());
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(json)
+                .app_data(query)
+                .wrap(from_fn(access_log))
+                .route("/healthz", web::get().to(routes::healthz))
+                .route("/readyz", web::get().to(routes::readyz))
+                .route("/metrics", web::get().to(routes::metrics))
+                .service(web::scope("/api").configure(routes::api))
+                .configure(|cfg| {
+                    if let Some(dir) = &web_dir {
+                        cfg.service(actix_files::Files::new("/", dir).index_file("index.html"));
+                    }
+                })
+                .default_service(web::to(not_found))
+        };
+        let http = HttpService::build()
+            .keep_alive(KeepAlive::default())
+            .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+            .client_disconnect_timeout(Duration::from_secs(1))
+            .local_addr(addr)
+            .finish(map_config(
+                app().into_factory().map_err(|err| err.error_response()),
+                // The host and address actix-web would put here only matter to requests
+                // without a Host header, which this service never reads.
+                |()| AppConfig::default(),
+            ))
+            .tcp();
+        let state = state.clone();
+        fn_factory(move || {
+            let http = http.new_service(());
+            let state = state.clone();
+            async move {
+                let http = Rc::new(http.await?);
+                Ok::<_, ()>(fn_service(move |io: TcpStream| {
+                    let http = http.clone();
+                    let state = state.clone();
+                    async move {
+                        // Every future held here is boxed: this one is allocated for as
+                        // long as the connection lives, so it stays a few hundred bytes.
+                        let Some(request) =
+                            direct::stream_request(&io, CLIENT_REQUEST_TIMEOUT).await
+                        else {
+                            let framework = Box::pin(http.call(io));
+                            return framework.await;
+                        };
+                        let opening = Box::pin(direct::open(io, request, state));
+                        if let Some(stream) = opening.await {
+                            stream.await;
+                        }
+                        Ok(())
+                    }
+                }))
+            }
+        })
+    };
+    let mut server = Server::build()
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .listen("backend", listener, per_worker)?;
     if let Some(workers) = settings.workers {
         server = server.workers(workers);
     }
@@ -270,21 +332,15 @@ async fn access_log(
         .app_data::<web::Data<AppState>>()
         .map(|state| state.metrics.clone());
     let response = next.call(req).await?;
-    let status = response.status().as_u16();
     if let Some(metrics) = metrics {
-        let labels = HttpLabels {
-            method: method.to_string(),
-            route,
-            status,
-        };
-        metrics.http_requests.get_or_create(&labels).inc();
+        telemetry::request_served(
+            &metrics,
+            method.as_str(),
+            &path,
+            &route,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
     }
-    tracing::info!(
-        %method,
-        path,
-        status,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "request"
-    );
     Ok(response)
 }

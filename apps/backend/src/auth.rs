@@ -105,8 +105,20 @@ fn epoch_secs(t: SystemTime) -> u64 {
 /// The token from `Authorization: Bearer ...`, else from `?token=` (EventSource cannot
 /// send headers).
 fn bearer_token(req: &HttpRequest) -> Option<String> {
-    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
+    bearer_token_of(authorization(req), req.query_string())
+}
+
+/// The `Authorization` header's value; `Some("")` when it is not readable text.
+fn authorization(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or_default())
+}
+
+/// [`bearer_token`] from the raw `Authorization` value (`Some("")` when unreadable) and
+/// query string, for requests that are not actix's.
+fn bearer_token_of(authorization: Option<&str>, query: &str) -> Option<String> {
+    if let Some(value) = authorization {
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))?;
@@ -116,9 +128,20 @@ fn bearer_token(req: &HttpRequest) -> Option<String> {
     struct TokenQuery {
         token: Option<String>,
     }
-    web::Query::<TokenQuery>::from_query(req.query_string())
+    web::Query::<TokenQuery>::from_query(query)
         .ok()
         .and_then(|q| q.into_inner().token)
+}
+
+/// The user a request's token names (see [`bearer_token_of`] for where it is looked
+/// for): what [`AuthenticatedUser`] does, for requests that are not actix's.
+pub fn authenticate(
+    tokens: &Tokens,
+    authorization: Option<&str>,
+    query: &str,
+) -> Result<String, ApiError> {
+    let token = bearer_token_of(authorization, query).ok_or(AuthError::Missing)?;
+    Ok(tokens.verify(&token)?.sub)
 }
 
 fn state(req: &HttpRequest) -> &AppState {
@@ -136,11 +159,8 @@ impl FromRequest for AuthenticatedUser {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let result = bearer_token(req)
-            .ok_or(AuthError::Missing)
-            .and_then(|token| state(req).tokens.verify(&token))
-            .map(|claims| AuthenticatedUser(claims.sub))
-            .map_err(ApiError::from);
+        let result = authenticate(&state(req).tokens, authorization(req), req.query_string())
+            .map(AuthenticatedUser);
         ready(result)
     }
 }

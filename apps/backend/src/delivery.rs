@@ -12,15 +12,124 @@
 
 use std::sync::Arc;
 
-use actix_web_lab::sse;
-use events::{Cursor, Envelope, Position, Resync, ResyncScope, event_type};
-use futures_util::{Stream, StreamExt};
+use actix_web::web;
+use events::{
+    BadCursor, Cursor, Envelope, Position, Resync, ResyncScope, StreamOpened, event_type,
+};
+use futures_util::{Stream, StreamExt, stream};
+use serde::Deserialize;
 
 use crate::{
     bus::{Bus, BusError, HistoryRead, Topic, now_millis},
-    hub::{Delivery, EventStream, Published},
+    error::ApiError,
+    hub::{Delivery, EventStream, Frame, Published},
     metrics::{Metrics, ResumeOutcome},
+    state::AppState,
 };
+
+/// Where a client asks its stream to resume: the `Last-Event-ID` header (sent by the
+/// browser's own reconnection), else the `lastEventId` query parameter (for clients that
+/// open a new EventSource themselves and so cannot set the header). `None`: start at the
+/// head.
+pub fn resume_point(
+    last_event_id_header: Option<&str>,
+    query: &str,
+) -> Option<Result<Cursor, BadCursor>> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ResumeQuery {
+        last_event_id: Option<String>,
+    }
+    let id = last_event_id_header.map(str::to_string).or_else(|| {
+        web::Query::<ResumeQuery>::from_query(query)
+            .ok()
+            .and_then(|q| q.into_inner().last_event_id)
+    })?;
+    if id.trim().is_empty() {
+        return None;
+    }
+    Some(id.parse())
+}
+
+/// Opens a stream for `user_id`, whichever HTTP layer carries it: registers it with the
+/// hub, then works out where it starts. Its frames are a `stream.opened` naming this
+/// instance; when resuming, every event missed since `resume_from` (or a `stream.resync`
+/// when they cannot all be replayed); then every event published to the user or
+/// broadcast while it is open. Fails while the instance drains, or when history cannot
+/// be read.
+#[tracing::instrument(skip_all, fields(user_id = %user_id))]
+pub async fn open(
+    state: &AppState,
+    user_id: String,
+    resume_from: Option<Result<Cursor, BadCursor>>,
+) -> Result<impl Stream<Item = Frame> + use<>, ApiError> {
+    if state.readiness.is_draining() {
+        return Err(ApiError::Unavailable(
+            "this instance is shutting down; reconnect".into(),
+        ));
+    }
+    // Registered before history is read, so nothing published in between is missed.
+    let deliveries = state.hub.open(&user_id);
+    let context = StreamContext {
+        bus: state.bus.clone(),
+        metrics: state.metrics.clone(),
+        user_id,
+        server_id: state.server_id.clone(),
+    };
+
+    let (opened_at, mut cursor, mut opening, resuming) = match resume_from {
+        Some(Ok(requested)) => (requested, requested, Vec::new(), true),
+        unknown => {
+            let head = Cursor {
+                user: context.head(ResyncScope::User).await?,
+                broadcast: context.head(ResyncScope::Broadcast).await?,
+            };
+            let mut frames = Vec::new();
+            if unknown.is_some() {
+                // An id we did not write: the client's state is of unknown age.
+                frames.push(context.resync_frame(
+                    ResyncScope::User,
+                    "unreadable Last-Event-ID",
+                    &head,
+                ));
+            }
+            (head, head, frames, false)
+        }
+    };
+    let mut outcome = if opening.is_empty() {
+        ResumeOutcome::fresh
+    } else {
+        ResumeOutcome::resync
+    };
+    if resuming {
+        outcome = ResumeOutcome::up_to_date;
+        for scope in [ResyncScope::User, ResyncScope::Broadcast] {
+            let caught_up = context.catch_up(&mut cursor, scope).await?;
+            opening.extend(caught_up.frames);
+            // The most telling outcome of the two histories wins.
+            outcome = outcome.max(caught_up.outcome);
+        }
+    }
+    state.metrics.resumed(outcome);
+
+    let opened = Envelope {
+        server_id: Some(state.server_id.clone()),
+        ..Envelope::new(
+            context.user_id.clone(),
+            event_type::STREAM_OPENED,
+            serde_json::to_value(StreamOpened {
+                server_id: state.server_id.clone(),
+                user_id: context.user_id.clone(),
+            })
+            .expect("StreamOpened serializes"),
+        )
+    };
+    let opened = Published::new(&opened).frame(Some(opened_at.to_string()));
+    Ok(
+        stream::iter(std::iter::once(opened).chain(opening))
+            .chain(context.live(deliveries, cursor)),
+    )
+}
 
 /// The context a stream runs in.
 #[derive(Debug, Clone)]
@@ -34,7 +143,7 @@ pub struct StreamContext {
 /// The frames that bring a stream up to date, and what kind of catching up it was.
 #[derive(Debug)]
 pub struct CatchUp {
-    pub frames: Vec<sse::Event>,
+    pub frames: Vec<Frame>,
     pub outcome: ResumeOutcome,
 }
 
@@ -122,7 +231,7 @@ impl StreamContext {
         Ok(self.bus.read(&self.topic(scope), u64::MAX, 0).await?.head)
     }
 
-    pub fn resync_frame(&self, scope: ResyncScope, reason: &str, cursor: &Cursor) -> sse::Event {
+    pub fn resync_frame(&self, scope: ResyncScope, reason: &str, cursor: &Cursor) -> Frame {
         let data = Resync {
             scope,
             reason: reason.to_string(),
@@ -145,7 +254,7 @@ impl StreamContext {
         self,
         mut deliveries: EventStream,
         mut cursor: Cursor,
-    ) -> impl Stream<Item = sse::Event> {
+    ) -> impl Stream<Item = Frame> {
         async_stream::stream! {
             while let Some(delivery) = deliveries.next().await {
                 // Past this match only the rare paths remain: catching up from history.
@@ -160,26 +269,25 @@ impl StreamContext {
                                 yield published.frame(None);
                                 continue;
                             }
-                            Some(p) => {
-                                let at = position(&cursor, scope);
-                                if p.epoch == at.epoch && p.seq <= at.seq {
-                                    continue; // Already sent (from history, at the seam).
-                                }
-                                if p.epoch == at.epoch && p.seq == at.seq + 1 {
+                            Some(p) => match arrival(position(&cursor, scope), p) {
+                                // Already sent (from history, at the seam).
+                                Arrival::Duplicate => continue,
+                                Arrival::Next => {
                                     *position_mut(&mut cursor, scope) = p;
                                     self.delivered_live(published);
                                     yield published.frame(Some(cursor.to_string()));
                                     continue;
                                 }
-                                // A gap, or a new epoch: history has what is missing,
-                                // this event included.
-                                vec![scope]
-                            }
+                                // History has what is missing, this event included.
+                                Arrival::Gap => vec![scope],
+                            },
                         }
                     }
                 };
                 for scope in scopes {
-                    match self.catch_up(&mut cursor, scope).await {
+                    // Boxed: its reads are large futures, and a stream keeps its state
+                    // for as long as it lives, while catching up is rare.
+                    match Box::pin(self.catch_up(&mut cursor, scope)).await {
                         Ok(caught_up) => for frame in caught_up.frames { yield frame; },
                         Err(error) => {
                             tracing::warn!(user_id = %self.user_id, %error, "cannot read history; closing the stream so the client resumes");
@@ -203,6 +311,30 @@ fn position_mut(cursor: &mut Cursor, scope: ResyncScope) -> &mut Position {
     match scope {
         ResyncScope::User => &mut cursor.user,
         ResyncScope::Broadcast => &mut cursor.broadcast,
+    }
+}
+
+/// How a live event at `p` relates to a stream at `at` in the same history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// Sent already.
+    Duplicate,
+    /// The very next one: send it.
+    Next,
+    /// Events are missing before it, or the history restarted.
+    Gap,
+}
+
+/// Pure, like [`reconcile`], and with its notion of one history's life: a stream that
+/// opened before anything was published (at the default position) is in the life of
+/// whatever epoch comes first, so the first event ever published reaches it directly
+/// instead of sending every open stream to history at once.
+fn arrival(at: Position, p: Position) -> Arrival {
+    let same_life = p.epoch == at.epoch || at == Position::default();
+    match same_life {
+        true if p.seq <= at.seq => Arrival::Duplicate,
+        true if p.seq == at.seq + 1 => Arrival::Next,
+        _ => Arrival::Gap,
     }
 }
 
@@ -357,6 +489,24 @@ mod tests {
             reconcile(Position::default(), &HistoryRead::default()).resync,
             None
         );
+    }
+
+    #[test]
+    fn live_events_are_sent_in_sequence_and_gaps_go_to_history() {
+        let at = Position::new(E, 5);
+        assert_eq!(arrival(at, Position::new(E, 4)), Arrival::Duplicate);
+        assert_eq!(arrival(at, Position::new(E, 5)), Arrival::Duplicate);
+        assert_eq!(arrival(at, Position::new(E, 6)), Arrival::Next);
+        assert_eq!(arrival(at, Position::new(E, 8)), Arrival::Gap);
+        // The history restarted: what this stream missed of the old one is unknown.
+        assert_eq!(arrival(at, Position::new(E + 1, 1)), Arrival::Gap);
+    }
+
+    #[test]
+    fn the_first_event_ever_reaches_streams_opened_before_it_directly() {
+        let never = Position::default();
+        assert_eq!(arrival(never, Position::new(E, 1)), Arrival::Next);
+        assert_eq!(arrival(never, Position::new(E, 3)), Arrival::Gap);
     }
 
     #[test]

@@ -11,11 +11,12 @@ use std::{
     time::Duration,
 };
 
-use actix_web_lab::sse;
+use bytes::BytesMut;
 use bytestring::ByteString;
 use events::{Envelope, Position};
 use futures_util::Stream;
 use tokio::sync::mpsc;
+use tokio_util::codec::Encoder as _;
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -61,12 +62,39 @@ impl Published {
     }
 
     /// The SSE frame, with `id` if given.
-    pub fn frame(&self, id: Option<String>) -> sse::Event {
-        let data = sse::Data::new(self.data.clone()).event(self.event_type.clone());
-        match id {
-            Some(id) => data.id(id).into(),
-            None => data.into(),
+    pub fn frame(&self, id: Option<String>) -> Frame {
+        Frame {
+            event: self.event_type.clone(),
+            id: id.map(ByteString::from),
+            data: self.data.clone(),
         }
+    }
+}
+
+/// One SSE message as a stream sends it, before it is encoded for whichever HTTP layer
+/// carries the stream (see `routes::stream` and `direct`). Cloning shares the `event:` and
+/// `data:` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub event: ByteString,
+    pub id: Option<ByteString>,
+    pub data: ByteString,
+}
+
+impl Frame {
+    /// Appends the frame in `text/event-stream` form, as actix-web-lab's `Sse` writes it
+    /// (both use russe's encoder).
+    pub fn encode(self, out: &mut BytesMut) {
+        let message = russe::Message {
+            data: self.data,
+            event: Some(self.event),
+            id: self.id,
+            retry: None,
+        };
+        // Event types are validated and ids are cursors: no field holds a line break.
+        russe::Encoder::default()
+            .encode(russe::Event::Message(message), out)
+            .expect("stream frames never hold line breaks");
     }
 }
 

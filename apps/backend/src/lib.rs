@@ -8,6 +8,7 @@ pub mod bus;
 mod clock;
 pub mod config;
 mod delivery;
+mod direct;
 mod error;
 pub mod hub;
 pub mod metrics;

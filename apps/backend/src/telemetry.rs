@@ -1,6 +1,6 @@
 //! Log output: every line carries this instance's server id, in text or JSON.
 
-use std::fmt;
+use std::{fmt, time::Duration};
 
 use tracing::{Event, Subscriber};
 use tracing_subscriber::{
@@ -9,7 +9,10 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-use crate::config::LogFormat;
+use crate::{
+    config::LogFormat,
+    metrics::{HttpLabels, Metrics},
+};
 
 /// Installs the global subscriber. Verbosity comes from `RUST_LOG` (default `info`).
 pub fn init(server_id: &str, format: LogFormat) {
@@ -66,4 +69,30 @@ where
             None => writer.write_str(&line),
         }
     }
+}
+
+/// Records one answered request: counted in `http_requests` by route pattern and status,
+/// and logged with its path (never the query, which may hold a token) and its time to
+/// the response head.
+pub fn request_served(
+    metrics: &Metrics,
+    method: &str,
+    path: &str,
+    route: &str,
+    status: u16,
+    elapsed: Duration,
+) {
+    let labels = HttpLabels {
+        method: method.to_string(),
+        route: route.to_string(),
+        status,
+    };
+    metrics.http_requests.get_or_create(&labels).inc();
+    tracing::info!(
+        method,
+        path,
+        status,
+        elapsed_ms = elapsed.as_millis() as u64,
+        "request"
+    );
 }

@@ -2,6 +2,7 @@
 //! HTTP and Server-Sent Events over loopback.
 
 mod accounts;
+mod carriers;
 mod delivery;
 mod helpers;
 mod no_loss;

@@ -1,0 +1,346 @@
+//! Event streams served straight off their TCP connection, below actix-web.
+//!
+//! actix-http gives every connection a read and a write buffer of 8 KiB for as long as it
+//! is open. An open event stream needs neither: its one request has been read, and it
+//! writes a few hundred bytes now and then. At 19,000 streams those two buffers were 16 of
+//! the 20 KiB each stream cost. So the first request of every new connection is peeked at
+//! (read without being consumed): when it is a complete, plain `GET /api/events`, the
+//! stream is served here, each batch of frames written straight to the socket from a
+//! buffer that lives only until it is written. Anything else (another route, a head that
+//! has not fully arrived in the first read, HTTP/1.0, a request with a body, any request
+//! after the first on a kept-alive connection) goes to actix-web untouched, which serves
+//! every route, this one included (`routes::stream`).
+//!
+//! Both carriers open the stream with [`delivery::open`], answer errors with
+//! [`ApiError`]'s responses and encode frames with the same SSE encoder (russe, which
+//! actix-web-lab uses). This one ends the body by closing the connection instead of
+//! chunking it: a stream's connection is never reused anyway.
+
+use std::{
+    future::Future,
+    io,
+    pin::{Pin, pin},
+    time::{Duration, Instant},
+};
+
+use actix_web::{ResponseError, body::to_bytes, web};
+use bytes::{Buf, BytesMut};
+use futures_util::{FutureExt, Stream, StreamExt};
+use russe::Encoder;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpStream, tcp::WriteHalf},
+};
+use tokio_util::codec::Encoder as _;
+
+use crate::{auth, delivery, error::ApiError, hub::Frame, state::AppState, telemetry};
+
+/// The path this module serves.
+const PATH: &str = "/api/events";
+
+/// Request heads longer than this (large cookies, say) go to actix-web.
+const PEEK_LIMIT: usize = 4096;
+
+/// Frames queued on a stream are written together, up to about this many bytes a write.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// The response head of every stream: the headers actix-web-lab's `Sse` and
+/// `routes::stream` give it, with the body delimited by the connection's close.
+const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
+    content-type: text/event-stream\r\n\
+    content-encoding: identity\r\n\
+    cache-control: no-cache\r\n\
+    x-accel-buffering: no\r\n\
+    connection: close\r\n\
+    \r\n";
+
+/// A stream request read off a connection's first bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StreamRequest {
+    /// The bytes of the request head, to consume once the connection is ours.
+    head_len: usize,
+    query: String,
+    /// `Some("")` when present but not text.
+    authorization: Option<String>,
+    last_event_id: Option<String>,
+}
+
+/// Peeks at a new connection's first request, waiting at most `timeout` for it.
+/// `Some` when it is a stream request this module serves; `None` leaves the connection,
+/// unread, to actix-web.
+pub async fn stream_request(io: &TcpStream, timeout: Duration) -> Option<StreamRequest> {
+    // On the heap, and gone before the stream starts: a stream's task keeps its state
+    // for as long as it lives.
+    let mut first = vec![0; PEEK_LIMIT];
+    let read = tokio::time::timeout(timeout, io.peek(&mut first)).await;
+    parse(&first[..read.ok()?.ok()?])
+}
+
+fn parse(bytes: &[u8]) -> Option<StreamRequest> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head_len) = request.parse(bytes).ok()? else {
+        return None;
+    };
+    if request.method != Some("GET") || request.version != Some(1) {
+        return None;
+    }
+    let target = request.path?;
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path != PATH {
+        return None;
+    }
+    let mut stream = StreamRequest {
+        head_len,
+        query: query.to_string(),
+        authorization: None,
+        last_event_id: None,
+    };
+    for header in request.headers.iter() {
+        let value = || {
+            Some(
+                std::str::from_utf8(header.value)
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        };
+        let name = header.name;
+        let has_body = (name.eq_ignore_ascii_case("content-length") && header.value != b"0")
+            || name.eq_ignore_ascii_case("transfer-encoding");
+        // Anything that makes this more than a plain request is actix-web's to handle.
+        let special = name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect");
+        if has_body || special {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("authorization") && stream.authorization.is_none() {
+            stream.authorization = value();
+        } else if name.eq_ignore_ascii_case("last-event-id") && stream.last_event_id.is_none() {
+            stream.last_event_id = value();
+        }
+    }
+    Some(stream)
+}
+
+/// A stream being served: drive it until it ends.
+pub type Serving = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Answers `request` on `io`: with an error response, or with the stream's head and
+/// opening frames, returning the stream to drive until it ends (the hub closes it at
+/// shutdown or for a full queue, the client goes away, or the client takes nothing for
+/// two keep-alive periods).
+pub async fn open(
+    mut io: TcpStream,
+    request: StreamRequest,
+    state: web::Data<AppState>,
+) -> Option<Serving> {
+    let started = Instant::now();
+    // Events are small and latency is the point: no Nagle delay behind an unacked write.
+    let _ = io.set_nodelay(true);
+    discard(&mut io, request.head_len).await.ok()?;
+    let opened = open_frames(&state, &request).await;
+    let status = match &opened {
+        Ok(_) => 200,
+        Err(error) => error.status_code().as_u16(),
+    };
+    telemetry::request_served(&state.metrics, "GET", PATH, PATH, status, started.elapsed());
+    match opened {
+        Ok(frames) => {
+            let mut out = BytesMut::from(STREAM_HEAD);
+            encode(russe::Event::Retry(state.sse_retry), &mut out);
+            let keep_alive = state.keep_alive;
+            Some(Box::pin(async move {
+                let _ = stream(io, frames, out, keep_alive).await;
+            }))
+        }
+        Err(error) => {
+            let _ = respond_with_error(&mut io, &error).await;
+            None
+        }
+    }
+}
+
+/// Authenticates `request` and opens its stream.
+async fn open_frames(
+    state: &AppState,
+    request: &StreamRequest,
+) -> Result<impl Stream<Item = Frame> + use<>, ApiError> {
+    let user_id = auth::authenticate(
+        &state.tokens,
+        request.authorization.as_deref(),
+        &request.query,
+    )?;
+    let resume_from = delivery::resume_point(request.last_event_id.as_deref(), &request.query);
+    delivery::open(state, user_id, resume_from).await
+}
+
+/// Reads and drops the `len` bytes of the request head, which were only peeked at.
+async fn discard(io: &mut TcpStream, len: usize) -> io::Result<()> {
+    let mut head = vec![0; len];
+    io.read_exact(&mut head).await.map(drop)
+}
+
+/// Writes `frames` as they come, then ends. Between writes nothing is buffered.
+async fn stream(
+    mut io: TcpStream,
+    frames: impl Stream<Item = Frame>,
+    mut out: BytesMut,
+    keep_alive: Duration,
+) -> io::Result<()> {
+    let mut frames = pin!(frames);
+    let (mut reader, mut writer) = io.split();
+    // One timer, moved only when it fires: a busy stream pays nothing per frame for it.
+    let mut last_write = tokio::time::Instant::now();
+    let idle = tokio::time::sleep(keep_alive);
+    let mut idle = pin!(idle);
+    let mut scratch = [0u8; 64];
+    loop {
+        if !out.is_empty() {
+            write_out(&mut writer, &mut out, 2 * keep_alive).await?;
+            out = BytesMut::new();
+            last_write = tokio::time::Instant::now();
+        }
+        tokio::select! {
+            biased;
+            frame = frames.next() => {
+                let Some(frame) = frame else { return Ok(()) };
+                frame.encode(&mut out);
+                // Whatever else is already queued goes in the same write.
+                while out.len() < BATCH_BYTES {
+                    match frames.next().now_or_never() {
+                        Some(Some(frame)) => frame.encode(&mut out),
+                        Some(None) | None => break,
+                    }
+                }
+            }
+            () = &mut idle => {
+                let due = last_write + keep_alive;
+                if tokio::time::Instant::now() >= due {
+                    encode(russe::Event::Comment("keep-alive".into()), &mut out);
+                    idle.as_mut().reset(tokio::time::Instant::now() + keep_alive);
+                } else {
+                    idle.as_mut().reset(due);
+                }
+            }
+            // The client sends nothing after its request; end of input means it left.
+            read = reader.read(&mut scratch) => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Writes all of `out`, failing if the client takes nothing for `stall`.
+async fn write_out(
+    writer: &mut WriteHalf<'_>,
+    out: &mut BytesMut,
+    stall: Duration,
+) -> io::Result<()> {
+    while !out.is_empty() {
+        let written = tokio::time::timeout(stall, writer.write(out))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        out.advance(written);
+    }
+    Ok(())
+}
+
+/// Appends a comment or a `retry:`: fixed text, which always encodes.
+fn encode(event: russe::Event, out: &mut BytesMut) {
+    Encoder::default()
+        .encode(event, out)
+        .expect("comments and retries always encode");
+}
+
+/// Writes `error`'s response, as actix-web would have written it, and ends the
+/// connection.
+async fn respond_with_error(io: &mut TcpStream, error: &ApiError) -> io::Result<()> {
+    let response = error.error_response();
+    let status = response.status();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or_default()
+    );
+    for (name, value) in response.headers() {
+        head.push_str(name.as_str());
+        head.push_str(": ");
+        head.push_str(value.to_str().unwrap_or_default());
+        head.push_str("\r\n");
+    }
+    let body = to_bytes(response.into_body())
+        .await
+        .map_err(|_| io::Error::other("error body"))?;
+    head.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    io.write_all(head.as_bytes()).await?;
+    io.write_all(&body).await?;
+    io.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(head: &str) -> Option<StreamRequest> {
+        parse(head.as_bytes())
+    }
+
+    #[test]
+    fn a_plain_stream_request_is_served_directly() {
+        let head = "GET /api/events?token=abc&lastEventId=1-2.3-4 HTTP/1.1\r\nHost: x\r\n\
+                    Authorization: Bearer t\r\nLast-Event-ID: 5-6.7-8\r\n\r\n";
+        assert_eq!(
+            parsed(head),
+            Some(StreamRequest {
+                head_len: head.len(),
+                query: "token=abc&lastEventId=1-2.3-4".into(),
+                authorization: Some("Bearer t".into()),
+                last_event_id: Some("5-6.7-8".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn everything_else_goes_to_actix() {
+        for head in [
+            // Not complete yet.
+            "GET /api/events HTTP/1.1\r\nHost: x\r\n",
+            // Other routes, methods, versions.
+            "GET /api/accounts HTTP/1.1\r\n\r\n",
+            "GET /api/events/x HTTP/1.1\r\n\r\n",
+            "POST /api/events HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            "GET /api/events HTTP/1.0\r\n\r\n",
+            // A body, or more than a plain request.
+            "GET /api/events HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc",
+            "GET /api/events HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            "GET /api/events HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+            // Not HTTP.
+            "\x16\x03\x01 hello",
+        ] {
+            assert_eq!(parsed(head), None, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn frames_and_retries_encode_as_event_stream_text() {
+        let mut out = BytesMut::new();
+        Frame {
+            event: "a.b".into(),
+            id: Some("1-2.3-4".into()),
+            data: r#"{"x":1}"#.into(),
+        }
+        .encode(&mut out);
+        encode(russe::Event::Retry(Duration::from_millis(2000)), &mut out);
+        assert_eq!(
+            &out[..],
+            b"id: 1-2.3-4\nevent: a.b\ndata: {\"x\":1}\n\nretry: 2000\n\n"
+        );
+    }
+}
