@@ -1,6 +1,13 @@
 //! Assembles the instance: bus, store, hub, background services and the HTTP server.
 
-use std::{future::Future, net::TcpListener, rc::Rc, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io,
+    net::{SocketAddr, TcpListener},
+    rc::Rc,
+    sync::Arc,
+    time::Duration,
+};
 
 use actix_http::{HttpService, KeepAlive};
 use actix_server::Server;
@@ -46,6 +53,22 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a new connection may take to send its request head (actix-web's default).
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections the kernel queues for the server to accept. A deploy or a network blip
+/// sends every browser back at once, and a connection dropped off a full queue costs its
+/// client a one-second retransmit (or a reset). std's default is 128; actix-web's own
+/// binding uses 1024.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Binds the listener an instance serves on (`port` 0 for any free one).
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
 
 /// How an instance stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

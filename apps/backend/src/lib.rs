@@ -20,6 +20,6 @@ mod state;
 pub mod store;
 pub mod telemetry;
 
-pub use app::{Application, Stop};
+pub use app::{Application, Stop, listen};
 pub use config::Settings;
 pub use error::ApiError;

@@ -1,4 +1,4 @@
-use std::net::TcpListener;
+use std::net::SocketAddr;
 
 use anyhow::Context;
 use backend::{Application, Settings, Stop, telemetry};
@@ -8,7 +8,7 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     settings.check()?;
-    let listener = TcpListener::bind((settings.host, settings.port))
+    let listener = backend::listen(SocketAddr::new(settings.host, settings.port))
         .with_context(|| format!("could not listen on {}:{}", settings.host, settings.port))?;
     let server_id = settings.server_id_for(listener.local_addr()?.port());
     telemetry::init(&server_id, settings.log_format);

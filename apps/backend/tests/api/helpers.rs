@@ -129,7 +129,7 @@ pub async fn spawn_app(redis: Option<&RedisServer>) -> TestApp {
 }
 
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let listener = backend::listen(([127, 0, 0, 1], 0).into()).expect("bind a free port");
     let app = Application::build(settings, listener)
         .await
         .expect("the application builds");
