@@ -268,9 +268,12 @@ async fn follow(
         ..StreamTally::default()
     };
     let (mut last_user, mut last_broadcast) = (0_u64, 0_u64);
+    // Made once and polled again each time: a fresh `changed()` per event would join and
+    // leave the channel's waiter list every time, the client's own cost in the numbers.
+    let mut finished = std::pin::pin!(finish.changed());
     loop {
         let data = tokio::select! {
-            _ = finish.changed() => break,
+            _ = &mut finished => break,
             data = connection.next_data() => match data {
                 Ok(Some(data)) => data,
                 _ => break,
