@@ -108,3 +108,18 @@ bench-scenario name args instances="2":
     done
     target/release/bench run --name {{name}} "${urls[@]}" "${pids[@]}" {{args}} \
         --json target/bench/{{name}}.json
+
+# The same measurement against `bench floor`, a reference server that does nothing but
+# write each broadcast to every socket: what this machine itself costs. E.g.
+# just bench-floor floor-10000 "--streams 10000 --users 10000 --mode broadcast --rate 1 --duration 8"
+bench-floor name args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release -p bench
+    mkdir -p target/bench
+    target/release/bench floor --port 3190 >/dev/null &
+    floor=$!
+    trap 'trap - EXIT; kill $floor 2>/dev/null; wait' INT TERM EXIT
+    until curl -fs http://127.0.0.1:3190/readyz >/dev/null; do sleep 0.1; done
+    JWT_SECRET=unused PUBLISH_KEY=unused target/release/bench run --name {{name}} \
+        --url http://127.0.0.1:3190 --pid $floor {{args}} --json target/bench/{{name}}.json

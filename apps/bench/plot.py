@@ -2,9 +2,11 @@
 """Plots fan-out latency percentiles against the number of streams, as SVG.
 
 Reads the JSON reports of `bench run` (docs/bench/fanout-*.json by default) and writes
-docs/bench/fanout-latency.svg. Standard library only.
+docs/bench/fanout-latency.svg. When reports of the same scenario against `bench floor`
+are there too (docs/bench/floor-*.json), their p99 is drawn dashed: what the machine
+itself costs. Standard library only.
 
-    python3 apps/bench/plot.py [REPORT.json ...] [--out FILE.svg]
+    python3 apps/bench/plot.py [REPORT.json ...] [--floor FLOOR.json ...] [--out FILE.svg]
 """
 
 import glob
@@ -22,12 +24,22 @@ def main(argv):
         i = argv.index("--out")
         out = argv[i + 1]
         argv = argv[:i] + argv[i + 2:]
+    floor_paths = sorted(glob.glob("docs/bench/floor-*.json"))
+    if "--floor" in argv:
+        i = argv.index("--floor")
+        floor_paths = argv[i + 1:]
+        argv = argv[:i]
     paths = argv or sorted(glob.glob("docs/bench/fanout-*.json"))
-    reports = sorted((json.load(open(p)) for p in paths), key=lambda r: r["streams_connected"])
+
+    def load(paths):
+        return sorted((json.load(open(p)) for p in paths), key=lambda r: r["streams_connected"])
+
+    reports = load(paths)
+    floor = load(floor_paths)
     if not reports:
         sys.exit("no reports to plot")
     xs = [r["streams_connected"] for r in reports]
-    y_max = max(r["latency"]["max_ms"] for r in reports) * 1.1
+    y_max = max(r["latency"]["max_ms"] for r in reports + floor) * 1.1
     x_max = max(xs) * 1.05
 
     def px(x):
@@ -61,6 +73,15 @@ def main(argv):
         svg.append(f'<line x1="{W - RIGHT + 15}" x2="{W - RIGHT + 35}" y1="{ly}" y2="{ly}" '
                    f'stroke="{colour}" stroke-width="2"/>')
         svg.append(f'<text x="{W - RIGHT + 40}" y="{ly + 4}">{label}</text>')
+    if floor:
+        points = " ".join(f"{px(r['streams_connected']):.1f},{py(r['latency']['p99_ms']):.1f}"
+                          for r in floor)
+        svg.append(f'<polyline points="{points}" fill="none" stroke="#868e96" stroke-width="2" '
+                   'stroke-dasharray="6 4"/>')
+        ly = TOP + 20 + 20 * len(SERIES)
+        svg.append(f'<line x1="{W - RIGHT + 15}" x2="{W - RIGHT + 35}" y1="{ly}" y2="{ly}" '
+                   'stroke="#868e96" stroke-width="2" stroke-dasharray="6 4"/>')
+        svg.append(f'<text x="{W - RIGHT + 40}" y="{ly + 4}">floor p99</text>')
     svg.append("</svg>")
     with open(out, "w") as f:
         f.write("\n".join(svg) + "\n")

@@ -22,6 +22,8 @@ pub enum Command {
     Run(Scenario),
     /// (Internal) hold a share of the streams; spawned by `run`.
     Worker(WorkerShare),
+    /// Serve a minimal reference SSE server, to measure the machine's own floor.
+    Floor(crate::floor::FloorArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]

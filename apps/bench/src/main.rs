@@ -6,5 +6,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(scenario) => bench::run::main(scenario),
         Command::Worker(share) => bench::worker::main(share),
+        Command::Floor(args) => bench::floor::main(args),
     }
 }
