@@ -262,38 +262,34 @@ fn http_server(
     let addr = listener.local_addr()?;
     // Each worker thread builds its own services from this.
     let per_worker = move || {
-        let app_state = state.clone();
-        let web_dir = web_dir.clone();
-        let app = move || {
-            let json = web::JsonConfig::default()
-                .limit(body_limit)
-                .content_type_required(false)
-                .error_handler(move |err, _| ApiError::from_json_error(&err, body_limit).into());
-            let query = web::QueryConfig::default()
-                .error_handler(|err, _| ApiError::from_query_error(&err).into());
-            App::new()
-                .app_data(app_state.clone())
-                .app_data(json)
-                .app_data(query)
-                .wrap(from_fn(access_log))
-                .route("/healthz", web::get().to(routes::healthz))
-                .route("/readyz", web::get().to(routes::readyz))
-                .route("/metrics", web::get().to(routes::metrics))
-                .service(web::scope("/api").configure(routes::api))
-                .configure(|cfg| {
-                    if let Some(dir) = &web_dir {
-                        cfg.service(actix_files::Files::new("/", dir).index_file("index.html"));
-                    }
-                })
-                .default_service(web::to(not_found))
-        };
+        let json = web::JsonConfig::default()
+            .limit(body_limit)
+            .content_type_required(false)
+            .error_handler(move |err, _| ApiError::from_json_error(&err, body_limit).into());
+        let query = web::QueryConfig::default()
+            .error_handler(|err, _| ApiError::from_query_error(&err).into());
+        let app = App::new()
+            .app_data(state.clone())
+            .app_data(json)
+            .app_data(query)
+            .wrap(from_fn(access_log))
+            .route("/healthz", web::get().to(routes::healthz))
+            .route("/readyz", web::get().to(routes::readyz))
+            .route("/metrics", web::get().to(routes::metrics))
+            .service(web::scope("/api").configure(routes::api))
+            .configure(|cfg| {
+                if let Some(dir) = &web_dir {
+                    cfg.service(actix_files::Files::new("/", dir).index_file("index.html"));
+                }
+            })
+            .default_service(web::to(not_found));
         let http = HttpService::build()
             .keep_alive(KeepAlive::default())
             .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
             .client_disconnect_timeout(Duration::from_secs(1))
             .local_addr(addr)
             .finish(map_config(
-                app().into_factory().map_err(|err| err.error_response()),
+                app.into_factory().map_err(|err| err.error_response()),
                 // The host and address actix-web would put here only matter to requests
                 // without a Host header, which this service never reads.
                 |()| AppConfig::default(),

@@ -331,10 +331,14 @@ enum Arrival {
 /// instead of sending every open stream to history at once.
 fn arrival(at: Position, p: Position) -> Arrival {
     let same_life = p.epoch == at.epoch || at == Position::default();
-    match same_life {
-        true if p.seq <= at.seq => Arrival::Duplicate,
-        true if p.seq == at.seq + 1 => Arrival::Next,
-        _ => Arrival::Gap,
+    if !same_life {
+        Arrival::Gap
+    } else if p.seq <= at.seq {
+        Arrival::Duplicate
+    } else if p.seq == at.seq + 1 {
+        Arrival::Next
+    } else {
+        Arrival::Gap
     }
 }
 
