@@ -310,11 +310,9 @@ fn http_server(
                         let Some(request) =
                             direct::stream_request(&io, CLIENT_REQUEST_TIMEOUT).await
                         else {
-                            let framework = Box::pin(http.call(io));
-                            return framework.await;
+                            return Box::pin(http.call(io)).await;
                         };
-                        let opening = Box::pin(direct::open(io, request, state));
-                        if let Some(stream) = opening.await {
+                        if let Some(stream) = Box::pin(direct::open(io, request, state)).await {
                             stream.await;
                         }
                         Ok(())
