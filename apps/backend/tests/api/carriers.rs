@@ -38,9 +38,11 @@ impl Raw {
         self.io.write_all(bytes.as_bytes()).await.expect("sends");
     }
 
-    async fn get(&mut self, target: &str) {
-        self.send(&format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n"))
-            .await;
+    async fn get(&mut self, target: &str, headers: &str) {
+        self.send(&format!(
+            "GET {target} HTTP/1.1\r\nHost: test\r\n{headers}\r\n"
+        ))
+        .await;
     }
 
     /// Reads more bytes; false at end of input.
@@ -137,19 +139,20 @@ enum Carrier {
     Split,
 }
 
-async fn request(app: &TestApp, carrier: Carrier, target: &str) -> (Raw, Head) {
+/// `GET target` with extra `headers` (each line ending in CRLF), over `carrier`.
+async fn request(app: &TestApp, carrier: Carrier, target: &str, headers: &str) -> (Raw, Head) {
     let mut raw = Raw::connect(app).await;
     match carrier {
-        Carrier::Fresh => raw.get(target).await,
+        Carrier::Fresh => raw.get(target, headers).await,
         Carrier::KeptAlive => {
-            raw.get("/healthz").await;
+            raw.get("/healthz", "").await;
             let head = raw.head().await;
             assert_eq!(head.status, 200);
             raw.sized_body(&head).await;
-            raw.get(target).await;
+            raw.get(target, headers).await;
         }
         Carrier::Split => {
-            let request = format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n");
+            let request = format!("GET {target} HTTP/1.1\r\nHost: test\r\n{headers}\r\n");
             let (first, rest) = request.split_at(12);
             raw.send(first).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -168,7 +171,7 @@ async fn every_carrier_sends_the_same_headers_and_frames() {
 
     let mut streams = Vec::new();
     for carrier in [Carrier::Fresh, Carrier::KeptAlive, Carrier::Split] {
-        let (mut raw, head) = request(&app, carrier, &target).await;
+        let (mut raw, head) = request(&app, carrier, &target, "").await;
         assert_eq!(head.status, 200, "{carrier:?}");
         for (name, value) in [
             ("content-type", "text/event-stream"),
@@ -215,11 +218,42 @@ async fn every_carrier_sends_the_same_headers_and_frames() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_carrier_resumes_after_the_last_event_id_header() {
+    let app = spawn_app(None).await;
+    let token = app.token("alice").await;
+    let first = app
+        .publish("alice", "orders.shipped", json!({"n": 1}))
+        .await;
+    app.publish("alice", "orders.shipped", json!({"n": 2}))
+        .await;
+    let epoch = &first["epoch"];
+    let target = format!("/api/events?token={token}");
+    let last_seen = format!("Last-Event-ID: {epoch}-1.0-0\r\n");
+
+    for carrier in [Carrier::Fresh, Carrier::KeptAlive, Carrier::Split] {
+        let (mut raw, head) = request(&app, carrier, &target, &last_seen).await;
+        assert_eq!(head.status, 200, "{carrier:?}");
+        let frames = raw.frames(&head, 3).await;
+        assert!(
+            frames[1].starts_with(&format!("id: {epoch}-1.0-0\nevent: stream.opened")),
+            "{carrier:?}: opened at the requested cursor: {}",
+            frames[1]
+        );
+        assert!(
+            frames[2].starts_with(&format!("id: {epoch}-2.0-0\nevent: orders.shipped"))
+                && frames[2].contains(r#""data":{"n":2}"#),
+            "{carrier:?}: replays only what came after it: {}",
+            frames[2]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_carrier_refuses_a_bad_token_alike() {
     let app = spawn_app(None).await;
     let mut answers = Vec::new();
     for carrier in [Carrier::Fresh, Carrier::KeptAlive] {
-        let (mut raw, head) = request(&app, carrier, "/api/events?token=forged").await;
+        let (mut raw, head) = request(&app, carrier, "/api/events?token=forged", "").await;
         assert_eq!(head.status, 401, "{carrier:?}");
         assert_eq!(head.headers["content-type"], "application/json");
         assert_eq!(head.headers["www-authenticate"], "Bearer");
@@ -235,8 +269,13 @@ async fn every_carrier_refuses_a_bad_token_alike() {
 async fn a_client_that_leaves_is_forgotten_at_once() {
     let app = spawn_app(None).await;
     let token = app.token("alice").await;
-    let (mut raw, head) =
-        request(&app, Carrier::Fresh, &format!("/api/events?token={token}")).await;
+    let (mut raw, head) = request(
+        &app,
+        Carrier::Fresh,
+        &format!("/api/events?token={token}"),
+        "",
+    )
+    .await;
     raw.frames(&head, 2).await;
     assert_eq!(app.hub.stream_count(), 1);
 
