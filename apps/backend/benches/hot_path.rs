@@ -55,9 +55,9 @@ fn parse_and_encode(c: &mut Criterion) {
 
 fn fan_out(c: &mut Criterion) {
     const STREAMS: usize = 10_000;
-    let hub = Hub::new(64, Arc::default());
+    let hub = Hub::new(backend::hub::Capacity::with_queue(64), Arc::default());
     let mut streams: Vec<_> = (0..STREAMS)
-        .map(|i| hub.open(&format!("user-{i}")))
+        .filter_map(|i| hub.open(&format!("user-{i}")).ok())
         .collect();
     let broadcast = envelope(BROADCAST_USER_ID);
     c.bench_function("hub deliver, one broadcast to 10,000 streams", |b| {

@@ -33,15 +33,16 @@ use crate::{
     config::Settings,
     direct,
     error::ApiError,
-    hub::Hub,
+    hub::{Capacity, Hub},
     metrics::Metrics,
     readiness::Readiness,
     redis::Redis,
     routes,
     snapshots::{self, SnapshotService},
-    state::AppState,
+    state::{AppState, Limits},
     store::{MemoryStore, RedisStore, Store},
     telemetry,
+    tickets::{MemoryTickets, Tickets},
 };
 
 /// How many `snapshots.generate` requests may wait for the snapshot service.
@@ -50,9 +51,6 @@ const SNAPSHOT_QUEUE: usize = 1024;
 /// How long the HTTP server waits for open requests at shutdown. Streams are closed
 /// before it starts waiting, so this bounds only ordinary requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// How long a new connection may take to send its request head (actix-web's default).
-const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connections the kernel queues for the server to accept. A deploy or a network blip
 /// sends every browser back at once, and a connection dropped off a full queue costs its
@@ -83,6 +81,8 @@ pub enum Stop {
 /// A built instance, listening but not yet serving until [`Application::run_until_stopped`].
 pub struct Application {
     port: u16,
+    /// The internal listener's port, when `/metrics` has one of its own.
+    metrics_port: Option<u16>,
     server_id: String,
     server: Server,
     state: web::Data<AppState>,
@@ -104,13 +104,20 @@ impl Application {
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
+        for insecure in settings.insecure_settings() {
+            tracing::warn!("INSECURE: {insecure}");
+        }
+        let tokens = Tokens::from_settings(&settings)?;
+
         let metrics = Arc::new(Metrics::new());
-        let hub = Hub::new(
-            usize::try_from(settings.stream_queue_size)?,
-            metrics.clone(),
-        );
+        let capacity = Capacity {
+            queue_size: usize::try_from(settings.stream_queue_size)?,
+            per_user: usize::try_from(settings.max_streams_per_user)?,
+            total: usize::try_from(settings.max_streams)?,
+        };
+        let hub = Hub::new(capacity, metrics.clone());
         let readiness = Arc::new(Readiness::new(settings.redis_url.is_some()));
-        let (bus, store, redis) = match &settings.redis_url {
+        let (bus, store, tickets, redis) = match &settings.redis_url {
             Some(url) => {
                 let redis = Redis::connect(url.expose())
                     .await
@@ -122,13 +129,15 @@ impl Application {
                         readiness.clone(),
                         metrics.clone(),
                         &server_id,
+                        settings.max_event_bytes,
                         shutdown.clone(),
                     )
                     .await?,
                 );
                 let bus = Transport::Redis(RedisBus::new(&redis, settings.retention()));
                 let store = Store::Redis(RedisStore::new(redis.client.clone()));
-                (bus, store, Some(redis))
+                let tickets = Tickets::Redis(redis.client.clone());
+                (bus, store, tickets, Some(redis))
             }
             None => {
                 tracing::warn!(
@@ -136,7 +145,8 @@ impl Application {
                      in-memory store; streams on other instances will not receive events"
                 );
                 let bus = Transport::Local(LocalBus::new(hub.clone(), settings.retention()));
-                (bus, Store::Memory(MemoryStore::default()), None)
+                let tickets = Tickets::Memory(MemoryTickets::default());
+                (bus, Store::Memory(MemoryStore::default()), tickets, None)
             }
         };
         let bus = Arc::new(Bus::new(bus, server_id.clone(), metrics.clone()));
@@ -150,31 +160,33 @@ impl Application {
         };
         tasks.push(tokio::spawn(service.run(snapshot_queue, shutdown.clone())));
 
-        let (secret, is_dev_secret) = settings.signing_secret();
-        if is_dev_secret {
-            tracing::warn!(
-                "JWT_SECRET is not set: signing tokens with the public development secret"
-            );
-        }
         let state = web::Data::new(AppState {
             server_id: server_id.clone(),
-            tokens: Tokens::new(secret, Duration::from_secs(settings.token_ttl_secs)),
+            tokens,
             dev_tokens: settings.dev_tokens,
             publish_key: settings.publish_key.clone(),
             hub,
             bus,
             store,
             snapshots: snapshot_requests,
+            tickets,
+            limits: Limits::from_settings(&settings),
             readiness,
             metrics,
             keep_alive: settings.keep_alive(),
             sse_retry: Duration::from_millis(settings.sse_retry_ms),
         });
 
-        let server = http_server(&settings, state.clone(), listener)?;
-        tracing::info!(port, bus = state.bus.kind(), "listening");
+        let metrics_listener = settings.metrics_addr.map(listen).transpose()?;
+        let metrics_port = match &metrics_listener {
+            Some(listener) => Some(listener.local_addr()?.port()),
+            None => None,
+        };
+        let server = http_server(&settings, state.clone(), listener, metrics_listener)?;
+        tracing::info!(port, ?metrics_port, bus = state.bus.kind(), "listening");
         Ok(Self {
             port,
+            metrics_port,
             server_id,
             server,
             state,
@@ -187,6 +199,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port `/metrics` is served on when it has a listener of its own (`METRICS_ADDR`).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
     }
 
     pub fn server_id(&self) -> &str {
@@ -249,8 +266,12 @@ fn http_server(
     settings: &Settings,
     state: web::Data<AppState>,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
 ) -> anyhow::Result<Server> {
     let body_limit = settings.max_body_bytes;
+    let head_timeout = Duration::from_secs(settings.request_head_timeout_secs);
+    let public_metrics = metrics_listener.is_none();
+    let metrics_state = state.clone();
     let web_dir = settings.web_dir.clone();
     if let Some(dir) = &web_dir {
         anyhow::ensure!(
@@ -275,7 +296,11 @@ fn http_server(
             .wrap(from_fn(access_log))
             .route("/healthz", web::get().to(routes::healthz))
             .route("/readyz", web::get().to(routes::readyz))
-            .route("/metrics", web::get().to(routes::metrics))
+            .configure(|cfg| {
+                if public_metrics {
+                    cfg.route("/metrics", web::get().to(routes::metrics));
+                }
+            })
             .service(web::scope("/api").configure(routes::api))
             .configure(|cfg| {
                 if let Some(dir) = &web_dir {
@@ -285,7 +310,7 @@ fn http_server(
             .default_service(web::to(not_found));
         let http = HttpService::build()
             .keep_alive(KeepAlive::default())
-            .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+            .client_request_timeout(head_timeout)
             .client_disconnect_timeout(Duration::from_secs(1))
             .local_addr(addr)
             .finish(map_config(
@@ -307,11 +332,14 @@ fn http_server(
                     async move {
                         // Every future held here is boxed: this one is allocated for as
                         // long as the connection lives, so it stays a few hundred bytes.
-                        let Some(request) =
-                            direct::stream_request(&io, CLIENT_REQUEST_TIMEOUT).await
-                        else {
-                            return Box::pin(http.call(io)).await;
-                        };
+                        let request =
+                            match Box::pin(direct::stream_request(&io, head_timeout)).await {
+                                direct::Peeked::Stream(request) => request,
+                                direct::Peeked::Other => return Box::pin(http.call(io)).await,
+                                // The head did not arrive in time: one timeout, not actix's
+                                // second one on top.
+                                direct::Peeked::TimedOut => return Ok(()),
+                            };
                         if let Some(stream) = Box::pin(direct::open(io, request, state)).await {
                             stream.await;
                         }
@@ -325,8 +353,24 @@ fn http_server(
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
         .listen("backend", listener, per_worker)?;
+    if let Some(listener) = metrics_listener {
+        // The internal listener (`METRICS_ADDR`): `/metrics` and nothing else.
+        server = server.listen("metrics", listener, move || {
+            let app = App::new()
+                .app_data(metrics_state.clone())
+                .route("/metrics", web::get().to(routes::metrics))
+                .default_service(web::to(not_found));
+            HttpService::build()
+                .client_request_timeout(head_timeout)
+                .finish(map_config(
+                    app.into_factory().map_err(|err| err.error_response()),
+                    |()| AppConfig::default(),
+                ))
+                .tcp()
+        })?;
+    }
     if let Some(workers) = settings.workers {
-        server = server.workers(workers);
+        server = server.workers(usize::try_from(workers)?);
     }
     Ok(server.run())
 }

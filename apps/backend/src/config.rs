@@ -1,12 +1,19 @@
 //! Settings, from command-line flags or the environment (flags win).
 
-use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+    time::Duration,
+};
 
 use clap::{ArgAction, Parser, ValueEnum};
 
 /// Signing secret used when dev tokens are on and no `JWT_SECRET` is given. Public on
-/// purpose: with dev tokens on, anyone may mint a token for any user anyway.
-const DEV_JWT_SECRET: &str = "insecure-development-secret-do-not-use-in-production";
+/// purpose: with dev tokens on, anyone may mint a token for any user anyway. Refused
+/// whenever dev tokens are off.
+pub const DEV_JWT_SECRET: &str = "insecure-development-secret-do-not-use-in-production";
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -32,15 +39,40 @@ pub struct Settings {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<Secret>,
 
-    /// HS256 secret that signs and verifies tokens; required when dev tokens are off.
+    /// HS256 secret that verifies (and, for dev tokens, signs) tokens, 32+ bytes. With dev
+    /// tokens off, this or a public key (file or JWKS) is required.
     #[arg(long, env = "JWT_SECRET")]
     pub jwt_secret: Option<Secret>,
 
-    /// Serve POST /api/auth/token, which mints a token for any user id (development only).
-    #[arg(long, env = "DEV_TOKENS", default_value_t = true, action = ArgAction::Set)]
+    /// PEM file of the public key that verifies tokens signed by the host application
+    /// (with JWT_ALGORITHM).
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Algorithm of JWT_PUBLIC_KEY_FILE.
+    #[arg(long, env = "JWT_ALGORITHM", value_enum)]
+    pub jwt_algorithm: Option<KeyAlgorithm>,
+
+    /// Local JWKS file (`{"keys": [...]}`) of public keys that verify tokens; a token's
+    /// `kid` picks its key.
+    #[arg(long, env = "JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+
+    /// Required `aud` of every token, when set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` of every token, when set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Serve POST /api/auth/token, which mints a token for any user id. Development only:
+    /// off unless set to true.
+    #[arg(long, env = "DEV_TOKENS", default_value_t = false, action = ArgAction::Set)]
     pub dev_tokens: bool,
 
-    /// API key that lets other services call POST /api/publish (as a Bearer token).
+    /// API key that lets other services call POST /api/publish (as a Bearer token in the
+    /// Authorization header).
     #[arg(long, env = "PUBLISH_KEY")]
     pub publish_key: Option<Secret>,
 
@@ -69,13 +101,44 @@ pub struct Settings {
     #[arg(long, env = "SSE_RETRY_MS", default_value_t = 2000)]
     pub sse_retry_ms: u64,
 
-    /// Lifetime of minted tokens, in seconds.
-    #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 12 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Lifetime of minted development tokens, in seconds (at most a day).
+    #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub token_ttl_secs: u64,
 
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Largest `data` of one event (its JSON), in bytes; larger publishes get 413 and
+    /// larger raw messages on Redis are dropped.
+    #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_event_bytes: u64,
+
+    /// Streams one user may hold open on one instance; more get 429.
+    #[arg(long, env = "MAX_STREAMS_PER_USER", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_streams_per_user: u64,
+
+    /// Streams this instance holds at most; beyond it new streams get 503 and /readyz
+    /// says not ready, so the load balancer sends them elsewhere.
+    #[arg(long, env = "MAX_STREAMS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_streams: u64,
+
+    /// Accounts one user may create; more get 409.
+    #[arg(long, env = "MAX_ACCOUNTS_PER_USER", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_accounts_per_user: u64,
+
+    /// Events replayed to one resuming stream at most; a stream that missed more gets
+    /// `stream.resync` and the latest this many.
+    #[arg(long, env = "MAX_REPLAY", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_replay: u64,
+
+    /// Seconds a new connection may take to send its request head, in all.
+    #[arg(long, env = "REQUEST_HEAD_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub request_head_timeout_secs: u64,
+
+    /// Serve /metrics on this address only (e.g. 127.0.0.1:9100), not on the public port.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// Directory of the web client's release build (`trunk build --release` → dist/) to
     /// serve at `/`. Unset: only the API is served (nginx serves the page).
@@ -83,12 +146,23 @@ pub struct Settings {
     pub web_dir: Option<std::path::PathBuf>,
 
     /// HTTP worker threads [default: one per core].
-    #[arg(long, env = "WORKERS")]
-    pub workers: Option<usize>,
+    #[arg(long, env = "WORKERS", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub workers: Option<u64>,
 
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// The public-key algorithms a PEM key file can be for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyAlgorithm {
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "ES256")]
+    Es256,
+    #[value(name = "EdDSA")]
+    EdDsa,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,10 +174,17 @@ pub enum LogFormat {
 /// Settings that cannot work together.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("JWT_SECRET is required when DEV_TOKENS=false")]
+    #[error(
+        "no way to verify tokens: set JWT_SECRET (32+ bytes), JWT_PUBLIC_KEY_FILE or \
+         JWT_JWKS_FILE (or DEV_TOKENS=true for development)"
+    )]
     MissingJwtSecret,
-    #[error("JWT_SECRET must be at least 32 bytes when DEV_TOKENS=false")]
+    #[error("JWT_SECRET must be at least 32 bytes")]
     WeakJwtSecret,
+    #[error("JWT_SECRET is the public development secret; it is refused unless DEV_TOKENS=true")]
+    DevSecretInProduction,
+    #[error("JWT_PUBLIC_KEY_FILE needs JWT_ALGORITHM (RS256, ES256 or EdDSA)")]
+    MissingKeyAlgorithm,
     #[error("REDIS_URL must start with redis:// or rediss://")]
     BadRedisUrl,
 }
@@ -118,6 +199,11 @@ impl Settings {
             server_id: None,
             redis_url: None,
             jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_algorithm: None,
+            jwt_jwks_file: None,
+            jwt_audience: None,
+            jwt_issuer: None,
             dev_tokens: true,
             publish_key: None,
             keep_alive_secs: 15,
@@ -126,8 +212,15 @@ impl Settings {
             history_max_len: 1000,
             history_max_age_secs: 3600,
             drain_secs: 1,
-            token_ttl_secs: 12 * 3600,
+            token_ttl_secs: 900,
             max_body_bytes: 64 * 1024,
+            max_event_bytes: 16 * 1024,
+            max_streams_per_user: 16,
+            max_streams: 20_000,
+            max_accounts_per_user: 100,
+            max_replay: 500,
+            request_head_timeout_secs: 5,
+            metrics_addr: None,
             web_dir: None,
             workers: Some(1),
             log_format: LogFormat::Text,
@@ -135,14 +228,20 @@ impl Settings {
     }
 
     pub fn check(&self) -> Result<(), SettingsError> {
-        if !self.dev_tokens {
-            match &self.jwt_secret {
-                None => return Err(SettingsError::MissingJwtSecret),
-                Some(secret) if secret.expose().len() < 32 => {
-                    return Err(SettingsError::WeakJwtSecret);
-                }
-                Some(_) => {}
+        if let Some(secret) = &self.jwt_secret {
+            if secret.expose() == DEV_JWT_SECRET && !self.dev_tokens {
+                return Err(SettingsError::DevSecretInProduction);
             }
+            if secret.expose().len() < 32 && !self.dev_tokens {
+                return Err(SettingsError::WeakJwtSecret);
+            }
+        }
+        let public_keys = self.jwt_public_key_file.is_some() || self.jwt_jwks_file.is_some();
+        if !self.dev_tokens && self.jwt_secret.is_none() && !public_keys {
+            return Err(SettingsError::MissingJwtSecret);
+        }
+        if self.jwt_public_key_file.is_some() && self.jwt_algorithm.is_none() {
+            return Err(SettingsError::MissingKeyAlgorithm);
         }
         if let Some(url) = &self.redis_url
             && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
@@ -160,12 +259,40 @@ impl Settings {
         })
     }
 
-    /// The token signing secret, and whether it is the public development default.
-    pub fn signing_secret(&self) -> (&str, bool) {
+    /// The HS256 secret, if tokens are verified with one: `JWT_SECRET`, or the public
+    /// development secret when dev tokens are on and no key of any kind is configured.
+    pub fn hs256_secret(&self) -> Option<&str> {
         match &self.jwt_secret {
-            Some(secret) => (secret.expose(), false),
-            None => (DEV_JWT_SECRET, true),
+            Some(secret) => Some(secret.expose()),
+            None if self.dev_tokens => Some(DEV_JWT_SECRET),
+            None => None,
         }
+    }
+
+    /// Every setting in force that a public deployment must not run with, for the
+    /// startup log to shout about.
+    pub fn insecure_settings(&self) -> Vec<&'static str> {
+        let mut found = Vec::new();
+        if self.dev_tokens {
+            found.push(
+                "DEV_TOKENS=true: anyone can mint a token for any user at POST /api/auth/token",
+            );
+        }
+        if self.jwt_secret.as_ref().map(Secret::expose) == Some(DEV_JWT_SECRET)
+            || (self.jwt_secret.is_none() && self.dev_tokens)
+        {
+            found.push("tokens are signed with the public development secret (JWT_SECRET unset)");
+        }
+        if self.metrics_addr.is_none() {
+            found.push("METRICS_ADDR unset: /metrics is served on the public port");
+        }
+        if let Some(url) = &self.redis_url
+            && url.expose().starts_with("redis://")
+            && !redis_host_is_loopback(url.expose())
+        {
+            found.push("REDIS_URL is plain redis:// to another host: use rediss:// (TLS)");
+        }
+        found
     }
 
     pub fn keep_alive(&self) -> Duration {
@@ -188,7 +315,10 @@ impl Settings {
         format!(
             "host={} port={} redis={} dev_tokens={} jwt_secret={} publish_key={} keep_alive={}s \
              stream_queue_size={} history_max_len={} history_max_age={}s drain={}s sse_retry={}ms \
-             token_ttl={}s max_body={}B web_dir={} workers={} log_format={:?}",
+             token_ttl={}s max_body={}B max_event={}B max_streams_per_user={} max_streams={} \
+             max_accounts_per_user={} max_replay={} request_head_timeout={}s metrics_addr={} \
+             jwt_public_key_file={} jwt_jwks_file={} jwt_audience={} jwt_issuer={} web_dir={} \
+             workers={} log_format={:?}",
             self.host,
             self.port,
             redis,
@@ -211,6 +341,22 @@ impl Settings {
             self.sse_retry_ms,
             self.token_ttl_secs,
             self.max_body_bytes,
+            self.max_event_bytes,
+            self.max_streams_per_user,
+            self.max_streams,
+            self.max_accounts_per_user,
+            self.max_replay,
+            self.request_head_timeout_secs,
+            self.metrics_addr
+                .map_or_else(|| "public port".to_string(), |a| a.to_string()),
+            shown(
+                self.jwt_public_key_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+            ),
+            shown(self.jwt_jwks_file.as_ref().map(|p| p.display().to_string())),
+            shown(self.jwt_audience.clone()),
+            shown(self.jwt_issuer.clone()),
             self.web_dir
                 .as_ref()
                 .map_or_else(|| "none".to_string(), |d| d.display().to_string()),
@@ -219,6 +365,20 @@ impl Settings {
             self.log_format,
         )
     }
+}
+
+fn shown(value: Option<String>) -> String {
+    value.unwrap_or_else(|| "none".into())
+}
+
+/// Whether a `redis://` URL names this machine.
+fn redis_host_is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = host_port.split(['/', '?']).next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Hides the password of `scheme://user:password@host/...`.
@@ -267,6 +427,8 @@ mod tests {
     fn summary_never_shows_secrets() {
         let settings = Settings::parse_from([
             "backend",
+            "--dev-tokens",
+            "false",
             "--redis-url",
             "redis://default:hunter2@redis:6379/0",
             "--jwt-secret",
@@ -291,9 +453,98 @@ mod tests {
         ));
         let weak = Settings::parse_from(["backend", "--dev-tokens", "false", "--jwt-secret", "x"]);
         assert!(matches!(weak.check(), Err(SettingsError::WeakJwtSecret)));
-        let bad_url = Settings::parse_from(["backend", "--redis-url", "localhost:6379"]);
+        let bad_url = Settings::parse_from([
+            "backend",
+            "--dev-tokens",
+            "true",
+            "--redis-url",
+            "localhost:6379",
+        ]);
         assert!(matches!(bad_url.check(), Err(SettingsError::BadRedisUrl)));
-        assert!(Settings::parse_from(["backend"]).check().is_ok());
+        let strong = "0123456789abcdef0123456789abcdef";
+        let ok = Settings::parse_from(["backend", "--dev-tokens", "false", "--jwt-secret", strong]);
+        assert!(ok.check().is_ok());
+    }
+
+    #[test]
+    fn dev_tokens_are_off_unless_asked_for_and_the_dev_secret_only_works_with_them() {
+        let defaults = Settings::parse_from([
+            "backend",
+            "--jwt-secret",
+            "0123456789abcdef0123456789abcdef",
+        ]);
+        assert!(!defaults.dev_tokens, "minting tokens is opt-in");
+        let dev_secret = Settings::parse_from([
+            "backend",
+            "--dev-tokens",
+            "false",
+            "--jwt-secret",
+            DEV_JWT_SECRET,
+        ]);
+        assert!(matches!(
+            dev_secret.check(),
+            Err(SettingsError::DevSecretInProduction)
+        ));
+        let dev = Settings::parse_from(["backend", "--dev-tokens", "true"]);
+        assert!(dev.check().is_ok());
+        assert_eq!(dev.hs256_secret(), Some(DEV_JWT_SECRET));
+        let insecure = dev.insecure_settings();
+        assert!(
+            insecure.iter().any(|s| s.contains("DEV_TOKENS")),
+            "{insecure:?}"
+        );
+        assert!(
+            insecure.iter().any(|s| s.contains("development secret")),
+            "{insecure:?}"
+        );
+    }
+
+    #[test]
+    fn a_public_key_alone_verifies_tokens_in_production() {
+        let pem = Settings::parse_from([
+            "backend",
+            "--dev-tokens",
+            "false",
+            "--jwt-public-key-file",
+            "k.pem",
+        ]);
+        assert!(matches!(
+            pem.check(),
+            Err(SettingsError::MissingKeyAlgorithm)
+        ));
+        let pem = Settings::parse_from([
+            "backend",
+            "--dev-tokens",
+            "false",
+            "--jwt-public-key-file",
+            "k.pem",
+            "--jwt-algorithm",
+            "EdDSA",
+        ]);
+        assert!(pem.check().is_ok());
+        assert_eq!(
+            pem.hs256_secret(),
+            None,
+            "no HS256 secret to forge tokens with"
+        );
+    }
+
+    #[test]
+    fn plain_redis_is_insecure_only_towards_another_host() {
+        for (url, insecure) in [
+            ("redis://127.0.0.1:6379", false),
+            ("redis://:pw@localhost:6379/0", false),
+            ("redis://redis:6379", true),
+            ("rediss://redis:6379", false),
+        ] {
+            let settings =
+                Settings::parse_from(["backend", "--dev-tokens", "true", "--redis-url", url]);
+            let found = settings
+                .insecure_settings()
+                .iter()
+                .any(|s| s.contains("REDIS_URL"));
+            assert_eq!(found, insecure, "{url}");
+        }
     }
 
     #[test]

@@ -10,19 +10,20 @@
 //! history first. When history cannot fill a gap, the stream says so with a
 //! `stream.resync` frame: loss is never silent.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use actix_web::web;
 use events::{
-    BadCursor, Cursor, Envelope, Position, Resync, ResyncScope, StreamOpened, event_type,
+    BadCursor, Cursor, Envelope, Position, Resync, ResyncScope, StreamEnded, StreamOpened,
+    event_type,
 };
 use futures_util::{Stream, StreamExt, stream};
 use serde::Deserialize;
 
 use crate::{
+    auth::Credential,
     bus::{Bus, BusError, HistoryRead, Topic, now_millis},
     error::ApiError,
-    hub::{Delivery, EventStream, Frame, Published},
+    hub::{Delivery, EventStream, Frame, Published, Refused},
     metrics::{Metrics, ResumeOutcome},
     state::AppState,
 };
@@ -41,9 +42,9 @@ pub fn resume_point(
         last_event_id: Option<String>,
     }
     let id = last_event_id_header.map(str::to_string).or_else(|| {
-        web::Query::<ResumeQuery>::from_query(query)
+        serde_urlencoded::from_str::<ResumeQuery>(query)
             .ok()
-            .and_then(|q| q.into_inner().last_event_id)
+            .and_then(|q| q.last_event_id)
     })?;
     if id.trim().is_empty() {
         return None;
@@ -51,30 +52,52 @@ pub fn resume_point(
     Some(id.parse())
 }
 
-/// Opens a stream for `user_id`, whichever HTTP layer carries it: registers it with the
-/// hub, then works out where it starts. Its frames are a `stream.opened` naming this
-/// instance; when resuming, every event missed since `resume_from` (or a `stream.resync`
-/// when they cannot all be replayed); then every event published to the user or
-/// broadcast while it is open. Fails while the instance drains, or when history cannot
-/// be read.
-#[tracing::instrument(skip_all, fields(user_id = %user_id))]
+/// Opens a stream for the user of `credential`, whichever HTTP layer carries it:
+/// registers it with the hub, then works out where it starts. Its frames are a
+/// `stream.opened` naming this instance; when resuming, every event missed since
+/// `resume_from` (or a `stream.resync` when they cannot all be replayed); then every
+/// event published to the user or broadcast while it is open; last, when the credential
+/// expires or a publisher disconnects the user, a frame that says so. Fails while the
+/// instance drains or is full, when the user holds too many streams, or when history
+/// cannot be read.
+#[tracing::instrument(skip_all, fields(user_id = %credential.user_id))]
 pub async fn open(
     state: &AppState,
-    user_id: String,
+    credential: Credential,
     resume_from: Option<Result<Cursor, BadCursor>>,
 ) -> Result<impl Stream<Item = Frame> + use<>, ApiError> {
     if state.readiness.is_draining() {
         return Err(ApiError::Unavailable(
-            "this instance is shutting down; reconnect".into(),
+            "this instance is shutting down; reconnect",
         ));
     }
+    let Credential {
+        user_id,
+        expires_at,
+    } = credential;
     // Registered before history is read, so nothing published in between is missed.
-    let deliveries = state.hub.open(&user_id);
+    let deliveries = state.hub.open(&user_id).map_err(|refused| {
+        let (reason, error) = match refused {
+            Refused::UserLimit(_) => (
+                "user_limit",
+                ApiError::TooManyStreams {
+                    limit: state.limits.max_streams_per_user,
+                },
+            ),
+            Refused::InstanceFull(_) => (
+                "instance_full",
+                ApiError::Unavailable("this instance holds all the streams it may; try another"),
+            ),
+        };
+        state.metrics.stream_refused(reason);
+        error
+    })?;
     let context = StreamContext {
         bus: state.bus.clone(),
         metrics: state.metrics.clone(),
         user_id,
         server_id: state.server_id.clone(),
+        max_replay: state.limits.max_replay,
     };
 
     let (opened_at, mut cursor, mut opening, resuming) = match resume_from {
@@ -86,12 +109,11 @@ pub async fn open(
             };
             let mut frames = Vec::new();
             if unknown.is_some() {
-                // An id we did not write: the client's state is of unknown age.
-                frames.push(context.resync_frame(
-                    ResyncScope::User,
-                    "unreadable Last-Event-ID",
-                    &head,
-                ));
+                // An id we did not write: the client's state is of unknown age, in both
+                // histories.
+                for scope in [ResyncScope::User, ResyncScope::Broadcast] {
+                    frames.push(context.resync_frame(scope, "unreadable Last-Event-ID", &head));
+                }
             }
             (head, head, frames, false)
         }
@@ -121,14 +143,13 @@ pub async fn open(
                 server_id: state.server_id.clone(),
                 user_id: context.user_id.clone(),
             })
-            .expect("StreamOpened serializes"),
+            .unwrap_or_default(),
         )
     };
     let opened = Published::new(&opened).frame(Some(opened_at.to_string()));
-    Ok(
-        stream::iter(std::iter::once(opened).chain(opening))
-            .chain(context.live(deliveries, cursor)),
-    )
+    let lifetime = Duration::from_secs(expires_at.saturating_sub(now_millis() / 1000));
+    Ok(stream::iter(std::iter::once(opened).chain(opening))
+        .chain(context.live(deliveries, cursor, lifetime)))
 }
 
 /// The context a stream runs in.
@@ -138,6 +159,8 @@ pub struct StreamContext {
     pub metrics: Arc<Metrics>,
     pub user_id: String,
     pub server_id: String,
+    /// At most this many events are replayed in one catch-up.
+    pub max_replay: u64,
 }
 
 /// The frames that bring a stream up to date, and what kind of catching up it was.
@@ -155,9 +178,10 @@ impl StreamContext {
         }
     }
 
-    /// At most this many events are read from history at once: all that is kept.
-    fn read_limit(&self) -> usize {
-        usize::try_from(self.bus.retention().max_len).unwrap_or(usize::MAX)
+    /// At most this many events are read from history at once: all that is kept, or the
+    /// replay limit if that is smaller.
+    fn read_limit(&self) -> u64 {
+        self.bus.retention().max_len.min(self.max_replay).max(1)
     }
 
     /// Brings `cursor`'s position in `scope` up to the head of that history, returning
@@ -170,11 +194,18 @@ impl StreamContext {
     ) -> Result<CatchUp, BusError> {
         let topic = self.topic(scope);
         let at = position(cursor, scope);
-        let mut step = reconcile(at, &self.bus.read(&topic, at.seq, self.read_limit()).await?);
-        if step.reread_from_start {
-            let again = reconcile(step.to, &self.bus.read(&topic, 0, self.read_limit()).await?);
+        let limit = self.read_limit();
+        let read_limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut step = reconcile(at, &self.bus.read(&topic, at.seq, read_limit).await?, limit);
+        if let Some(from) = step.reread_from {
+            let again = reconcile(
+                from,
+                &self.bus.read(&topic, from.seq, read_limit).await?,
+                limit,
+            );
             step = Step {
                 resync: step.resync.or(again.resync),
+                resync_to: from,
                 ..again
             };
         }
@@ -236,29 +267,74 @@ impl StreamContext {
             scope,
             reason: reason.to_string(),
         };
+        self.server_frame(
+            event_type::STREAM_RESYNC,
+            serde_json::to_value(data),
+            cursor,
+        )
+    }
+
+    /// The last frame of a stream the server ends: `stream.expired` or
+    /// `stream.disconnected`, carrying the cursor so the client resumes from it.
+    fn ended_frame(&self, event_type: &str, reason: &str, cursor: &Cursor) -> Frame {
+        let data = StreamEnded {
+            reason: reason.to_string(),
+        };
+        self.server_frame(event_type, serde_json::to_value(data), cursor)
+    }
+
+    fn server_frame(
+        &self,
+        event_type: &str,
+        data: serde_json::Result<serde_json::Value>,
+        cursor: &Cursor,
+    ) -> Frame {
         let envelope = Envelope {
             server_id: Some(self.server_id.clone()),
-            ..Envelope::new(
-                self.user_id.clone(),
-                event_type::STREAM_RESYNC,
-                serde_json::to_value(data).expect("Resync serializes"),
-            )
+            ..Envelope::new(self.user_id.clone(), event_type, data.unwrap_or_default())
         };
         Published::new(&envelope).frame(Some(cursor.to_string()))
     }
 
     /// The live part of a stream: every delivery from the hub, deduplicated and made
-    /// contiguous against `cursor`. Ends when the hub closes the stream, or when history
-    /// is needed but cannot be read (the client then resumes from its last id).
+    /// contiguous against `cursor`. Ends when the hub closes the stream, when history is
+    /// needed but cannot be read (the client then resumes from its last id), or, with a
+    /// last frame that says why, when `lifetime` (the credential's) is over or the user
+    /// is disconnected.
     pub fn live(
         self,
         mut deliveries: EventStream,
         mut cursor: Cursor,
+        lifetime: Duration,
     ) -> impl Stream<Item = Frame> {
+        enum Next {
+            Delivery(Delivery),
+            Closed,
+            Expired,
+        }
         async_stream::stream! {
-            while let Some(delivery) = deliveries.next().await {
+            // Boxed: a timer is not small, and the stream keeps it for as long as it lives.
+            let mut expiry = Box::pin(tokio::time::sleep(lifetime));
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    delivery = deliveries.next() => delivery.map_or(Next::Closed, Next::Delivery),
+                    () = &mut expiry => Next::Expired,
+                };
+                let delivery = match next {
+                    Next::Delivery(delivery) => delivery,
+                    Next::Closed => return,
+                    Next::Expired => {
+                        yield self.ended_frame(event_type::STREAM_EXPIRED, "the stream's credential expired; resume with a fresh one", &cursor);
+                        return;
+                    }
+                };
                 // Past this match only the rare paths remain: catching up from history.
                 let scopes = match &delivery {
+                    Delivery::Disconnect(reason) => {
+                        yield self.ended_frame(event_type::STREAM_DISCONNECTED, reason, &cursor);
+                        return;
+                    }
                     Delivery::CatchUp => vec![ResyncScope::User, ResyncScope::Broadcast],
                     Delivery::Event(published) => {
                         let scope = if published.broadcast { ResyncScope::Broadcast } else { ResyncScope::User };
@@ -335,7 +411,7 @@ fn arrival(at: Position, p: Position) -> Arrival {
         Arrival::Gap
     } else if p.seq <= at.seq {
         Arrival::Duplicate
-    } else if p.seq == at.seq + 1 {
+    } else if Some(p.seq) == at.seq.checked_add(1) {
         Arrival::Next
     } else {
         Arrival::Gap
@@ -353,31 +429,41 @@ struct Step {
     replay: Vec<Envelope>,
     /// Where the position stands after the replay.
     to: Position,
-    /// The history is of another epoch: read it again from its start, from `to`.
-    reread_from_start: bool,
+    /// What should be replayed is not in this read: read again after this position
+    /// (another epoch, or more missed than is replayed at once).
+    reread_from: Option<Position>,
 }
 
-/// Decides how a stream at `at` reaches the head of `read`, a read of the history after
-/// `at.seq`. Pure, so every case is tested below.
-fn reconcile(at: Position, read: &HistoryRead) -> Step {
+/// Decides how a stream at `at` reaches the head of `read`, a read of at most `limit`
+/// events of the history after `at.seq`. Where events were lost (trimmed, or of a
+/// history that restarted) or are too many to replay, it resyncs, then replays what is
+/// still kept after the resync point (the latest `limit` at most). Pure, so every case is
+/// tested below.
+fn reconcile(at: Position, read: &HistoryRead, limit: u64) -> Step {
     let head = read.head;
     let done = |resync: Option<&'static str>, to: Position| Step {
         resync,
         resync_to: to,
         replay: Vec::new(),
         to,
-        reread_from_start: false,
+        reread_from: None,
     };
     if head.epoch == 0 {
         // Nothing has been published, or the history is gone.
         let lost = at.seq > 0;
         return done(lost.then_some("history lost"), Position::default());
     }
+    // Before this position, nothing can be replayed: trimmed away, or over the limit.
+    let trimmed_to = if read.oldest == 0 {
+        head.seq
+    } else {
+        read.oldest - 1
+    };
+    let start = Position::new(head.epoch, trimmed_to.max(head.seq.saturating_sub(limit)));
     let same_life = at.epoch == head.epoch || at == Position::default();
     if !same_life {
-        let start = Position::new(head.epoch, 0);
         return Step {
-            reread_from_start: true,
+            reread_from: Some(start),
             ..done(Some("history restarted"), start)
         };
     }
@@ -388,22 +474,34 @@ fn reconcile(at: Position, read: &HistoryRead) -> Step {
     if at.seq == head.seq {
         return done(None, at);
     }
-    if read.oldest == 0 || read.oldest > at.seq + 1 {
-        return done(Some("history trimmed past the requested position"), head);
+    let (resync, from) = if at.seq >= start.seq {
+        (None, at)
+    } else if at.seq < trimmed_to {
+        (Some("history trimmed past the requested position"), start)
+    } else {
+        (Some("more events missed than a stream replays"), start)
+    };
+    // The read began at the oldest kept event after `at`: if the replay must begin
+    // further on, it is not all in this read.
+    if from.seq > trimmed_to && from != at {
+        return Step {
+            reread_from: Some(from),
+            ..done(resync, from)
+        };
     }
     let replay: Vec<Envelope> = read
         .events
         .iter()
-        .filter(|e| e.id.is_some_and(|id| id > at.seq && id <= head.seq))
+        .filter(|e| e.id.is_some_and(|id| id > from.seq && id <= head.seq))
         .cloned()
         .collect();
-    let to = replay.last().and_then(Envelope::position).unwrap_or(at);
+    let to = replay.last().and_then(Envelope::position).unwrap_or(from);
     Step {
-        resync: None,
-        resync_to: at,
+        resync,
+        resync_to: from,
         replay,
         to,
-        reread_from_start: false,
+        reread_from: None,
     }
 }
 
@@ -413,6 +511,8 @@ mod tests {
     use serde_json::Value;
 
     const E: u64 = 1_000;
+    /// A replay limit that never binds.
+    const ALL: u64 = 1_000_000;
 
     fn history(epoch: u64, oldest: u64, head: u64, after: u64) -> HistoryRead {
         HistoryRead {
@@ -435,7 +535,7 @@ mod tests {
 
     #[test]
     fn replays_what_was_missed_in_order() {
-        let step = reconcile(Position::new(E, 3), &history(E, 1, 6, 3));
+        let step = reconcile(Position::new(E, 3), &history(E, 1, 6, 3), ALL);
         assert_eq!(step.resync, None);
         assert_eq!(ids(&step), [4, 5, 6]);
         assert_eq!(step.to, Position::new(E, 6));
@@ -443,7 +543,7 @@ mod tests {
 
     #[test]
     fn an_up_to_date_cursor_replays_nothing() {
-        let step = reconcile(Position::new(E, 6), &history(E, 1, 6, 6));
+        let step = reconcile(Position::new(E, 6), &history(E, 1, 6, 6), ALL);
         assert_eq!(
             (step.resync, ids(&step), step.to),
             (None, vec![], Position::new(E, 6))
@@ -452,18 +552,19 @@ mod tests {
 
     #[test]
     fn a_cursor_from_before_any_history_replays_it_all() {
-        let step = reconcile(Position::default(), &history(E, 1, 2, 0));
+        let step = reconcile(Position::default(), &history(E, 1, 2, 0), ALL);
         assert_eq!((step.resync, ids(&step)), (None, vec![1, 2]));
     }
 
     #[test]
-    fn trimmed_history_means_resync_at_the_head() {
-        let step = reconcile(Position::new(E, 2), &history(E, 5, 9, 2));
+    fn trimmed_history_means_resync_then_every_event_still_kept() {
+        let step = reconcile(Position::new(E, 2), &history(E, 5, 9, 2), ALL);
         assert_eq!(
             step.resync,
             Some("history trimmed past the requested position")
         );
-        assert!(step.replay.is_empty());
+        assert_eq!(step.resync_to, Position::new(E, 4));
+        assert_eq!(ids(&step), [5, 6, 7, 8, 9]);
         assert_eq!(step.to, Position::new(E, 9));
 
         let expired = HistoryRead {
@@ -471,26 +572,33 @@ mod tests {
             oldest: 0,
             events: vec![],
         };
-        assert!(reconcile(Position::new(E, 2), &expired).resync.is_some());
+        assert!(
+            reconcile(Position::new(E, 2), &expired, ALL)
+                .resync
+                .is_some()
+        );
     }
 
     #[test]
     fn another_epoch_means_resync_then_the_new_history_from_its_start() {
-        let step = reconcile(Position::new(E, 40), &history(E + 1, 1, 3, 40));
+        let step = reconcile(Position::new(E, 40), &history(E + 1, 1, 3, 40), ALL);
         assert_eq!(step.resync, Some("history restarted"));
-        assert!(step.reread_from_start);
-        assert_eq!(step.to, Position::new(E + 1, 0));
-        let again = reconcile(step.to, &history(E + 1, 1, 3, 0));
+        assert_eq!(step.reread_from, Some(Position::new(E + 1, 0)));
+        let again = reconcile(
+            step.reread_from.expect("reads again"),
+            &history(E + 1, 1, 3, 0),
+            ALL,
+        );
         assert_eq!(ids(&again), [1, 2, 3]);
     }
 
     #[test]
     fn lost_history_means_resync() {
-        let step = reconcile(Position::new(E, 4), &HistoryRead::default());
+        let step = reconcile(Position::new(E, 4), &HistoryRead::default(), ALL);
         assert_eq!(step.resync, Some("history lost"));
         assert_eq!(step.to, Position::default());
         assert_eq!(
-            reconcile(Position::default(), &HistoryRead::default()).resync,
+            reconcile(Position::default(), &HistoryRead::default(), ALL).resync,
             None
         );
     }
@@ -504,6 +612,9 @@ mod tests {
         assert_eq!(arrival(at, Position::new(E, 8)), Arrival::Gap);
         // The history restarted: what this stream missed of the old one is unknown.
         assert_eq!(arrival(at, Position::new(E + 1, 1)), Arrival::Gap);
+        // The largest cursor a client can send is no exception.
+        let far = Position::new(E, u64::MAX);
+        assert_eq!(arrival(far, Position::new(E, 1)), Arrival::Duplicate);
     }
 
     #[test]
@@ -514,8 +625,61 @@ mod tests {
     }
 
     #[test]
+    fn more_missed_than_the_replay_limit_means_resync_then_the_latest() {
+        // 3 missed, 2 replayed at most: the first read (after 1) is not the right one.
+        let step = reconcile(Position::new(E, 1), &history(E, 1, 4, 1), 2);
+        assert_eq!(
+            step.resync,
+            Some("more events missed than a stream replays")
+        );
+        assert_eq!(step.reread_from, Some(Position::new(E, 2)));
+        let again = reconcile(Position::new(E, 2), &history(E, 1, 4, 2), 2);
+        assert_eq!((again.resync, ids(&again)), (None, vec![3, 4]));
+        // Within the limit, nothing changes.
+        let step = reconcile(Position::new(E, 2), &history(E, 1, 4, 2), 2);
+        assert_eq!((step.resync, ids(&step)), (None, vec![3, 4]));
+    }
+
+    proptest::proptest! {
+        /// Whatever the cursor and the history, a step never panics, never replays more
+        /// than the limit, never goes past the head, replays in order from right after
+        /// where it stands, and is silent about a jump only when nothing was skipped.
+        #[test]
+        fn every_step_is_bounded_ordered_and_never_silently_skips(
+            at_epoch in proptest::prop_oneof![proptest::strategy::Just(0u64), proptest::strategy::Just(E), proptest::strategy::Just(E + 1), proptest::num::u64::ANY],
+            at_seq in proptest::prop_oneof![0u64..40, proptest::num::u64::ANY],
+            oldest in 0u64..30,
+            head in 0u64..30,
+            limit in 1u64..40,
+        ) {
+            let oldest = if head == 0 { 0 } else { oldest.min(head) };
+            let head_epoch = if head == 0 { 0 } else { E };
+            let at = Position::new(at_epoch, at_seq);
+            let read = history(head_epoch, oldest, head, at_seq.min(1_000));
+            let mut step = reconcile(at, &read, limit);
+            if let Some(from) = step.reread_from {
+                let again = reconcile(from, &history(head_epoch, oldest, head, from.seq), limit);
+                proptest::prop_assert!(again.reread_from.is_none(), "a second read always suffices");
+                step = Step { resync: step.resync.or(again.resync), resync_to: from, ..again };
+            }
+            let replayed = ids(&step);
+            proptest::prop_assert!(replayed.len() as u64 <= limit);
+            proptest::prop_assert!(step.to.seq <= head);
+            let mut expected = step.resync_to.seq;
+            for id in &replayed {
+                expected += 1;
+                proptest::prop_assert_eq!(*id, expected, "contiguous from the resync point");
+            }
+            let continues = at_epoch == head_epoch || at == Position::default();
+            if step.resync.is_none() && head > 0 {
+                proptest::prop_assert!(continues && step.resync_to.seq == at_seq, "no resync only when nothing is skipped");
+            }
+        }
+    }
+
+    #[test]
     fn a_cursor_ahead_of_the_history_means_resync() {
-        let step = reconcile(Position::new(E, 10), &history(E, 1, 4, 10));
+        let step = reconcile(Position::new(E, 10), &history(E, 1, 4, 10), ALL);
         assert_eq!(step.resync, Some("cursor is ahead of the history"));
         assert_eq!(step.to, Position::new(E, 4));
     }

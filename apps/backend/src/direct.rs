@@ -6,10 +6,14 @@
 //! the 20 KiB each stream cost. So the first request of every new connection is peeked at
 //! (read without being consumed): when it is a complete, plain `GET /api/events`, the
 //! stream is served here, each batch of frames written straight to the socket from a
-//! buffer that lives only until it is written. Anything else (another route, a head that
-//! has not fully arrived in the first read, HTTP/1.0, a request with a body, any request
-//! after the first on a kept-alive connection) goes to actix-web untouched, which serves
-//! every route, this one included (`routes::stream`).
+//! buffer that lives only until it is written. Anything else (another route, a head over
+//! [`PEEK_LIMIT`], HTTP/1.0, a request with a body, any request after the first on a
+//! kept-alive connection) goes to actix-web untouched, which serves every route, this
+//! one included (`routes::stream`).
+//!
+//! The peek waits for the whole head (a head split over several segments is still served
+//! here), within the one request-head timeout: a connection whose head has not arrived by
+//! then is closed here, not handed to actix-web to wait out a second timeout.
 //!
 //! Both carriers open the stream with [`delivery::open`], answer errors with
 //! [`ApiError`]'s responses and encode frames with the same SSE encoder (russe, which
@@ -27,19 +31,20 @@ use actix_web::{ResponseError, body::to_bytes, web};
 use bytes::{Buf, BytesMut};
 use futures_util::{FutureExt, Stream, StreamExt};
 use russe::Encoder;
+use std::time::Duration as StdDuration;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, tcp::WriteHalf},
 };
 use tokio_util::codec::Encoder as _;
 
-use crate::{auth, delivery, error::ApiError, hub::Frame, state::AppState, telemetry};
+use crate::{delivery, error::ApiError, hub::Frame, state::AppState, telemetry, tickets};
 
 /// The path this module serves.
 const PATH: &str = "/api/events";
 
-/// Request heads longer than this (large cookies, say) go to actix-web.
-const PEEK_LIMIT: usize = 4096;
+/// Request heads longer than this go to actix-web (which refuses heads over 32 KiB).
+const PEEK_LIMIT: usize = 16 * 1024;
 
 /// Frames queued on a stream are written together, up to about this many bytes a write.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -63,38 +68,82 @@ pub struct StreamRequest {
     /// `Some("")` when present but not text.
     authorization: Option<String>,
     last_event_id: Option<String>,
+    /// Every `Cookie` header, joined.
+    cookies: Option<String>,
 }
 
-/// Peeks at a new connection's first request, waiting at most `timeout` for it.
-/// `Some` when it is a stream request this module serves; `None` leaves the connection,
-/// unread, to actix-web.
-pub async fn stream_request(io: &TcpStream, timeout: Duration) -> Option<StreamRequest> {
+/// What the first request of a new connection is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Peeked {
+    /// A stream request this module serves.
+    Stream(StreamRequest),
+    /// Anything else: the connection goes, unread, to actix-web.
+    Other,
+    /// The head did not arrive within the timeout: close the connection.
+    TimedOut,
+}
+
+/// Peeks at a new connection's first request, waiting at most `timeout` for all of its
+/// head (or for [`PEEK_LIMIT`] bytes of it).
+pub async fn stream_request(io: &TcpStream, timeout: Duration) -> Peeked {
+    let deadline = tokio::time::Instant::now() + timeout;
     // On the heap, and gone before the stream starts: a stream's task keeps its state
     // for as long as it lives.
     let mut first = vec![0; PEEK_LIMIT];
-    let read = tokio::time::timeout(timeout, io.peek(&mut first)).await;
-    parse(&first[..read.ok()?.ok()?])
+    // Peeking does not consume, so a head still arriving is polled for, a little less
+    // often each time: most heads arrive whole in the first segment.
+    let mut pause = StdDuration::from_millis(2);
+    loop {
+        let peeked = match tokio::time::timeout_at(deadline, io.peek(&mut first)).await {
+            Ok(Ok(peeked)) => peeked,
+            Ok(Err(_)) => return Peeked::Other,
+            Err(_) => return Peeked::TimedOut,
+        };
+        match parse(&first[..peeked]) {
+            Some(Parsed::Stream(request)) => return Peeked::Stream(request),
+            Some(Parsed::Other) => return Peeked::Other,
+            // A closed connection, or a head too long to peek at: actix-web decides.
+            None if peeked == 0 || peeked == PEEK_LIMIT => return Peeked::Other,
+            None => {}
+        }
+        if tokio::time::Instant::now() + pause >= deadline {
+            return Peeked::TimedOut;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(StdDuration::from_millis(100));
+    }
 }
 
-fn parse(bytes: &[u8]) -> Option<StreamRequest> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
+enum Parsed {
+    Stream(StreamRequest),
+    Other,
+}
+
+/// `None` while the head is incomplete.
+fn parse(bytes: &[u8]) -> Option<Parsed> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(head_len) = request.parse(bytes).ok()? else {
-        return None;
+    let head_len = match request.parse(bytes) {
+        Ok(httparse::Status::Complete(head_len)) => head_len,
+        Ok(httparse::Status::Partial) => return None,
+        Err(_) => return Some(Parsed::Other),
     };
     if request.method != Some("GET") || request.version != Some(1) {
-        return None;
+        return Some(Parsed::Other);
     }
-    let target = request.path?;
+    let Some(target) = request.path else {
+        return Some(Parsed::Other);
+    };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if path != PATH {
-        return None;
+        return Some(Parsed::Other);
     }
     let mut stream = StreamRequest {
         head_len,
         query: query.to_string(),
         authorization: None,
         last_event_id: None,
+        cookies: None,
     };
     for header in request.headers.iter() {
         let value = || {
@@ -110,15 +159,21 @@ fn parse(bytes: &[u8]) -> Option<StreamRequest> {
         // Anything that makes this more than a plain request is actix-web's to handle.
         let special = name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect");
         if has_body || special {
-            return None;
+            return Some(Parsed::Other);
         }
         if name.eq_ignore_ascii_case("authorization") && stream.authorization.is_none() {
             stream.authorization = value();
         } else if name.eq_ignore_ascii_case("last-event-id") && stream.last_event_id.is_none() {
             stream.last_event_id = value();
+        } else if name.eq_ignore_ascii_case("cookie") {
+            let cookie = std::str::from_utf8(header.value).unwrap_or_default();
+            stream.cookies = Some(match stream.cookies.take() {
+                Some(before) => format!("{before}; {cookie}"),
+                None => cookie.to_string(),
+            });
         }
     }
-    Some(stream)
+    Some(Parsed::Stream(stream))
 }
 
 /// A stream being served: drive it until it ends.
@@ -164,13 +219,15 @@ async fn open_frames(
     state: &AppState,
     request: &StreamRequest,
 ) -> Result<impl Stream<Item = Frame> + use<>, ApiError> {
-    let user_id = auth::authenticate(
-        &state.tokens,
+    let credential = tickets::authenticate_stream(
+        state,
         request.authorization.as_deref(),
         &request.query,
-    )?;
+        request.cookies.as_deref(),
+    )
+    .await?;
     let resume_from = delivery::resume_point(request.last_event_id.as_deref(), &request.query);
-    delivery::open(state, user_id, resume_from).await
+    delivery::open(state, credential, resume_from).await
 }
 
 /// Reads and drops the `len` bytes of the request head, which were only peeked at.
@@ -207,7 +264,9 @@ async fn stream(
                 // Whatever else is already queued goes in the same write.
                 while out.len() < BATCH_BYTES {
                     match frames.next().now_or_never() {
-                        Some(Some(frame)) => frame.encode(&mut out),
+                        Some(Some(frame)) => {
+                            frame.encode(&mut out);
+                        }
                         Some(None) | None => break,
                     }
                 }
@@ -289,29 +348,36 @@ mod tests {
     use super::*;
 
     fn parsed(head: &str) -> Option<StreamRequest> {
-        parse(head.as_bytes())
+        match parse(head.as_bytes()) {
+            Some(Parsed::Stream(request)) => Some(request),
+            Some(Parsed::Other) | None => None,
+        }
     }
 
     #[test]
     fn a_plain_stream_request_is_served_directly() {
-        let head = "GET /api/events?token=abc&lastEventId=1-2.3-4 HTTP/1.1\r\nHost: x\r\n\
-                    Authorization: Bearer t\r\nLast-Event-ID: 5-6.7-8\r\n\r\n";
+        let head = "GET /api/events?ticket=abc&lastEventId=1-2.3-4 HTTP/1.1\r\nHost: x\r\n\
+                    Authorization: Bearer t\r\nLast-Event-ID: 5-6.7-8\r\nCookie: a=1\r\n\
+                    Cookie: st_abc=s\r\n\r\n";
         assert_eq!(
             parsed(head),
             Some(StreamRequest {
                 head_len: head.len(),
-                query: "token=abc&lastEventId=1-2.3-4".into(),
+                query: "ticket=abc&lastEventId=1-2.3-4".into(),
                 authorization: Some("Bearer t".into()),
                 last_event_id: Some("5-6.7-8".into()),
+                cookies: Some("a=1; st_abc=s".into()),
             })
+        );
+        assert!(
+            parse(b"GET /api/events HTTP/1.1\r\nHost: x\r\n").is_none(),
+            "incomplete: wait"
         );
     }
 
     #[test]
     fn everything_else_goes_to_actix() {
         for head in [
-            // Not complete yet.
-            "GET /api/events HTTP/1.1\r\nHost: x\r\n",
             // Other routes, methods, versions.
             "GET /api/accounts HTTP/1.1\r\n\r\n",
             "GET /api/events/x HTTP/1.1\r\n\r\n",
@@ -331,12 +397,13 @@ mod tests {
     #[test]
     fn frames_and_retries_encode_as_event_stream_text() {
         let mut out = BytesMut::new();
-        Frame {
+        let encoded = Frame {
             event: "a.b".into(),
             id: Some("1-2.3-4".into()),
             data: r#"{"x":1}"#.into(),
         }
         .encode(&mut out);
+        assert!(encoded);
         encode(russe::Event::Retry(Duration::from_millis(2000)), &mut out);
         assert_eq!(
             &out[..],

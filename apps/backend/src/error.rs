@@ -1,4 +1,8 @@
 //! Every error a client can see, and the one place that maps it to an HTTP status.
+//!
+//! What a client reads never carries internals: a dependency that is away is a 503 with a
+//! fixed message, and anything unexpected is a 500 with a request id, logged once next to
+//! its real cause so that an operator can find it.
 
 use actix_web::{
     HttpResponse, ResponseError,
@@ -22,6 +26,8 @@ pub enum ApiError {
     Validation(#[from] ValidationError),
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("event data exceeds {limit} bytes")]
+    EventTooLarge { limit: u64 },
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
     #[error("{0}")]
@@ -30,9 +36,32 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("no such route")]
     NotFound,
-    /// A dependency (Redis) cannot be reached; the request may be retried.
-    #[error("temporarily unavailable: {0}")]
-    Unavailable(String),
+    /// The caller holds as many streams as it may on this instance.
+    #[error("too many open streams for this user (at most {limit} per instance)")]
+    TooManyStreams { limit: u64 },
+    /// A per-user limit on stored things was reached.
+    #[error("{0}")]
+    LimitReached(&'static str),
+    /// This instance should not get this traffic now (draining, full, Redis away); the
+    /// request may be retried, elsewhere or later. Never carries a dependency's words.
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// Something unexpected; the cause is in the log under `request_id`.
+    #[error("internal error (request id {request_id})")]
+    Internal { request_id: String },
+}
+
+/// What a 503 says when Redis cannot be reached or answer in time.
+pub const DEPENDENCY_UNAVAILABLE: &str = "temporarily unavailable; retry";
+
+impl ApiError {
+    /// A 500 for `cause`, which is logged (never sent) with a fresh request id that the
+    /// response carries, so the two can be matched.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        tracing::error!(%request_id, error = %cause, "internal error");
+        Self::Internal { request_id }
+    }
 }
 
 impl ApiError {
@@ -46,7 +75,11 @@ impl ApiError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound => "not_found",
+            Self::EventTooLarge { .. } => "event_too_large",
+            Self::TooManyStreams { .. } => "too_many_streams",
+            Self::LimitReached(_) => "limit_reached",
             Self::Unavailable(_) => "unavailable",
+            Self::Internal { .. } => "internal",
         }
     }
 
@@ -76,12 +109,17 @@ impl ResponseError for ApiError {
             Self::MalformedJson(_) | Self::InvalidBody(_) | Self::Validation(_) => {
                 StatusCode::BAD_REQUEST
             }
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge { .. } | Self::EventTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::LimitReached(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -93,6 +131,9 @@ impl ResponseError for ApiError {
             }
             Self::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            Self::TooManyStreams { .. } => {
+                response.insert_header((header::RETRY_AFTER, "5"));
             }
             _ => {}
         }
@@ -107,14 +148,70 @@ impl ResponseError for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        tracing::warn!(error = %err, "store unavailable");
-        Self::Unavailable(err.to_string())
+        match &err {
+            StoreError::Redis(redis) if crate::redis::is_unavailable(redis) => {
+                tracing::warn!(error = %err, "store unavailable");
+                Self::Unavailable(DEPENDENCY_UNAVAILABLE)
+            }
+            _ => Self::internal(&err),
+        }
     }
 }
 
 impl From<BusError> for ApiError {
     fn from(err: BusError) -> Self {
-        tracing::warn!(error = %err, "bus unavailable");
-        Self::Unavailable(err.to_string())
+        match &err {
+            BusError::Redis(redis) if crate::redis::is_unavailable(redis) => {
+                tracing::warn!(error = %err, "bus unavailable");
+                Self::Unavailable(DEPENDENCY_UNAVAILABLE)
+            }
+            _ => Self::internal(&err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    fn body_of(error: &ApiError) -> String {
+        let bytes = error
+            .error_response()
+            .into_body()
+            .try_into_bytes()
+            .unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn redis_trouble_is_a_503_that_names_no_internals() {
+        let away = fred::error::Error::new(
+            fred::error::ErrorKind::IO,
+            "Connection reset by 10.0.0.7:6379",
+        );
+        let error = ApiError::from(BusError::Redis(away));
+        assert_eq!(error.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = body_of(&error);
+        assert!(
+            !body.contains("10.0.0.7") && !body.contains("reset"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn a_script_error_is_a_500_with_a_request_id_and_no_redis_words() {
+        let script = fred::error::Error::new(
+            fred::error::ErrorKind::Unknown,
+            "ERR Invalid stream ID specified as stream command argument script: 3f2a9c",
+        );
+        let error = ApiError::from(BusError::Redis(script));
+        assert_eq!(error.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = body_of(&error);
+        assert!(body.contains("request id"), "{body}");
+        assert!(!body.contains("ERR") && !body.contains("3f2a9c"), "{body}");
+        let corrupt = serde_json::from_str::<u8>("x").expect_err("not a number");
+        let error = ApiError::from(StoreError::Corrupt(corrupt));
+        assert_eq!(error.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -5,21 +5,17 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
 };
 
-use bytes::BytesMut;
-use bytestring::ByteString;
-use events::{Envelope, Position};
+use events::Envelope;
 use futures_util::Stream;
 use tokio::sync::mpsc;
-use tokio_util::codec::Encoder as _;
 
-use prometheus_client::metrics::counter::Counter;
-
+pub use crate::frame::{Frame, Published};
 use crate::metrics::Metrics;
 
 /// What the hub queues on a stream.
@@ -30,71 +26,35 @@ pub enum Delivery {
     /// Events may have been missed (the Redis subscription reconnected or fell behind):
     /// the stream should catch up from history.
     CatchUp,
+    /// A publisher disconnected the stream's user: say why, then end.
+    Disconnect(Arc<str>),
 }
 
-/// An event as the hub fans it out: its position and its `event:` and `data:` fields,
-/// already encoded. The `id:` is per stream (it carries the stream's whole cursor).
-#[derive(Debug)]
-pub struct Published {
-    pub broadcast: bool,
-    /// Absent for messages that bypassed the backend (a plain `PUBLISH`).
-    pub position: Option<Position>,
-    pub event_type: ByteString,
-    pub data: ByteString,
-    /// When it was accepted (ms since the epoch), for the delivery latency.
-    pub published_at: Option<u64>,
-    /// The `events_delivered` counter of its type, resolved once per event by the hub
-    /// rather than once per stream it reaches.
-    pub delivered: Option<Counter>,
+/// Why the hub would not open a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the user holds {0} streams here already")]
+    UserLimit(usize),
+    #[error("this instance holds {0} streams already")]
+    InstanceFull(usize),
 }
 
-impl Published {
-    pub fn new(envelope: &Envelope) -> Self {
-        let json = serde_json::to_string(envelope).expect("an Envelope always serializes");
+/// How many streams the hub holds, per user and in all, and how many events each queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub queue_size: usize,
+    pub per_user: usize,
+    pub total: usize,
+}
+
+impl Capacity {
+    /// Unbounded but for the queue, for tests and tools.
+    pub fn with_queue(queue_size: usize) -> Self {
         Self {
-            broadcast: envelope.is_broadcast(),
-            position: envelope.position(),
-            event_type: envelope.event_type.as_str().into(),
-            data: json.into(),
-            published_at: envelope.published_at,
-            delivered: None,
+            queue_size,
+            per_user: usize::MAX,
+            total: usize::MAX,
         }
-    }
-
-    /// The SSE frame, with `id` if given.
-    pub fn frame(&self, id: Option<String>) -> Frame {
-        Frame {
-            event: self.event_type.clone(),
-            id: id.map(ByteString::from),
-            data: self.data.clone(),
-        }
-    }
-}
-
-/// One SSE message as a stream sends it, before it is encoded for whichever HTTP layer
-/// carries the stream (see `routes::stream` and `direct`). Cloning shares the `event:` and
-/// `data:` fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
-    pub event: ByteString,
-    pub id: Option<ByteString>,
-    pub data: ByteString,
-}
-
-impl Frame {
-    /// Appends the frame in `text/event-stream` form, as actix-web-lab's `Sse` writes it
-    /// (both use russe's encoder).
-    pub fn encode(self, out: &mut BytesMut) {
-        let message = russe::Message {
-            data: self.data,
-            event: Some(self.event),
-            id: self.id,
-            retry: None,
-        };
-        // Event types are validated and ids are cursors: no field holds a line break.
-        russe::Encoder::default()
-            .encode(russe::Event::Message(message), out)
-            .expect("stream frames never hold line breaks");
     }
 }
 
@@ -112,6 +72,11 @@ struct Shared {
     streams: Mutex<HashMap<String, Vec<Entry>>>,
     next_stream_id: AtomicU64,
     queue_size: usize,
+    per_user: usize,
+    total: usize,
+    /// Streams alive now (registered and not yet dropped), whatever the map says: what
+    /// the instance's memory and sockets are spent on.
+    alive: AtomicUsize,
     /// Set at shutdown: streams opened from then on end at once.
     closing: AtomicBool,
     metrics: Arc<Metrics>,
@@ -124,12 +89,15 @@ struct Entry {
 }
 
 impl Hub {
-    pub fn new(queue_size: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(capacity: Capacity, metrics: Arc<Metrics>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 streams: Mutex::new(HashMap::new()),
                 next_stream_id: AtomicU64::new(1),
-                queue_size: queue_size.max(1),
+                queue_size: capacity.queue_size.max(1),
+                per_user: capacity.per_user.max(1),
+                total: capacity.total.max(1),
+                alive: AtomicUsize::new(0),
                 closing: AtomicBool::new(false),
                 metrics,
             }),
@@ -147,30 +115,58 @@ impl Hub {
 
     /// Registers a new stream for `user_id`. It receives every event delivered to that
     /// user (and every broadcast) from now on, and unregisters itself when dropped.
-    pub fn open(&self, user_id: &str) -> EventStream {
+    /// Refused when the user, or the instance, holds as many streams as it may.
+    pub fn open(&self, user_id: &str) -> Result<EventStream, Refused> {
         let id = self.shared.next_stream_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.shared.queue_size);
         {
             let mut streams = self.streams();
+            let alive = self.shared.alive.load(Ordering::Acquire);
+            if alive >= self.shared.total {
+                return Err(Refused::InstanceFull(alive));
+            }
+            let entries = streams.entry(user_id.to_string()).or_default();
+            if entries.len() >= self.shared.per_user {
+                return Err(Refused::UserLimit(entries.len()));
+            }
             // Checked under the lock that close_all takes, so no stream slips in after it.
             if !self.shared.closing.load(Ordering::Acquire) {
-                streams
-                    .entry(user_id.to_string())
-                    .or_default()
-                    .push(Entry { id, tx });
+                entries.push(Entry { id, tx });
+            } else if entries.is_empty() {
+                streams.remove(user_id);
             }
+            self.shared.alive.fetch_add(1, Ordering::AcqRel);
         }
         self.shared.metrics.streams_opened.inc();
         self.shared.metrics.streams_open.inc();
         tracing::debug!(user_id, stream = id, "stream opened");
-        EventStream {
+        Ok(EventStream {
             rx,
             _registration: Registration {
                 hub: self.clone(),
                 user_id: user_id.to_string(),
                 id,
             },
+        })
+    }
+
+    /// Whether the instance holds as many streams as it may (and so is not ready for more).
+    pub fn is_full(&self) -> bool {
+        self.shared.alive.load(Ordering::Acquire) >= self.shared.total
+    }
+
+    /// Ends every stream of `user_id` here: each is told `reason` (unless its queue is
+    /// full, in which case it just ends) and receives nothing more. Returns how many.
+    pub fn disconnect(&self, user_id: &str, reason: &str) -> usize {
+        let Some(entries) = self.streams().remove(user_id) else {
+            return 0;
+        };
+        let reason: Arc<str> = reason.into();
+        for entry in &entries {
+            let _ = entry.tx.try_send(Delivery::Disconnect(reason.clone()));
         }
+        tracing::info!(user_id, streams = entries.len(), "user disconnected");
+        entries.len()
     }
 
     /// Queues `envelope` on every open stream of its user, or on every stream for a
@@ -280,11 +276,6 @@ impl Hub {
         self.streams().values().map(Vec::len).sum()
     }
 
-    /// How many streams were closed because their client stopped reading.
-    pub fn slow_closed_count(&self) -> u64 {
-        self.shared.metrics.slow_consumer_disconnects.get()
-    }
-
     fn remove(&self, user_id: &str, id: u64) {
         let mut streams = self.streams();
         if let Some(entries) = streams.get_mut(user_id) {
@@ -324,6 +315,7 @@ struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.remove(&self.user_id, self.id);
+        self.hub.shared.alive.fetch_sub(1, Ordering::AcqRel);
         let metrics = &self.hub.shared.metrics;
         metrics.streams_closed.inc();
         metrics.streams_open.dec();
@@ -337,6 +329,10 @@ mod tests {
     use futures_util::StreamExt;
     use serde_json::json;
 
+    fn hub(queue_size: usize) -> Hub {
+        Hub::new(Capacity::with_queue(queue_size), Arc::default())
+    }
+
     fn event(user: &str, id: u64) -> Envelope {
         Envelope {
             id: Some(id),
@@ -348,15 +344,15 @@ mod tests {
     fn seq(delivery: Option<Delivery>) -> Option<u64> {
         match delivery? {
             Delivery::Event(published) => published.position.map(|p| p.seq),
-            Delivery::CatchUp => None,
+            Delivery::CatchUp | Delivery::Disconnect(_) => None,
         }
     }
 
     #[tokio::test]
     async fn every_stream_of_a_user_receives_and_closing_one_keeps_the_others() {
-        let hub = Hub::new(8, Arc::default());
-        let mut first = hub.open("alice");
-        let second = hub.open("alice");
+        let hub = hub(8);
+        let mut first = hub.open("alice").expect("opens");
+        let second = hub.open("alice").expect("opens");
         hub.deliver(&event("alice", 1));
         assert_eq!(seq(first.next().await), Some(1));
         drop(second);
@@ -367,9 +363,9 @@ mod tests {
 
     #[tokio::test]
     async fn users_are_isolated_but_broadcasts_reach_everyone() {
-        let hub = Hub::new(8, Arc::default());
-        let mut alice = hub.open("alice");
-        let mut bob = hub.open("bob");
+        let hub = hub(8);
+        let mut alice = hub.open("alice").expect("opens");
+        let mut bob = hub.open("bob").expect("opens");
         hub.deliver(&event("bob", 1));
         hub.deliver(&event(BROADCAST_USER_ID, 7));
         assert_eq!(
@@ -383,14 +379,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_that_stops_reading_is_closed_when_its_queue_fills() {
-        let hub = Hub::new(2, Arc::default());
-        let mut stalled = hub.open("alice");
-        let mut reading = hub.open("alice");
+        let hub = hub(2);
+        let mut stalled = hub.open("alice").expect("opens");
+        let mut reading = hub.open("alice").expect("opens");
         for id in 1..=3 {
             hub.deliver(&event("alice", id));
             reading.next().await;
         }
-        assert_eq!(hub.slow_closed_count(), 1);
+        assert_eq!(hub.shared.metrics.slow_consumer_disconnects.get(), 1);
         assert_eq!(hub.stream_count(), 1);
         // The closed stream still yields what was queued, then ends.
         assert_eq!(seq(stalled.next().await), Some(1));
@@ -400,22 +396,63 @@ mod tests {
 
     #[tokio::test]
     async fn close_all_ends_every_stream_and_refuses_new_ones() {
-        let hub = Hub::new(8, Arc::default());
-        let mut stream = hub.open("alice");
+        let hub = hub(8);
+        let mut stream = hub.open("alice").expect("opens");
         hub.close_all();
         assert!(stream.next().await.is_none());
         assert_eq!(hub.stream_count(), 0);
-        let mut late = hub.open("alice");
+        let mut late = hub.open("alice").expect("opens");
         assert!(
             late.next().await.is_none(),
             "no stream opens after close_all"
         );
     }
 
+    #[tokio::test]
+    async fn streams_are_bounded_per_user_and_per_instance() {
+        let capacity = Capacity {
+            queue_size: 8,
+            per_user: 2,
+            total: 3,
+        };
+        let hub = Hub::new(capacity, Arc::default());
+        let a1 = hub.open("alice").expect("first tab");
+        let _a2 = hub.open("alice").expect("second tab");
+        assert_eq!(hub.open("alice").err(), Some(Refused::UserLimit(2)));
+        let _b1 = hub.open("bob").expect("another user is unaffected");
+        assert!(hub.is_full());
+        assert_eq!(hub.open("carol").err(), Some(Refused::InstanceFull(3)));
+        drop(a1);
+        assert!(!hub.is_full());
+        hub.open("carol").expect("room again once a stream closes");
+    }
+
+    #[tokio::test]
+    async fn disconnecting_a_user_tells_each_of_their_streams_and_no_one_else() {
+        let hub = hub(8);
+        let mut tabs = [
+            hub.open("alice").expect("opens"),
+            hub.open("alice").expect("opens"),
+        ];
+        let mut bob = hub.open("bob").expect("opens");
+        assert_eq!(hub.disconnect("alice", "signed out"), 2);
+        for tab in &mut tabs {
+            assert!(
+                matches!(tab.next().await, Some(Delivery::Disconnect(reason)) if &*reason == "signed out")
+            );
+            assert!(tab.next().await.is_none(), "nothing after the disconnect");
+        }
+        hub.deliver(&event("bob", 1));
+        assert_eq!(seq(bob.next().await), Some(1));
+        assert_eq!(hub.disconnect("nobody", "x"), 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn drain_spreads_closing_over_the_window() {
-        let hub = Hub::new(8, Arc::default());
-        let streams: Vec<_> = (0..40).map(|i| hub.open(&format!("user-{i}"))).collect();
+        let hub = hub(8);
+        let streams: Vec<_> = (0..40)
+            .map(|i| hub.open(&format!("user-{i}")).expect("opens"))
+            .collect();
         let draining = tokio::spawn({
             let hub = hub.clone();
             async move { hub.drain(Duration::from_secs(2)).await }

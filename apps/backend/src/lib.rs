@@ -10,6 +10,7 @@ pub mod config;
 mod delivery;
 mod direct;
 mod error;
+mod frame;
 pub mod hub;
 pub mod metrics;
 pub mod readiness;
@@ -19,6 +20,7 @@ pub mod snapshots;
 mod state;
 pub mod store;
 pub mod telemetry;
+mod tickets;
 
 pub use app::{Application, Stop, listen};
 pub use config::Settings;

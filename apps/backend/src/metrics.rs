@@ -41,6 +41,11 @@ pub struct ResumeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
     /// The route pattern, never the raw path (which could carry ids or tokens).
@@ -64,6 +69,10 @@ pub struct Metrics {
     pub probe_round_trip: Gauge<f64, AtomicU64>,
     pub resumes: Family<ResumeLabels, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
+    /// Messages from Redis dropped by the relay, by why.
+    pub relay_rejected: Family<ReasonLabels, Counter>,
+    /// Stream requests refused for a limit, by which.
+    pub streams_refused: Family<ReasonLabels, Counter>,
     seen_event_types: Mutex<HashSet<String>>,
 }
 
@@ -90,6 +99,8 @@ impl Metrics {
             probe_round_trip: Gauge::default(),
             resumes: Family::default(),
             http_requests: Family::default(),
+            relay_rejected: Family::default(),
+            streams_refused: Family::default(),
             seen_event_types: Mutex::new(HashSet::new()),
         };
         let r = &mut metrics.registry;
@@ -148,6 +159,16 @@ impl Metrics {
             "HTTP requests, by method, route and status",
             metrics.http_requests.clone(),
         );
+        r.register(
+            "relay_messages_rejected",
+            "Messages from Redis dropped because they break the event rules, by reason",
+            metrics.relay_rejected.clone(),
+        );
+        r.register(
+            "sse_streams_refused",
+            "Stream requests refused by a limit (user_limit, instance_full), by reason",
+            metrics.streams_refused.clone(),
+        );
         metrics
     }
 
@@ -165,6 +186,18 @@ impl Metrics {
         }
     }
 
+    pub fn relay_rejected(&self, reason: &'static str) {
+        self.relay_rejected
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn stream_refused(&self, reason: &'static str) {
+        self.streams_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     pub fn resumed(&self, outcome: ResumeOutcome) {
         self.resumes.get_or_create(&ResumeLabels { outcome }).inc();
     }
@@ -177,9 +210,29 @@ impl Metrics {
     }
 }
 
+/// The `method` label of a request: the standard methods by name, anything else (which
+/// a client can make up at will) as `other`, so that clients cannot add series.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("AAAA"), "other");
+        assert_eq!(method_label("get"), "other");
+        assert_eq!(method_label(""), "other");
+    }
 
     #[test]
     fn exposes_counters_in_the_text_format() {

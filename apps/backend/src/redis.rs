@@ -70,3 +70,34 @@ fn log_connection_events(role: &'static str, client: &impl EventInterface) {
         Ok(())
     });
 }
+
+/// Whether `error` means Redis is away or cannot answer now (a 503: retry, or go
+/// elsewhere), as opposed to a command that failed on its own terms (a bug: a 500).
+pub fn is_unavailable(error: &Error) -> bool {
+    use fred::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::IO
+        | ErrorKind::Timeout
+        | ErrorKind::Canceled
+        | ErrorKind::Backpressure
+        | ErrorKind::Cluster
+        | ErrorKind::Routing
+        | ErrorKind::Sentinel => true,
+        // Replies Redis gives while it cannot serve: loading its data, a script still
+        // running, a replica without its master, a cluster without a slot's owner.
+        _ => {
+            let details = error.details();
+            [
+                "LOADING",
+                "BUSY",
+                "MASTERDOWN",
+                "READONLY",
+                "CLUSTERDOWN",
+                "TRYAGAIN",
+                "NOSCRIPT",
+            ]
+            .iter()
+            .any(|prefix| details.starts_with(prefix))
+        }
+    }
+}

@@ -3,9 +3,29 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    auth::Tokens, bus::Bus, config::Secret, hub::Hub, metrics::Metrics, readiness::Readiness,
-    snapshots::SnapshotRequests, store::Store,
+    auth::Tokens, bus::Bus, config::Secret, config::Settings, hub::Hub, metrics::Metrics,
+    readiness::Readiness, snapshots::SnapshotRequests, store::Store, tickets::Tickets,
 };
+
+/// What one caller may use, from the settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_streams_per_user: u64,
+    pub max_event_bytes: u64,
+    pub max_accounts_per_user: u64,
+    pub max_replay: u64,
+}
+
+impl Limits {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            max_streams_per_user: settings.max_streams_per_user,
+            max_event_bytes: settings.max_event_bytes,
+            max_accounts_per_user: settings.max_accounts_per_user,
+            max_replay: settings.max_replay,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct AppState {
@@ -19,6 +39,9 @@ pub struct AppState {
     pub bus: Arc<Bus>,
     pub store: Arc<Store>,
     pub snapshots: SnapshotRequests,
+    /// Stream tickets waiting to be redeemed.
+    pub tickets: Tickets,
+    pub limits: Limits,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
     pub keep_alive: Duration,

@@ -10,7 +10,19 @@ use events::{Account, Snapshot};
 use fred::{
     clients::Client,
     interfaces::{HashesInterface, ListInterface},
+    types::scripts::Script,
 };
+
+/// Adds an account to its user's hash unless the user has `ARGV[3]` already, atomically.
+/// KEYS[1]: the user's accounts hash. ARGV[1]: the account id. ARGV[2]: its JSON.
+/// Returns 1 when added, 0 at the limit.
+const INSERT_ACCOUNT_SCRIPT: &str = r#"
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
 
 /// How many snapshots are kept per user, newest first.
 pub const SNAPSHOTS_KEPT: usize = 100;
@@ -30,13 +42,16 @@ pub enum StoreError {
 }
 
 impl Store {
-    pub async fn insert_account(&self, account: &Account) -> Result<(), StoreError> {
+    /// Stores `account` unless its user has `max_per_user` accounts already; returns
+    /// whether it was stored.
+    pub async fn insert_account(
+        &self,
+        account: &Account,
+        max_per_user: u64,
+    ) -> Result<bool, StoreError> {
         match self {
-            Self::Memory(store) => {
-                store.insert_account(account);
-                Ok(())
-            }
-            Self::Redis(store) => store.insert_account(account).await,
+            Self::Memory(store) => Ok(store.insert_account(account, max_per_user)),
+            Self::Redis(store) => store.insert_account(account, max_per_user).await,
         }
     }
 
@@ -82,12 +97,14 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    fn insert_account(&self, account: &Account) {
+    fn insert_account(&self, account: &Account, max_per_user: u64) -> bool {
         let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
-        accounts
-            .entry(account.user_id.clone())
-            .or_default()
-            .push(account.clone());
+        let owned = accounts.entry(account.user_id.clone()).or_default();
+        if owned.len() as u64 >= max_per_user {
+            return false;
+        }
+        owned.push(account.clone());
+        true
     }
 
     fn accounts(&self, user_id: &str) -> Vec<Account> {
@@ -119,20 +136,32 @@ impl MemoryStore {
 #[derive(Debug)]
 pub struct RedisStore {
     client: Client,
+    insert_account: Script,
 }
 
 impl RedisStore {
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            insert_account: Script::from_lua(INSERT_ACCOUNT_SCRIPT),
+        }
     }
 
-    async fn insert_account(&self, account: &Account) -> Result<(), StoreError> {
+    async fn insert_account(
+        &self,
+        account: &Account,
+        max_per_user: u64,
+    ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(account)?;
-        let _: i64 = self
-            .client
-            .hset(accounts_key(&account.user_id), (account.id.as_str(), json))
+        let inserted: i64 = self
+            .insert_account
+            .evalsha_with_reload(
+                &self.client,
+                vec![accounts_key(&account.user_id)],
+                vec![account.id.clone(), json, max_per_user.to_string()],
+            )
             .await?;
-        Ok(())
+        Ok(inserted == 1)
     }
 
     async fn accounts(&self, user_id: &str) -> Result<Vec<Account>, StoreError> {
@@ -197,6 +226,26 @@ mod tests {
             balance: i64::from(n),
             taken_at: format!("2025-01-01T00:00:{n:02}.000Z"),
         }
+    }
+
+    #[test]
+    fn memory_accounts_stop_at_the_limit_per_user() {
+        let store = MemoryStore::default();
+        let account = |user: &str, id: &str| Account {
+            id: id.into(),
+            user_id: user.into(),
+            name: "n".into(),
+            balance: 0,
+            created_at: "2025-01-01T00:00:00.000Z".into(),
+        };
+        assert!(store.insert_account(&account("u", "1"), 2));
+        assert!(store.insert_account(&account("u", "2"), 2));
+        assert!(!store.insert_account(&account("u", "3"), 2));
+        assert!(
+            store.insert_account(&account("v", "1"), 2),
+            "another user is unaffected"
+        );
+        assert_eq!(store.accounts("u").len(), 2);
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub fn request_served(
     status: u16,
     elapsed: Duration,
 ) {
+    let method = crate::metrics::method_label(method);
     let labels = HttpLabels {
         method: method.to_string(),
         route: route.to_string(),

@@ -131,6 +131,39 @@ pub struct PublishRequest {
     pub data: serde_json::Value,
 }
 
+/// `POST /api/stream-tickets` answers with this (and sets the ticket's secret in an
+/// HttpOnly cookie): open the stream at `/api/events?ticket=<ticket>` within `expiresAt`.
+/// The ticket is a public handle, worthless without the cookie; the pair is redeemable
+/// once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamTicket {
+    pub ticket: String,
+    /// RFC 3339, UTC, millisecond precision.
+    pub expires_at: String,
+}
+
+/// `POST /api/users/{userId}/disconnect`: ends every open stream of a user, on every
+/// instance, with a `stream.disconnected` frame carrying `reason`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DisconnectRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The longest accepted disconnect reason, in characters.
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// The `data` of the frame that ends a stream on the server's initiative
+/// (`stream.expired`, `stream.disconnected`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamEnded {
+    /// Why, for people.
+    pub reason: String,
+}
+
 /// Which history a [`Resync`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

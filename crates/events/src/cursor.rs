@@ -108,4 +108,24 @@ mod tests {
             assert_eq!(text.parse::<Cursor>(), Err(BadCursor), "{text:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Every cursor, however large its numbers, reads back as itself.
+        #[test]
+        fn every_cursor_round_trips(ue: u64, us: u64, be: u64, bs: u64) {
+            let cursor = Cursor { user: Position::new(ue, us), broadcast: Position::new(be, bs) };
+            proptest::prop_assert_eq!(cursor.to_string().parse::<Cursor>(), Ok(cursor));
+        }
+
+        /// Any text at all parses to a cursor or to `BadCursor`: never a panic, and a
+        /// cursor only when it is the canonical text of one (up to surrounding space).
+        #[test]
+        fn any_text_is_a_cursor_or_refused(text in "\\PC{0,40}|[0-9.-]{0,40}") {
+            if let Ok(cursor) = text.parse::<Cursor>() {
+                let canonical = cursor.to_string();
+                let digits = |s: &str| s.trim().split(['.', '-']).map(|n| n.trim_start_matches('0').to_string()).collect::<Vec<_>>();
+                proptest::prop_assert_eq!(digits(&canonical), digits(&text));
+            }
+        }
+    }
 }

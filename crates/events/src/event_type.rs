@@ -19,6 +19,14 @@ pub const STREAM_OPENED: &str = "stream.opened";
 /// trimmed or lost): the client should refetch its state. Data: [`crate::Resync`].
 pub const STREAM_RESYNC: &str = "stream.resync";
 
+/// Sent by the server as the last frame of a stream whose credential expired: the client
+/// should get a fresh one and resume from its last id. Data: [`crate::StreamEnded`].
+pub const STREAM_EXPIRED: &str = "stream.expired";
+
+/// Sent by the server as the last frame of a stream that a publisher disconnected
+/// (logout, ban, leaked credential). Data: [`crate::StreamEnded`].
+pub const STREAM_DISCONNECTED: &str = "stream.disconnected";
+
 /// The domain reserved for the server's own frames.
 pub const RESERVED_DOMAIN: &str = "stream";
 
@@ -52,6 +60,8 @@ mod tests {
             SNAPSHOTS_GENERATE,
             STREAM_OPENED,
             STREAM_RESYNC,
+            STREAM_EXPIRED,
+            STREAM_DISCONNECTED,
         ] {
             assert!(is_well_formed(name), "{name}");
         }

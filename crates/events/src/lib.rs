@@ -13,9 +13,10 @@ pub mod event_type;
 mod user_id;
 
 pub use api::{
-    Account, CreateAccountRequest, ErrorBody, ErrorDetail, Health, MAX_ACCOUNT_NAME_CHARS,
-    PublishRequest, Readiness, Resync, ResyncScope, Snapshot, SnapshotsGenerated, StreamOpened,
-    TokenRequest, TokenResponse, ValidationError,
+    Account, CreateAccountRequest, DisconnectRequest, ErrorBody, ErrorDetail, Health,
+    MAX_ACCOUNT_NAME_CHARS, MAX_REASON_CHARS, PublishRequest, Readiness, Resync, ResyncScope,
+    Snapshot, SnapshotsGenerated, StreamEnded, StreamOpened, StreamTicket, TokenRequest,
+    TokenResponse, ValidationError,
 };
 pub use cursor::{BadCursor, Cursor, Position};
 pub use envelope::{BROADCAST_USER_ID, Envelope, SYSTEM_EVENTS_CHANNEL, USER_EVENTS_CHANNEL};

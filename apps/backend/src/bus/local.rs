@@ -40,6 +40,10 @@ impl LocalBus {
         self.retention
     }
 
+    pub(super) fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
     pub(super) fn publish(&self, mut envelope: Envelope) -> Envelope {
         // Numbering, appending and delivery happen under one lock, so that concurrent
         // publishers to one topic deliver in the order of their sequence numbers.
@@ -105,7 +109,13 @@ mod tests {
             max_len,
             max_age: Duration::from_secs(60),
         };
-        LocalBus::new(Hub::new(8, std::sync::Arc::default()), retention)
+        LocalBus::new(
+            Hub::new(
+                crate::hub::Capacity::with_queue(8),
+                std::sync::Arc::default(),
+            ),
+            retention,
+        )
     }
 
     fn publish(bus: &LocalBus, user: &str) -> Envelope {

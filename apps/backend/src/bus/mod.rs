@@ -19,8 +19,21 @@ use crate::metrics::Metrics;
 
 pub use self::{
     local::LocalBus,
-    redis::{RedisBus, start_relay},
+    redis::{Admission, RedisBus, Rejection, start_relay},
 };
+
+/// The Redis Pub/Sub channel on which instances tell each other to act on streams
+/// (every instance subscribes).
+pub const CONTROL_CHANNEL: &str = "stream-control";
+
+/// What one instance asks every instance to do, on [`CONTROL_CHANNEL`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", tag = "action")]
+pub enum Control {
+    /// End every stream of `user_id`, telling it `reason`.
+    #[serde(rename_all = "camelCase")]
+    Disconnect { user_id: String, reason: String },
+}
 
 /// The bus of one instance: a transport, and what it stamps and counts on the way.
 #[derive(Debug)]
@@ -115,6 +128,23 @@ impl Bus {
             .get_or_create(&self.metrics.event_labels(&published.event_type))
             .inc();
         Ok(published)
+    }
+
+    /// Ends every stream of `user_id` on every instance, each told `reason`.
+    pub async fn disconnect(&self, user_id: &str, reason: &str) -> Result<(), BusError> {
+        match &self.transport {
+            Transport::Local(bus) => {
+                bus.hub().disconnect(user_id, reason);
+                Ok(())
+            }
+            Transport::Redis(bus) => {
+                bus.control(&Control::Disconnect {
+                    user_id: user_id.to_string(),
+                    reason: reason.to_string(),
+                })
+                .await
+            }
+        }
     }
 
     /// The head of `topic`'s history, and up to `limit` kept events after sequence

@@ -1,6 +1,8 @@
 use std::sync::Arc;
 
-use events::{Envelope, Position, SYSTEM_EVENTS_CHANNEL, USER_EVENTS_CHANNEL};
+use std::collections::HashSet;
+
+use events::{Envelope, Position, SYSTEM_EVENTS_CHANNEL, USER_EVENTS_CHANNEL, event_type};
 use fred::{
     clients::{Client, SubscriberClient},
     interfaces::{EventInterface, PubsubInterface},
@@ -9,7 +11,7 @@ use fred::{
 use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use super::{BusError, HistoryRead, Retention, Topic};
+use super::{BusError, CONTROL_CHANNEL, Control, HistoryRead, Retention, Topic};
 use crate::{
     hub::Hub,
     metrics::Metrics,
@@ -57,9 +59,10 @@ return {seq, tonumber(epoch)}
 
 /// Reads a topic's head and the kept events after a sequence number, atomically.
 ///
-/// KEYS as above. ARGV[1]: the sequence number to read after. ARGV[2]: at most this many
-/// events (0: head only). Returns `{epoch, seq, oldest, envelope...}`, zeros when the
-/// topic has no history.
+/// KEYS as above. ARGV[1]: the first entry id to read (`<seq>-0`, computed by the caller:
+/// Lua's numbers are doubles, and `seq + 1` of a large client-chosen number would turn
+/// into `1e+14`, which Redis refuses). ARGV[2]: at most this many events (0: head only).
+/// Returns `{epoch, seq, oldest, envelope...}`, zeros when the topic has no history.
 const READ_SCRIPT: &str = r#"
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
 local reply = {tonumber(meta[1]) or 0, tonumber(meta[2]) or 0, 0}
@@ -68,8 +71,7 @@ if first[1] then
   reply[3] = tonumber(string.match(first[1][1], '^(%d+)'))
 end
 if tonumber(ARGV[2]) > 0 then
-  local from = (tonumber(ARGV[1]) + 1) .. '-0'
-  for _, entry in ipairs(redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', ARGV[2])) do
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])) do
     reply[#reply + 1] = entry[2][2]
   end
 end
@@ -130,19 +132,27 @@ impl RedisBus {
         Ok(envelope)
     }
 
+    /// Asks every instance (this one included) to carry out `control`.
+    pub(super) async fn control(&self, control: &Control) -> Result<(), BusError> {
+        let json = serde_json::to_string(control).map_err(|e| BusError::Reply(e.to_string()))?;
+        let _: i64 = self.client.publish(CONTROL_CHANNEL, json).await?;
+        Ok(())
+    }
+
     pub(super) async fn read(
         &self,
         topic: &Topic,
         after: u64,
         limit: usize,
     ) -> Result<HistoryRead, BusError> {
+        // Past the last possible id there is nothing to read, only the head.
+        let (from, limit) = match after.checked_add(1) {
+            Some(next) => (format!("{next}-0"), limit),
+            None => ("0-0".to_string(), 0),
+        };
         let reply: Vec<Value> = self
             .read_script
-            .evalsha_with_reload(
-                &self.client,
-                keys(topic),
-                vec![after.to_string(), limit.to_string()],
-            )
+            .evalsha_with_reload(&self.client, keys(topic), vec![from, limit.to_string()])
             .await?;
         let number = |i: usize| -> Result<u64, BusError> {
             reply
@@ -180,15 +190,16 @@ fn probe_channel(server_id: &str) -> String {
     format!("probe:{server_id}")
 }
 
-/// Subscribes to the event channels and this instance's probe channel, then starts the
-/// relay (every message to the hub) and the probe. Returns once the subscriptions are
-/// confirmed, so no event published after this returns can be missed.
+/// Subscribes to the event channels, the control channel and this instance's probe
+/// channel, then starts the relay (every message to the hub) and the probe. Returns once
+/// the subscriptions are confirmed, so no event published after this returns can be missed.
 pub async fn start_relay(
     redis: &Redis,
     hub: Hub,
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
     server_id: &str,
+    max_event_bytes: u64,
     shutdown: CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, BusError> {
     let probe = probe_channel(server_id);
@@ -200,6 +211,7 @@ pub async fn start_relay(
         .subscribe(vec![
             USER_EVENTS_CHANNEL,
             SYSTEM_EVENTS_CHANNEL,
+            CONTROL_CHANNEL,
             probe.as_str(),
         ])
         .await?;
@@ -207,6 +219,7 @@ pub async fn start_relay(
         subscriber: redis.subscriber.clone(),
         hub,
         readiness: readiness.clone(),
+        admission: Admission::new(metrics.clone(), max_event_bytes),
         metrics,
         probe: probe.clone(),
     };
@@ -226,12 +239,13 @@ struct Relay {
     hub: Hub,
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
+    admission: Admission,
     probe: String,
 }
 
 impl Relay {
     async fn run(
-        self,
+        mut self,
         mut messages: tokio::sync::broadcast::Receiver<Message>,
         mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
         shutdown: CancellationToken,
@@ -269,7 +283,7 @@ impl Relay {
         tracing::info!("relay stopped");
     }
 
-    fn relay(&self, message: &Message) {
+    fn relay(&mut self, message: &Message) {
         if *message.channel == *self.probe {
             let sent_at = message.value.as_u64().unwrap_or(0);
             if self.readiness.probe_returned(sent_at) {
@@ -279,21 +293,110 @@ impl Relay {
             }
             return;
         }
-        let Some(bytes) = message.value.as_bytes() else {
-            tracing::warn!(channel = %message.channel, "ignored a non-text message");
+        let bytes = message.value.as_bytes().unwrap_or_default();
+        if *message.channel == *CONTROL_CHANNEL {
+            match serde_json::from_slice::<Control>(bytes) {
+                Ok(Control::Disconnect { user_id, reason }) => {
+                    self.hub.disconnect(&user_id, &reason);
+                }
+                Err(_) => self.admission.reject(Rejection::NotAnEnvelope, bytes),
+            }
             return;
-        };
-        match serde_json::from_slice::<Envelope>(bytes) {
-            Ok(envelope)
-                if envelope.is_broadcast()
-                    || events::validate_user_id(&envelope.user_id).is_ok() =>
-            {
-                self.hub.deliver(&envelope);
+        }
+        if let Some(envelope) = self.admission.admit(bytes) {
+            self.hub.deliver(&envelope);
+        }
+    }
+}
+
+/// Why a message on an event channel was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// Not JSON of the envelope's shape (or not text at all).
+    NotAnEnvelope,
+    /// Larger than any event the API accepts.
+    TooLarge,
+    /// The `userId` breaks the user id rule (and is not the broadcast's `*`).
+    BadUserId,
+    /// The `eventType` breaks the naming rule, or claims the server's `stream.` domain.
+    BadEventType,
+}
+
+impl Rejection {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NotAnEnvelope => "not_an_envelope",
+            Self::TooLarge => "too_large",
+            Self::BadUserId => "bad_user_id",
+            Self::BadEventType => "bad_event_type",
+        }
+    }
+}
+
+/// The relay's gate: every message from Redis is untrusted bytes (other services publish
+/// straight to the channels), held to the same rules as the API before it reaches a
+/// stream, so that no message can break a stream's framing, pass for a frame of the
+/// server's own, or crash anything. What fails is counted and dropped; the first of each
+/// kind is logged with a sample.
+#[derive(Debug)]
+pub struct Admission {
+    metrics: Arc<Metrics>,
+    /// An envelope larger than this cannot have come through the API.
+    max_message_bytes: usize,
+    logged: HashSet<Rejection>,
+}
+
+/// Room for an envelope's fields around its `data`.
+const ENVELOPE_OVERHEAD: u64 = 1024;
+
+impl Admission {
+    pub fn new(metrics: Arc<Metrics>, max_event_bytes: u64) -> Self {
+        Self {
+            metrics,
+            max_message_bytes: usize::try_from(max_event_bytes + ENVELOPE_OVERHEAD)
+                .unwrap_or(usize::MAX),
+            logged: HashSet::new(),
+        }
+    }
+
+    /// The envelope in `bytes`, if it may be delivered.
+    pub fn admit(&mut self, bytes: &[u8]) -> Option<Envelope> {
+        match self.check(bytes) {
+            Ok(envelope) => Some(envelope),
+            Err(rejection) => {
+                self.reject(rejection, bytes);
+                None
             }
-            Ok(envelope) => {
-                tracing::warn!(user_id = %envelope.user_id, "ignored a message with an invalid userId");
-            }
-            Err(error) => tracing::warn!(%error, "ignored a message that is not an Envelope"),
+        }
+    }
+
+    fn check(&self, bytes: &[u8]) -> Result<Envelope, Rejection> {
+        if bytes.len() > self.max_message_bytes {
+            return Err(Rejection::TooLarge);
+        }
+        let envelope =
+            serde_json::from_slice::<Envelope>(bytes).map_err(|_| Rejection::NotAnEnvelope)?;
+        if !envelope.is_broadcast() && events::validate_user_id(&envelope.user_id).is_err() {
+            return Err(Rejection::BadUserId);
+        }
+        if !event_type::is_publishable(&envelope.event_type) {
+            return Err(Rejection::BadEventType);
+        }
+        Ok(envelope)
+    }
+
+    fn reject(&mut self, rejection: Rejection, bytes: &[u8]) {
+        self.metrics.relay_rejected(rejection.label());
+        if self.logged.insert(rejection) {
+            let sample: String = String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                .escape_debug()
+                .collect();
+            tracing::warn!(
+                reason = rejection.label(),
+                sample,
+                "dropped a message from Redis that breaks the event rules (counted in \
+                 relay_messages_rejected_total; only the first of each kind is logged)"
+            );
         }
     }
 }
@@ -319,5 +422,70 @@ async fn send_probes(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Capacity, Delivery};
+    use bytes::BytesMut;
+    use futures_util::{FutureExt, StreamExt};
+
+    fn admission() -> Admission {
+        Admission::new(Arc::default(), 1024)
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes arrive on a channel, the relay never panics, and whatever it
+        /// admits reaches an open stream as a frame that encodes: no message can break
+        /// a stream.
+        #[test]
+        fn no_message_can_break_a_stream(
+            user in "[a-z*]{1,3}|\\PC{0,4}",
+            event_type in "[a-z.\\-_]{0,12}|\\PC{0,12}",
+            data in "\\PC{0,40}",
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let json = serde_json::json!({"userId": user, "eventType": event_type, "data": data}).to_string();
+            let mut gate = admission();
+            let hub = Hub::new(Capacity::with_queue(8), Arc::default());
+            let mut stream = hub.open("a").map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            for bytes in [json.as_bytes(), &raw[..]] {
+                if let Some(envelope) = gate.admit(bytes) {
+                    proptest::prop_assert!(event_type::is_publishable(&envelope.event_type));
+                    hub.deliver(&envelope);
+                }
+            }
+            while let Some(Some(Delivery::Event(published))) = stream.next().now_or_never() {
+                let mut out = BytesMut::new();
+                proptest::prop_assert!(published.frame(Some("1-1.0-0".into())).encode(&mut out));
+            }
+            proptest::prop_assert_eq!(hub.stream_count(), 1, "the stream is still open");
+        }
+    }
+
+    #[test]
+    fn the_original_designs_message_is_admitted_and_spoofs_and_breaks_are_not() {
+        let mut gate = admission();
+        let ok = br#"{"userId":"123","eventType":"snapshots.generated","data":{}}"#;
+        assert!(gate.admit(ok).is_some());
+        for bad in [
+            &br#"{"userId":"*","eventType":"a\nb","data":{}}"#[..],
+            br#"{"userId":"u","eventType":"stream.resync","data":{}}"#,
+            br#"{"userId":"u u","eventType":"a.b"}"#,
+            b"\xff\xfe",
+        ] {
+            assert!(
+                gate.admit(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let big = format!(
+            r#"{{"userId":"u","eventType":"a.b","data":"{}"}}"#,
+            "x".repeat(4096)
+        );
+        assert!(gate.admit(big.as_bytes()).is_none());
     }
 }

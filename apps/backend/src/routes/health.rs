@@ -11,10 +11,18 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     })
 }
 
-/// `GET /readyz`: whether load balancers should send traffic here. 503 while draining or
-/// while the Redis subscription probe is not coming back; always ready on a single node.
+/// `GET /readyz`: whether load balancers should send traffic here. 503 while draining,
+/// while the Redis subscription probe is not coming back, or while the instance holds all
+/// the streams it may.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let (mut response, reason) = match state.readiness.check() {
+    let check = state.readiness.check().and_then(|()| {
+        if state.hub.is_full() {
+            Err("holding all the streams it may (MAX_STREAMS)")
+        } else {
+            Ok(())
+        }
+    });
+    let (mut response, reason) = match check {
         Ok(()) => (HttpResponse::Ok(), None),
         Err(reason) => (HttpResponse::ServiceUnavailable(), Some(reason.to_string())),
     };

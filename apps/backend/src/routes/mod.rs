@@ -5,7 +5,9 @@ mod health;
 mod publish;
 mod snapshots;
 mod stream;
+mod tickets;
 mod token;
+mod users;
 
 use actix_web::web;
 
@@ -18,5 +20,10 @@ pub fn api(cfg: &mut web::ServiceConfig) {
         .route("/accounts", web::get().to(accounts::list))
         .route("/snapshots", web::get().to(snapshots::list))
         .route("/events", web::get().to(stream::open))
-        .route("/publish", web::post().to(publish::publish));
+        .route("/stream-tickets", web::post().to(tickets::issue))
+        .route("/publish", web::post().to(publish::publish))
+        .route(
+            "/users/{user_id}/disconnect",
+            web::post().to(users::disconnect),
+        );
 }

@@ -6,7 +6,7 @@ use actix_web::{
 use actix_web_lab::sse::{self, Sse};
 use futures_util::StreamExt;
 
-use crate::{auth::AuthenticatedUser, delivery, error::ApiError, hub::Frame, state::AppState};
+use crate::{auth, delivery, error::ApiError, hub::Frame, state::AppState, tickets};
 
 /// `GET /api/events`: the caller's event stream (`text/event-stream`), when actix-web
 /// carries it.
@@ -17,18 +17,25 @@ use crate::{auth::AuthenticatedUser, delivery, error::ApiError, hub::Frame, stat
 /// head too large to be peeked), with the same headers and the same frames: `retry:`,
 /// then those of [`delivery::open`]; idle streams get a keep-alive comment at the
 /// configured interval.
-pub async fn open(
-    req: HttpRequest,
-    user: AuthenticatedUser,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let last_event_id = req
+pub async fn open(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let cookies = req
         .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok());
-    let resume_from = delivery::resume_point(last_event_id, req.query_string());
-    let frames = delivery::open(&state, user.0, resume_from).await?;
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let credential = tickets::authenticate_stream(
+        &state,
+        auth::authorization(&req),
+        req.query_string(),
+        (!cookies.is_empty()).then_some(cookies.as_str()),
+    )
+    .await?;
+    let resume_from = delivery::resume_point(header("last-event-id"), req.query_string());
+    let frames = delivery::open(&state, credential, resume_from).await?;
 
+    let frames = frames.filter(|frame| std::future::ready(frame.is_framable()));
     let mut response = Sse::from_infallible_stream(frames.map(sse_event))
         .with_keep_alive(state.keep_alive)
         .with_retry_duration(state.sse_retry)

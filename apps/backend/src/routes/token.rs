@@ -19,7 +19,12 @@ pub async fn issue(
         field: "userId",
         message: message.to_string(),
     })?;
-    let (token, expires) = state.tokens.issue(&body.user_id);
+    let (token, expires) = state
+        .tokens
+        .issue(&body.user_id)
+        .ok_or(ApiError::Forbidden(
+            "this server verifies tokens with a public key only and cannot mint them",
+        ))?;
     Ok(HttpResponse::Ok().json(TokenResponse {
         token,
         expires_at: clock::rfc3339(expires),

@@ -193,7 +193,7 @@ async fn production_mode_mints_no_tokens_but_accepts_the_host_applications() {
             sub: "alice".into(),
             exp: epoch_secs() + 600,
             iat: epoch_secs(),
-            publish: false,
+            ..Default::default()
         },
     );
     let mut stream = app.open_stream(&token).await;

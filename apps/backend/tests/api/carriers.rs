@@ -167,11 +167,12 @@ async fn request(app: &TestApp, carrier: Carrier, target: &str, headers: &str) -
 async fn every_carrier_sends_the_same_headers_and_frames() {
     let app = spawn_app(None).await;
     let token = app.token("alice").await;
-    let target = format!("/api/events?token={token}");
+    let target = "/api/events";
+    let auth = format!("Authorization: Bearer {token}\r\n");
 
     let mut streams = Vec::new();
     for carrier in [Carrier::Fresh, Carrier::KeptAlive, Carrier::Split] {
-        let (mut raw, head) = request(&app, carrier, &target, "").await;
+        let (mut raw, head) = request(&app, carrier, target, &auth).await;
         assert_eq!(head.status, 200, "{carrier:?}");
         for (name, value) in [
             ("content-type", "text/event-stream"),
@@ -227,11 +228,10 @@ async fn every_carrier_resumes_after_the_last_event_id_header() {
     app.publish("alice", "orders.shipped", json!({"n": 2}))
         .await;
     let epoch = &first["epoch"];
-    let target = format!("/api/events?token={token}");
-    let last_seen = format!("Last-Event-ID: {epoch}-1.0-0\r\n");
+    let last_seen = format!("Last-Event-ID: {epoch}-1.0-0\r\nAuthorization: Bearer {token}\r\n");
 
     for carrier in [Carrier::Fresh, Carrier::KeptAlive, Carrier::Split] {
-        let (mut raw, head) = request(&app, carrier, &target, &last_seen).await;
+        let (mut raw, head) = request(&app, carrier, "/api/events", &last_seen).await;
         assert_eq!(head.status, 200, "{carrier:?}");
         let frames = raw.frames(&head, 3).await;
         assert!(
@@ -253,7 +253,13 @@ async fn every_carrier_refuses_a_bad_token_alike() {
     let app = spawn_app(None).await;
     let mut answers = Vec::new();
     for carrier in [Carrier::Fresh, Carrier::KeptAlive] {
-        let (mut raw, head) = request(&app, carrier, "/api/events?token=forged", "").await;
+        let (mut raw, head) = request(
+            &app,
+            carrier,
+            "/api/events",
+            "Authorization: Bearer forged\r\n",
+        )
+        .await;
         assert_eq!(head.status, 401, "{carrier:?}");
         assert_eq!(head.headers["content-type"], "application/json");
         assert_eq!(head.headers["www-authenticate"], "Bearer");
@@ -272,8 +278,8 @@ async fn a_client_that_leaves_is_forgotten_at_once() {
     let (mut raw, head) = request(
         &app,
         Carrier::Fresh,
-        &format!("/api/events?token={token}"),
-        "",
+        "/api/events",
+        &format!("Authorization: Bearer {token}\r\n"),
     )
     .await;
     raw.frames(&head, 2).await;

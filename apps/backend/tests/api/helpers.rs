@@ -149,7 +149,31 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     }
 }
 
+/// The value of one series (name and labels, as exposed) of `base`'s `/metrics`; `None`
+/// when the series is absent, so that "absent" and "zero" are told apart.
+pub async fn metric_value(base: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        if name == series {
+            value.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
 impl TestApp {
+    /// See [`metric_value`].
+    pub async fn metric_value(&self, series: &str) -> Option<f64> {
+        metric_value(&self.address, series).await
+    }
+
     /// Shuts the instance down gracefully (as on SIGTERM) and waits until it has stopped.
     pub async fn stop(self) {
         self.shut_down(Stop::Graceful).await;
@@ -244,18 +268,15 @@ impl TestApp {
         response.json().await.expect("publish response is JSON")
     }
 
-    /// Opens a stream (token in the query, as a browser's EventSource sends it) and
-    /// reads up to its `stream.opened` frame, after which it is sure to receive events.
+    /// Opens a stream (token in the `Authorization` header, as a service would) and reads
+    /// up to its `stream.opened` frame, after which it is sure to receive events.
     pub async fn open_stream(&self, token: &str) -> SseStream {
         self.resume_stream(token, None).await
     }
 
     /// Opens a stream that resumes after `last_event_id`.
     pub async fn resume_stream(&self, token: &str, last_event_id: Option<&str>) -> SseStream {
-        let mut request = self
-            .client
-            .get(self.url("/api/events"))
-            .query(&[("token", token)]);
+        let mut request = self.client.get(self.url("/api/events")).bearer_auth(token);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
@@ -294,6 +315,7 @@ impl BackendProcess {
             .env("PORT", port.to_string())
             .env("JWT_SECRET", JWT_SECRET)
             .env("PUBLISH_KEY", PUBLISH_KEY)
+            .env("DEV_TOKENS", "true")
             .env("WORKERS", "1")
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
@@ -406,7 +428,7 @@ pub async fn follow(
         next += 1;
         let mut request = client
             .get(format!("{address}/api/events"))
-            .query(&[("token", token.as_str())]);
+            .bearer_auth(&token);
         if let Some(id) = &last_id {
             request = request.query(&[("lastEventId", id.as_str())]);
         }
@@ -620,7 +642,9 @@ fn parse_frame(block: &str) -> Frame {
 
 /// Mints a token with the test secret directly (for forged, expired or publisher tokens).
 pub fn sign(secret: &str, claims: &backend::auth::Claims) -> String {
-    backend::auth::Tokens::new(secret, Duration::from_secs(60)).sign(claims)
+    backend::auth::Tokens::new(secret, Duration::from_secs(60))
+        .sign(claims)
+        .expect("HS256 signs")
 }
 
 pub fn epoch_secs() -> u64 {

@@ -7,6 +7,7 @@ mod delivery;
 mod helpers;
 mod no_loss;
 mod publish;
+mod security;
 mod single_node;
 mod stream;
 mod topology;

@@ -190,6 +190,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_then_resumes_with_nothing_mi
     let redis = RedisServer::start().await;
     let mut settings = settings(Some(&redis));
     settings.stream_queue_size = 8;
+    settings.max_event_bytes = 64 * 1024;
     let a = spawn_app_with(settings).await;
     let token = a.token("alice").await;
     let mut stalled = a.open_stream(&token).await;
@@ -204,13 +205,13 @@ async fn a_client_that_stops_reading_is_cut_off_and_then_resumes_with_nothing_mi
             json!({ "n": n, "padding": padding }),
         )
         .await;
-        if a.hub.slow_closed_count() > 0 {
+        if a.metric_value("sse_slow_consumer_disconnects_total").await > Some(0.0) {
             break;
         }
     }
     assert_eq!(
-        a.hub.slow_closed_count(),
-        1,
+        a.metric_value("sse_slow_consumer_disconnects_total").await,
+        Some(1.0),
         "the stalled stream was closed"
     );
     assert_eq!(

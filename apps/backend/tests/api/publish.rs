@@ -17,6 +17,7 @@ async fn publishing_needs_a_publisher_credential() {
             exp: epoch_secs() + 600,
             iat: epoch_secs(),
             publish: true,
+            ..Default::default()
         },
     );
     let mut stream = app.open_stream(&user_token).await;

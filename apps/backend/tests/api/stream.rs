@@ -13,7 +13,8 @@ async fn stream_starts_with_retry_then_carries_named_events_with_ids() {
     let token = app.token("alice").await;
     let response = app
         .client
-        .get(app.url(&format!("/api/events?token={token}")))
+        .get(app.url("/api/events"))
+        .bearer_auth(&token)
         .send()
         .await
         .expect("stream request");
@@ -123,7 +124,7 @@ async fn stream_refuses_missing_forged_and_expired_tokens() {
         sub: "alice".into(),
         exp,
         iat: now,
-        publish: false,
+        ..Default::default()
     };
     let forged = sign(
         "some-other-secret-some-other-secret-0000",
@@ -131,14 +132,22 @@ async fn stream_refuses_missing_forged_and_expired_tokens() {
     );
     let expired = sign(JWT_SECRET, &claims(now - 600));
 
-    for (case, query) in [
-        ("missing", String::new()),
-        ("empty", "?token=".to_string()),
-        ("garbage", "?token=not-a-jwt".to_string()),
-        ("forged", format!("?token={forged}")),
-        ("expired", format!("?token={expired}")),
+    let valid = app.token("alice").await;
+    for (case, query, token) in [
+        ("missing", String::new(), None),
+        ("empty", String::new(), Some("")),
+        ("garbage", String::new(), Some("not-a-jwt")),
+        ("forged", String::new(), Some(forged.as_str())),
+        ("expired", String::new(), Some(expired.as_str())),
+        // Never a credential in the URL, not even a valid one.
+        ("token in the URL", format!("?token={valid}"), None),
+        (
+            "unknown ticket",
+            "?ticket=0123456789abcdef0123456789abcdef".into(),
+            None,
+        ),
     ] {
-        let response = app.get(&format!("/api/events{query}"), None).await;
+        let response = app.get(&format!("/api/events{query}"), token).await;
         assert_eq!(response.status(), 401, "{case}");
         assert_eq!(
             response.headers()["content-type"],

@@ -18,14 +18,14 @@ fn repo_root() -> PathBuf {
 }
 
 /// nginx running the repo's nginx.conf, rendered for this machine; killed on drop.
-struct Nginx {
+pub struct Nginx {
     child: Child,
-    base: String,
+    pub base: String,
     _dir: TempDir,
 }
 
 impl Nginx {
-    async fn start(backend_1: &str, backend_2: &str, web_root: &Path) -> Self {
+    pub async fn start(backend_1: &str, backend_2: &str, web_root: &Path) -> Self {
         let dir = TempDir::new("nginx");
         let port = free_port();
         let template = std::fs::read_to_string(repo_root().join("nginx.conf"))
@@ -88,12 +88,12 @@ impl Drop for Nginx {
 }
 
 /// A directory removed on drop.
-struct TempDir {
-    path: PathBuf,
+pub struct TempDir {
+    pub path: PathBuf,
 }
 
 impl TempDir {
-    fn new(name: &str) -> Self {
+    pub fn new(name: &str) -> Self {
         let path =
             std::env::temp_dir().join(format!("{name}-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&path).expect("create a temp dir");
@@ -107,7 +107,7 @@ impl Drop for TempDir {
     }
 }
 
-fn host_port(address: &str) -> &str {
+pub fn host_port(address: &str) -> &str {
     address.trim_start_matches("http://")
 }
 
@@ -115,7 +115,7 @@ fn host_port(address: &str) -> &str {
 async fn open_via(base: &str, token: &str) -> (SseStream, String) {
     let response = reqwest::Client::new()
         .get(format!("{base}/api/events"))
-        .query(&[("token", token)])
+        .bearer_auth(token)
         .send()
         .await
         .expect("stream request");
@@ -129,7 +129,7 @@ async fn open_via(base: &str, token: &str) -> (SseStream, String) {
     (stream, server)
 }
 
-async fn token_via(base: &str, user_id: &str) -> String {
+pub async fn token_via(base: &str, user_id: &str) -> String {
     let body: Value = reqwest::Client::new()
         .post(format!("{base}/api/auth/token"))
         .json(&json!({ "userId": user_id }))
@@ -176,7 +176,7 @@ async fn nginx_in_front_of_two_backends_delivers_survives_a_dead_backend_and_rep
     let web = TempDir::new("web");
     std::fs::write(
         web.path.join("index.html"),
-        "<!doctype html><title>t</title>",
+        r#"<!doctype html><title>t</title><script type="module" nonce="{{__TRUNK NONCE__}}">1</script>"#,
     )
     .expect("index");
     std::fs::write(web.path.join("web-0123abcd_bg.wasm"), b"\0asm").expect("wasm");
@@ -186,6 +186,34 @@ async fn nginx_in_front_of_two_backends_delivers_survives_a_dead_backend_and_rep
     // The web build: the page revalidated, hashed assets cached for good, as wasm.
     let page = http.get(&nginx.base).send().await.expect("page");
     assert_eq!(page.headers()["cache-control"], "no-cache");
+    // Hardened: a content security policy whose nonce is the one the page's inline
+    // script carries (fresh per request), no framing, no sniffing, no referrer, no
+    // server version.
+    let header = |name: &str| {
+        page.headers()[name]
+            .to_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let policy = header("content-security-policy");
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert!(policy.contains("'wasm-unsafe-eval'"), "{policy}");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    assert_eq!(header("referrer-policy"), "no-referrer");
+    assert_eq!(header("server"), "nginx", "no version");
+    let nonce = policy
+        .split("'nonce-")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .expect("the policy names a nonce")
+        .to_string();
+    let html = page.text().await.expect("page text");
+    assert!(html.contains(&format!(r#"nonce="{nonce}""#)), "{html}");
+    let again = http.get(&nginx.base).send().await.expect("page");
+    assert!(
+        !again.text().await.expect("page text").contains(&nonce),
+        "a new nonce for every page load"
+    );
     let wasm = http
         .get(format!("{}/web-0123abcd_bg.wasm", nginx.base))
         .send()
@@ -240,12 +268,12 @@ async fn nginx_in_front_of_two_backends_delivers_survives_a_dead_backend_and_rep
     // the counts below.)
     drop(one);
     let token = token_via(&nginx.base, "bob").await;
-    let before = metric(
+    let before = metric_value(
         &two.address,
         "events_published_total{event_type=\"test.after-kill\"}",
     )
     .await;
-    assert_eq!(before, 0.0);
+    assert_eq!(before, None, "nothing of this type was published yet");
     let mut after = Vec::new();
     for _ in 0..3 {
         let (stream, server) = open_via(&nginx.base, &token).await;
@@ -285,27 +313,32 @@ async fn nginx_in_front_of_two_backends_delivers_survives_a_dead_backend_and_rep
             >= 3.0
     );
 
-    // Redis stops: readiness says so, directly and through nginx.
-    assert_eq!(
-        http.get(format!("{}/readyz", nginx.base))
+    // Readiness and metrics are the orchestrator's, not the public's: nginx hides them.
+    for internal in ["/readyz", "/metrics"] {
+        let status = http
+            .get(format!("{}{internal}", nginx.base))
             .send()
             .await
-            .expect("readyz")
-            .status(),
-        200
-    );
+            .expect("internal route")
+            .status();
+        assert_eq!(status, 404, "{internal} through nginx");
+    }
+
+    // Redis stops: readiness says so.
+    assert!(readiness_becomes(&two.address, 200).await);
     redis.stop();
     assert!(
         readiness_becomes(&two.address, 503).await,
         "/readyz answers 503 once Redis is gone"
     );
-    let through_nginx = http
-        .get(format!("{}/readyz", nginx.base))
+    let body: Value = http
+        .get(format!("{}/readyz", two.address))
         .send()
         .await
-        .expect("readyz");
-    assert_eq!(through_nginx.status(), 503);
-    let body: Value = through_nginx.json().await.expect("readyz body");
+        .expect("readyz")
+        .json()
+        .await
+        .expect("readyz body");
     assert_eq!(body["ready"], false);
     assert!(body["reason"].as_str().is_some_and(|r| r.contains("probe")));
 }

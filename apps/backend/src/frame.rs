@@ -1,0 +1,129 @@
+//! SSE frames: one message of a stream before a carrier writes it, and an event as the
+//! hub fans it out, its `event:` and `data:` encoded once for every stream it reaches.
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use events::{Envelope, Position};
+use prometheus_client::metrics::counter::Counter;
+use tokio_util::codec::Encoder as _;
+
+/// An event as the hub fans it out: its position and its `event:` and `data:` fields,
+/// already encoded. The `id:` is per stream (it carries the stream's whole cursor).
+#[derive(Debug)]
+pub struct Published {
+    pub broadcast: bool,
+    /// Absent for messages that bypassed the backend (a plain `PUBLISH`).
+    pub position: Option<Position>,
+    pub event_type: ByteString,
+    pub data: ByteString,
+    /// When it was accepted (ms since the epoch), for the delivery latency.
+    pub published_at: Option<u64>,
+    /// The `events_delivered` counter of its type, resolved once per event by the hub
+    /// rather than once per stream it reaches.
+    pub delivered: Option<Counter>,
+}
+
+impl Published {
+    pub fn new(envelope: &Envelope) -> Self {
+        // An Envelope is strings, numbers and a JSON value: it always serializes.
+        let json = serde_json::to_string(envelope).unwrap_or_default();
+        Self {
+            broadcast: envelope.is_broadcast(),
+            position: envelope.position(),
+            event_type: envelope.event_type.as_str().into(),
+            data: json.into(),
+            published_at: envelope.published_at,
+            delivered: None,
+        }
+    }
+
+    /// The SSE frame, with `id` if given.
+    pub fn frame(&self, id: Option<String>) -> Frame {
+        Frame {
+            event: self.event_type.clone(),
+            id: id.map(ByteString::from),
+            data: self.data.clone(),
+        }
+    }
+}
+
+impl Frame {
+    /// Whether the frame's `event:` and `id:` can be written as SSE fields (hold no line
+    /// break). Logs the ones that cannot, which are then dropped.
+    pub fn is_framable(&self) -> bool {
+        let framable = |field: &str| !field.contains(['\n', '\r']);
+        let ok = framable(&self.event) && self.id.as_deref().is_none_or(framable);
+        if !ok {
+            tracing::warn!(event = %self.event.escape_debug(), "dropped a frame that cannot be framed");
+        }
+        ok
+    }
+}
+
+/// One SSE message as a stream sends it, before it is encoded for whichever HTTP layer
+/// carries the stream (see `routes::stream` and `direct`). Cloning shares the `event:` and
+/// `data:` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub event: ByteString,
+    pub id: Option<ByteString>,
+    pub data: ByteString,
+}
+
+impl Frame {
+    /// Appends the frame in `text/event-stream` form, as actix-web-lab's `Sse` writes it
+    /// (both use russe's encoder). Returns false, appending nothing, for a frame that
+    /// cannot be framed (a line break in its `event:` or `id:`): event types are checked
+    /// where they enter (the API, the relay) and ids are cursors, so this is a last line
+    /// of defence that drops the frame instead of breaking or killing the stream.
+    pub fn encode(self, out: &mut BytesMut) -> bool {
+        if !self.is_framable() {
+            return false;
+        }
+        let message = russe::Message {
+            data: self.data,
+            event: Some(self.event),
+            id: self.id,
+            retry: None,
+        };
+        let before = out.len();
+        let encoded = russe::Encoder::default()
+            .encode(russe::Event::Message(message), out)
+            .is_ok();
+        if !encoded {
+            out.truncate(before);
+        }
+        encoded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_with_a_line_break_in_its_name_or_id_is_dropped_not_written() {
+        for (event, id) in [("a\nb", None), ("a.b", Some("1\r\n")), ("a\rb", Some("1"))] {
+            let mut out = BytesMut::from("before");
+            let frame = Frame {
+                event: event.into(),
+                id: id.map(ByteString::from),
+                data: "{}".into(),
+            };
+            assert!(!frame.encode(&mut out), "{event:?}");
+            assert_eq!(&out[..], b"before");
+        }
+    }
+
+    #[test]
+    fn data_with_line_breaks_is_split_over_data_lines() {
+        let mut out = BytesMut::new();
+        let frame = Frame {
+            event: "a.b".into(),
+            id: None,
+            data: "x\ny".into(),
+        };
+        assert!(frame.encode(&mut out));
+        assert_eq!(&out[..], b"event: a.b\ndata: x\ndata: y\n\n");
+    }
+}
