@@ -46,7 +46,8 @@ dev: setup web-build
     redis-server --port {{redis_port}} --bind 127.0.0.1 --save "" --appendonly no \
         --dir target/dev 2>&1 | prefix 33 redis &
     until redis-cli -p {{redis_port}} ping >/dev/null 2>&1; do sleep 0.1; done
-    export REDIS_URL=redis://127.0.0.1:{{redis_port}} PUBLISH_KEY=${PUBLISH_KEY:-dev-publish-key}
+    # Development only: anyone may mint a token for any user (the backends log it loudly).
+    export REDIS_URL=redis://127.0.0.1:{{redis_port}} PUBLISH_KEY=${PUBLISH_KEY:-dev-publish-key} DEV_TOKENS=true
     PORT={{backend_1_port}} SERVER_ID=backend-1 target/debug/backend 2>&1 | prefix 36 backend-1 &
     PORT={{backend_2_port}} SERVER_ID=backend-2 target/debug/backend 2>&1 | prefix 35 backend-2 &
     # The repo's nginx.conf, rendered for this machine.
@@ -75,7 +76,7 @@ dev-single: setup
     trap 'trap - EXIT; kill 0 2>/dev/null; wait' INT TERM EXIT
     prefix() { sed -u "s/^/$(printf '\033[%sm%-9s\033[0m ' "$1" "$2")/"; }
     PORT={{backend_1_port}} SERVER_ID=backend-1 PUBLISH_KEY=${PUBLISH_KEY:-dev-publish-key} \
-        target/debug/backend 2>&1 | prefix 36 backend &
+        DEV_TOKENS=true target/debug/backend 2>&1 | prefix 36 backend &
     trunk serve --port {{web_port}} 2>&1 | prefix 32 web &
     until curl -fs http://127.0.0.1:{{web_port}}/ >/dev/null; do sleep 0.5; done
     printf '\n  open  http://127.0.0.1:{{web_port}}   (single node, no Redis)\n\n'
@@ -103,7 +104,7 @@ bench-scenario name args instances="2":
     for i in $(seq 1 {{instances}}); do
         port=$((3100 + 2 * i))
         REDIS_URL=redis://127.0.0.1:6390 HOST=127.0.0.1 PORT=$port SERVER_ID=bench-$i \
-            STREAM_QUEUE_SIZE=1024 target/release/backend &
+            STREAM_QUEUE_SIZE=1024 MAX_STREAMS_PER_USER=100000 target/release/backend &
         pids+=(--pid $!) pids_only+=($!) urls+=(--url http://127.0.0.1:$port)
         until curl -fs http://127.0.0.1:$port/readyz >/dev/null; do sleep 0.1; done
     done

@@ -665,11 +665,8 @@ mod tests {
             let replayed = ids(&step);
             proptest::prop_assert!(replayed.len() as u64 <= limit);
             proptest::prop_assert!(step.to.seq <= head);
-            let mut expected = step.resync_to.seq;
-            for id in &replayed {
-                expected += 1;
-                proptest::prop_assert_eq!(*id, expected, "contiguous from the resync point");
-            }
+            let expected: Vec<u64> = (1..=replayed.len() as u64).map(|i| step.resync_to.seq + i).collect();
+            proptest::prop_assert_eq!(&replayed, &expected, "contiguous from the resync point");
             let continues = at_epoch == head_epoch || at == Position::default();
             if step.resync.is_none() && head > 0 {
                 proptest::prop_assert!(continues && step.resync_to.seq == at_seq, "no resync only when nothing is skipped");

@@ -34,8 +34,14 @@ enum Chunk {
     Trailer,
 }
 
-/// Opens `GET path` on `server` from the local address `local`, and checks for a 200.
-pub async fn connect(local: IpAddr, server: SocketAddr, path: &str) -> io::Result<SseConnection> {
+/// Opens `GET path` on `server` from the local address `local`, with `token` as its
+/// bearer credential, and checks for a 200.
+pub async fn connect(
+    local: IpAddr,
+    server: SocketAddr,
+    path: &str,
+    token: &str,
+) -> io::Result<SseConnection> {
     let socket = if server.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -45,7 +51,8 @@ pub async fn connect(local: IpAddr, server: SocketAddr, path: &str) -> io::Resul
     let mut stream = socket.connect(server).await?;
     stream.set_nodelay(true)?;
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {server}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {server}\r\nAccept: text/event-stream\r\n\
+         Cache-Control: no-cache\r\nAuthorization: Bearer {token}\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
 
@@ -227,7 +234,7 @@ mod tests {
                 socket.flush().await.expect("flush");
             }
         });
-        let mut connection = connect("127.0.0.1".parse().expect("ip"), address, "/")
+        let mut connection = connect("127.0.0.1".parse().expect("ip"), address, "/", "t")
             .await
             .expect("connect");
         assert_eq!(

@@ -142,7 +142,9 @@ async fn run(share: WorkerShare, scenario: Scenario) -> anyhow::Result<()> {
     for i in share.first..share.first + share.count {
         let user = user_of(i, scenario.users);
         let (server, _) = servers[i % servers.len()];
-        let (token, _) = tokens.issue(&user_id(user));
+        let Some((token, _)) = tokens.issue(&user_id(user)) else {
+            continue;
+        };
         let shared = shared.clone();
         let permits = permits.clone();
         let finish = finish_rx.clone();
@@ -232,12 +234,8 @@ async fn follow(
     let mut connection = {
         let _permit = permits.acquire().await.ok()?;
         let opened = async {
-            let mut connection = sse::connect(
-                local_address(i),
-                server,
-                &format!("/api/events?token={token}"),
-            )
-            .await?;
+            let mut connection =
+                sse::connect(local_address(i), server, "/api/events", &token).await?;
             // The stream is registered once its first frame (stream.opened) arrives.
             connection.next_data().await?;
             Ok::<_, std::io::Error>(connection)

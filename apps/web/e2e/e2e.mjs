@@ -7,7 +7,8 @@
 // Screenshots go to target/e2e/.
 
 import { spawn } from 'node:child_process';
-import { mkdirSync, existsSync } from 'node:fs';
+import { mkdirSync, existsSync, readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createServer } from 'node:net';
 import http from 'node:http';
 import { join, resolve, dirname } from 'node:path';
@@ -104,6 +105,7 @@ async function startBackend(name, port, redisUrl) {
     WORKERS: '1',
     DRAIN_SECS: '0',
     SSE_RETRY_MS: '500',
+    DEV_TOKENS: 'true',
     RUST_LOG: 'warn',
   });
   const base = `http://127.0.0.1:${port}`;
@@ -163,6 +165,27 @@ async function api(base, path, { token, body } = {}) {
     body: body ? JSON.stringify(body) : undefined,
   });
   return { status: response.status, json: await response.json() };
+}
+
+// nginx with the repo's own nginx.conf in front of two backends, serving dist/.
+async function startNginx(backends) {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'e2e-nginx-'));
+  const hosts = backends.map((b) => b.base.replace('http://', ''));
+  const config = readFileSync(join(ROOT, 'nginx.conf'), 'utf8')
+    .replaceAll('${BACKEND_1}', hosts[0])
+    .replaceAll('${BACKEND_2}', hosts[1])
+    .replaceAll('${NGINX_PORT}', `127.0.0.1:${port}`)
+    .replaceAll('${WEB_ROOT}', DIST)
+    .replaceAll('${NGINX_RUN_DIR}', dir)
+    // This script reads its children's output through sockets, which /dev/stdout
+    // cannot be reopened on.
+    .replace('access_log /dev/stdout', `access_log ${join(dir, 'access.log')}`);
+  writeFileSync(join(dir, 'nginx.conf'), config);
+  const child = start('nginx', 'nginx', ['-c', join(dir, 'nginx.conf'), '-g', 'daemon off;']);
+  const base = `http://127.0.0.1:${port}`;
+  await until('nginx up', async () => (await fetch(base)).ok);
+  return { child, base };
 }
 
 async function signIn(page, base, userId) {
@@ -302,6 +325,41 @@ async function main() {
       } finally {
         await carolPage.close();
         await proxy.close();
+      }
+    });
+
+    await test("through the repo's nginx: the page works under its CSP and no credential is ever in a URL", async () => {
+      const nginx = await startNginx([a, b]);
+      const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+      const dana = await context.newPage();
+      dana.setDefaultTimeout(WAIT_MS);
+      const refused = [];
+      dana.on('console', (message) => {
+        if (/Content Security Policy|Refused to/i.test(message.text())) refused.push(message.text());
+      });
+      const urls = [];
+      dana.on('request', (request) => urls.push(request.url()));
+      try {
+        const response = await dana.goto(nginx.base);
+        const policy = response.headers()['content-security-policy'] ?? '';
+        if (!policy.includes("script-src 'self' 'nonce-")) throw new Error(`no strict CSP: ${policy}`);
+        await signIn(dana, nginx.base, `dana-${suffix}`);
+        await dana.getByTestId('account-name').fill('Under CSP');
+        await dana.getByTestId('account-balance').fill('7');
+        await dana.getByTestId('create-account').click();
+        await until('snapshots.generated through nginx', async () =>
+          (await dana.locator('[data-event-type="snapshots.generated"]').count()) === 1);
+        if (refused.length) throw new Error(`CSP refused: ${refused.join(' | ')}`);
+        const streams = urls.filter((url) => url.includes('/api/events'));
+        if (!streams.length || !streams.every((url) => /[?&]ticket=[0-9a-f]{32}/.test(url))) {
+          throw new Error(`streams not opened with a ticket: ${streams.join(', ')}`);
+        }
+        const leaked = urls.filter((url) => /token=|eyJ/.test(url));
+        if (leaked.length) throw new Error(`a credential in a URL: ${leaked.join(', ')}`);
+        await dana.screenshot({ path: join(SHOTS, '5-through-nginx-under-csp.png'), fullPage: true });
+      } finally {
+        await context.close().catch(() => {});
+        await stop(nginx.child);
       }
     });
 

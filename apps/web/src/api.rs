@@ -1,6 +1,8 @@
 //! Calls to the backend's HTTP API, with its error body turned into a message.
 
-use events::{Account, CreateAccountRequest, ErrorBody, Snapshot, TokenRequest, TokenResponse};
+use events::{
+    Account, CreateAccountRequest, ErrorBody, Snapshot, StreamTicket, TokenRequest, TokenResponse,
+};
 use gloo_net::http::{Request, Response};
 use serde::de::DeserializeOwned;
 
@@ -42,6 +44,13 @@ async fn read<T: DeserializeOwned>(response: Response) -> Result<T, ApiFailure> 
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
+}
+
+/// A single-use ticket to open the caller's stream with: its handle in the body, its
+/// secret in an HttpOnly cookie the browser keeps for the stream request.
+pub async fn stream_ticket(url: &str, token: &str) -> Result<StreamTicket, ApiFailure> {
+    let request = Request::post(url).header("Authorization", &bearer(token));
+    read(request.send().await.map_err(unreachable)?).await
 }
 
 pub async fn request_token(user_id: &str) -> Result<TokenResponse, ApiFailure> {

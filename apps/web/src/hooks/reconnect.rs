@@ -95,11 +95,13 @@ impl Backoff {
     }
 }
 
-/// The stream's URL: the token (EventSource cannot send headers) and, when resuming in a
-/// new EventSource, the last event id (which it cannot send as a header either).
-pub fn events_url(base: &str, token: &str, last_event_id: Option<&str>) -> String {
+/// The stream's URL: the stream ticket's handle (EventSource cannot send a token in a
+/// header, and a token never goes in a URL; the ticket's secret travels as a cookie) and,
+/// when resuming in a new EventSource, the last event id (which it cannot send as a
+/// header either).
+pub fn events_url(base: &str, ticket: &str, last_event_id: Option<&str>) -> String {
     let separator = if base.contains('?') { '&' } else { '?' };
-    let mut url = format!("{base}{separator}token={}", encode_component(token));
+    let mut url = format!("{base}{separator}ticket={}", encode_component(ticket));
     if let Some(id) = last_event_id.filter(|id| !id.is_empty()) {
         url.push_str("&lastEventId=");
         url.push_str(&encode_component(id));
@@ -158,16 +160,16 @@ mod tests {
     }
 
     #[test]
-    fn url_carries_the_token_and_the_resume_position() {
+    fn url_carries_the_ticket_and_the_resume_position() {
         assert_eq!(
             events_url("/api/events", "a.b-c_d", None),
-            "/api/events?token=a.b-c_d"
+            "/api/events?ticket=a.b-c_d"
         );
         assert_eq!(
             events_url("/api/events", "t", Some("17-3.0-0")),
-            "/api/events?token=t&lastEventId=17-3.0-0"
+            "/api/events?ticket=t&lastEventId=17-3.0-0"
         );
-        assert_eq!(events_url("/e?x=1", "t", Some("")), "/e?x=1&token=t");
+        assert_eq!(events_url("/e?x=1", "t", Some("")), "/e?x=1&ticket=t");
         assert_eq!(encode_component("a b+c/=é"), "a%20b%2Bc%2F%3D%C3%A9");
     }
 }

@@ -1,10 +1,14 @@
 //! `use_events`: a user's event stream as reactive signals.
 //!
-//! One EventSource per mounted hook, closed when the owning component unmounts. The
-//! browser reconnects by itself after a dropped connection (sending `Last-Event-ID`);
-//! when it gives up instead (readyState CLOSED, e.g. a 502 or 503 during a deploy), the
-//! hook opens a new EventSource after a backoff with jitter, passing the last event id
-//! as `lastEventId` so the server resumes where the stream stopped.
+//! One EventSource per mounted hook, closed when the owning component unmounts. Each
+//! EventSource is opened with a fresh single-use stream ticket (`POST /api/stream-tickets`
+//! with the token in a header; the ticket's secret comes back as an HttpOnly cookie), so
+//! the token never appears in a URL. When the EventSource gives up (readyState CLOSED:
+//! a 502 or 503 during a deploy, or a 401 because its ticket was used up by an earlier
+//! connection), the hook gets a new ticket and opens a new EventSource after a backoff
+//! with jitter, passing the last event id as `lastEventId` so the server resumes where
+//! the stream stopped. `stream.expired` says the token behind the stream ran out;
+//! `stream.disconnected` that the server ended the user's streams: the hook stops.
 
 use std::{
     cell::{Cell, RefCell},
@@ -36,7 +40,9 @@ pub struct ReceivedEvent {
 pub struct UseEventsOptions {
     /// The stream's URL. Default: `/api/events` (same origin).
     pub url: String,
-    /// The user's token, sent as `?token=` (EventSource cannot send headers).
+    /// Where stream tickets are issued. Default: `/api/stream-tickets` (same origin).
+    pub ticket_url: String,
+    /// The user's token, sent in the `Authorization` header for each stream ticket.
     pub token: String,
     /// Backoff for reconnecting after the browser gave up. Default: [`Backoff::default`].
     pub reconnect: Backoff,
@@ -46,6 +52,7 @@ impl UseEventsOptions {
     pub fn new(token: impl Into<String>) -> Self {
         Self {
             url: "/api/events".into(),
+            ticket_url: "/api/stream-tickets".into(),
             token: token.into(),
             reconnect: Backoff::default(),
         }
@@ -113,7 +120,12 @@ pub fn use_events_with_options(
         last_resync: RwSignal::new(None),
     };
     let mut types: Vec<String> = event_types.iter().map(|t| t.to_string()).collect();
-    for control in [event_type::STREAM_OPENED, event_type::STREAM_RESYNC] {
+    for control in [
+        event_type::STREAM_OPENED,
+        event_type::STREAM_RESYNC,
+        event_type::STREAM_EXPIRED,
+        event_type::STREAM_DISCONNECTED,
+    ] {
         if !types.iter().any(|t| t == control) {
             types.push(control.to_string());
         }
@@ -127,6 +139,7 @@ pub fn use_events_with_options(
         listeners: RefCell::new(Vec::new()),
         retry: RefCell::new(None),
         attempt: Cell::new(0),
+        opening: Cell::new(0),
     });
     connection.open();
 
@@ -169,17 +182,45 @@ struct Connection {
     retry: RefCell<Option<TimeoutHandle>>,
     /// Failed reconnections in a row, for the backoff.
     attempt: Cell<u32>,
+    /// Counts calls to `open`, so that a ticket that arrives after a newer `open` (or a
+    /// `close`) is dropped.
+    opening: Cell<u64>,
 }
 
 impl Connection {
+    /// Gets a stream ticket, then opens the EventSource with it.
     fn open(self: &Rc<Self>) {
         self.drop_source();
+        let attempt = self.opening.get().wrapping_add(1);
+        self.opening.set(attempt);
+        let weak = Rc::downgrade(self);
+        let (ticket_url, token) = (self.options.ticket_url.clone(), self.options.token.clone());
+        leptos::task::spawn_local(async move {
+            let ticket = crate::api::stream_ticket(&ticket_url, &token).await;
+            let Some(connection) = weak.upgrade() else {
+                return;
+            };
+            let current = connection.opening.get() == attempt
+                && connection.signals.state.get_untracked() != ConnectionState::Closed;
+            if !current {
+                return;
+            }
+            match ticket {
+                Ok(ticket) => connection.open_source(&ticket.ticket),
+                Err(failure) => {
+                    connection
+                        .signals
+                        .last_error
+                        .set(Some(format!("cannot get a stream ticket: {failure}")));
+                    connection.schedule_reconnect();
+                }
+            }
+        });
+    }
+
+    fn open_source(self: &Rc<Self>, ticket: &str) {
         let resume_from = self.signals.last_event_id.get_untracked();
-        let url = events_url(
-            &self.options.url,
-            &self.options.token,
-            resume_from.as_deref(),
-        );
+        let url = events_url(&self.options.url, ticket, resume_from.as_deref());
         let source = match EventSource::new(&url) {
             Ok(source) => source,
             Err(error) => {
@@ -267,10 +308,28 @@ impl Connection {
                 let resync = serde_json::from_value(event.envelope.data.clone()).ok();
                 self.signals.last_resync.set(resync);
             }
+            event_type::STREAM_EXPIRED => {
+                self.signals
+                    .last_error
+                    .set(Some("the stream's credential expired".into()));
+            }
             _ => {}
         }
+        let disconnected = event.event_type == event_type::STREAM_DISCONNECTED;
+        let reason = event.envelope.data["reason"].as_str().map(str::to_string);
         (self.on_event)(&event);
         self.signals.last_event.set(Some(event));
+        if disconnected {
+            // The server ended every stream of this user (a sign-out, say): stay closed.
+            // Not `close`: this runs inside a listener, which must outlive the call.
+            if let Some(timer) = self.retry.borrow_mut().take() {
+                timer.clear();
+            }
+            self.opening.set(self.opening.get().wrapping_add(1));
+            self.drop_source();
+            self.signals.state.set(ConnectionState::Closed);
+            self.signals.last_error.set(reason);
+        }
     }
 
     /// Moves the state machine; returns whether the hook must reconnect by itself.
@@ -312,6 +371,8 @@ impl Connection {
         if let Some(timer) = self.retry.borrow_mut().take() {
             timer.clear();
         }
+        // A ticket still on its way is dropped when it arrives.
+        self.opening.set(self.opening.get().wrapping_add(1));
         self.drop_source();
         self.listeners.borrow_mut().clear();
         // The owner may already be gone (unmounting): its signals with it.
