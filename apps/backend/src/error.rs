@@ -146,14 +146,24 @@ impl ResponseError for ApiError {
     }
 }
 
+impl ApiError {
+    /// A failed Redis command: a 503 when Redis is away or busy, else a 500. `cause` is
+    /// what is logged.
+    pub fn from_redis(redis: &fred::error::Error, cause: &dyn std::fmt::Display) -> Self {
+        if crate::redis::is_unavailable(redis) {
+            tracing::warn!(error = %cause, "redis unavailable");
+            Self::Unavailable(DEPENDENCY_UNAVAILABLE)
+        } else {
+            Self::internal(cause)
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match &err {
-            StoreError::Redis(redis) if crate::redis::is_unavailable(redis) => {
-                tracing::warn!(error = %err, "store unavailable");
-                Self::Unavailable(DEPENDENCY_UNAVAILABLE)
-            }
-            _ => Self::internal(&err),
+            StoreError::Redis(redis) => Self::from_redis(redis, &err),
+            StoreError::Corrupt(_) => Self::internal(&err),
         }
     }
 }
@@ -161,11 +171,8 @@ impl From<StoreError> for ApiError {
 impl From<BusError> for ApiError {
     fn from(err: BusError) -> Self {
         match &err {
-            BusError::Redis(redis) if crate::redis::is_unavailable(redis) => {
-                tracing::warn!(error = %err, "bus unavailable");
-                Self::Unavailable(DEPENDENCY_UNAVAILABLE)
-            }
-            _ => Self::internal(&err),
+            BusError::Redis(redis) => Self::from_redis(redis, &err),
+            BusError::Reply(_) => Self::internal(&err),
         }
     }
 }

@@ -180,12 +180,8 @@ pub async fn authenticate_stream(
 impl From<TicketError> for ApiError {
     fn from(error: TicketError) -> Self {
         match &error {
-            TicketError::Redis(redis) if crate::redis::is_unavailable(redis) => {
-                tracing::warn!(%error, "tickets unavailable");
-                Self::Unavailable(crate::error::DEPENDENCY_UNAVAILABLE)
-            }
+            TicketError::Redis(redis) => Self::from_redis(redis, &error),
             TicketError::Full => Self::Unavailable("too many stream tickets are waiting; retry"),
-            TicketError::Redis(_) => Self::internal(&error),
         }
     }
 }
