@@ -38,6 +38,7 @@ fn parse_and_encode(c: &mut Criterion) {
     let cursor = Cursor {
         user: Position::new(1_764_000_000_123, 42),
         broadcast: Position::new(1_763_990_000_000, 7),
+        owner: events::owner_tag("alice"),
     };
     c.bench_function("frame build (per stream)", |b| {
         b.iter(|| published.frame(Some(black_box(cursor).to_string())))

@@ -100,19 +100,27 @@ pub async fn open(
         max_replay: state.limits.max_replay,
     };
 
+    let owner = events::owner_tag(&context.user_id);
     let (opened_at, mut cursor, mut opening, resuming) = match resume_from {
-        Some(Ok(requested)) => (requested, requested, Vec::new(), true),
-        unknown => {
+        Some(Ok(requested)) if requested.owner == owner => (requested, requested, Vec::new(), true),
+        other => {
             let head = Cursor {
                 user: context.head(ResyncScope::User).await?,
                 broadcast: context.head(ResyncScope::Broadcast).await?,
+                owner,
             };
             let mut frames = Vec::new();
-            if unknown.is_some() {
-                // An id we did not write: the client's state is of unknown age, in both
-                // histories.
+            // An id we did not write, or wrote for another user's stream (a page that
+            // signed one user out and another in, say): the client's state is of
+            // unknown age, in both histories.
+            let reason = match other {
+                Some(Ok(_)) => Some("Last-Event-ID of another user's stream"),
+                Some(Err(_)) => Some("unreadable Last-Event-ID"),
+                None => None,
+            };
+            if let Some(reason) = reason {
                 for scope in [ResyncScope::User, ResyncScope::Broadcast] {
-                    frames.push(context.resync_frame(scope, "unreadable Last-Event-ID", &head));
+                    frames.push(context.resync_frame(scope, reason, &head));
                 }
             }
             (head, head, frames, false)

@@ -21,23 +21,37 @@ impl Position {
     }
 }
 
-/// A stream's cursor: `<userEpoch>-<userSeq>.<broadcastEpoch>-<broadcastSeq>`, e.g.
-/// `1764000000123-42.1763990000000-7`. Only digits, `-` and `.`, so it travels unescaped
-/// in a header or a query string.
+/// A stream's cursor: `<userEpoch>-<userSeq>.<broadcastEpoch>-<broadcastSeq>.<owner>`,
+/// e.g. `1764000000123-42.1763990000000-7.a0c4e5f39b1d2e77`. Only digits, hex, `-` and
+/// `.`, so it travels unescaped in a header or a query string.
+///
+/// `owner` ties the cursor to the one user whose history it counts in ([`owner_tag`]):
+/// epochs are timestamps that two users' histories may share, so without it one user's
+/// position could be misread as another's, silently skipping events.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Cursor {
     /// Position in the user's own history.
     pub user: Position,
     /// Position in the broadcast (`system-events`) history.
     pub broadcast: Position,
+    /// [`owner_tag`] of the user whose stream wrote it.
+    pub owner: u64,
+}
+
+/// The tag a user's cursors carry: FNV-1a (64 bits) of the user id. Stable across
+/// versions and instances; not a secret (a cursor grants nothing), only a name.
+pub fn owner_tag(user_id: &str) -> u64 {
+    user_id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}-{}.{}-{}",
-            self.user.epoch, self.user.seq, self.broadcast.epoch, self.broadcast.seq
+            "{}-{}.{}-{}.{:016x}",
+            self.user.epoch, self.user.seq, self.broadcast.epoch, self.broadcast.seq, self.owner
         )
     }
 }
@@ -48,7 +62,7 @@ pub struct BadCursor;
 
 impl fmt::Display for BadCursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("not a cursor: expected <epoch>-<seq>.<epoch>-<seq>")
+        f.write_str("not a cursor: expected <epoch>-<seq>.<epoch>-<seq>.<owner>")
     }
 }
 
@@ -58,10 +72,23 @@ impl FromStr for Cursor {
     type Err = BadCursor;
 
     fn from_str(s: &str) -> Result<Self, BadCursor> {
-        let (user, broadcast) = s.trim().split_once('.').ok_or(BadCursor)?;
+        let mut parts = s.trim().split('.');
+        let (Some(user), Some(broadcast), Some(owner), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(BadCursor);
+        };
+        let hex = owner.len() == 16
+            && owner
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !hex {
+            return Err(BadCursor);
+        }
         Ok(Self {
             user: parse_position(user)?,
             broadcast: parse_position(broadcast)?,
+            owner: u64::from_str_radix(owner, 16).map_err(|_| BadCursor)?,
         })
     }
 }
@@ -86,11 +113,26 @@ mod tests {
         let cursor = Cursor {
             user: Position::new(1_764_000_000_123, 42),
             broadcast: Position::new(1_763_990_000_000, 7),
+            owner: 0xa0c4_e5f3_9b1d_2e77,
         };
         let text = cursor.to_string();
-        assert_eq!(text, "1764000000123-42.1763990000000-7");
+        assert_eq!(text, "1764000000123-42.1763990000000-7.a0c4e5f39b1d2e77");
         assert_eq!(text.parse::<Cursor>(), Ok(cursor));
-        assert_eq!("0-0.0-0".parse::<Cursor>(), Ok(Cursor::default()));
+        assert_eq!(
+            "0-0.0-0.0000000000000000".parse::<Cursor>(),
+            Ok(Cursor::default())
+        );
+    }
+
+    #[test]
+    fn owner_tags_tell_users_apart_and_never_change() {
+        assert_eq!(
+            owner_tag(""),
+            0xcbf2_9ce4_8422_2325,
+            "FNV-1a's offset basis"
+        );
+        assert_eq!(owner_tag("a"), 0xaf63_dc4c_8601_ec8c, "FNV-1a of \"a\"");
+        assert_ne!(owner_tag("alice"), owner_tag("bob"));
     }
 
     #[test]
@@ -104,6 +146,11 @@ mod tests {
             "1-2.3-4.5",
             "-1-2.3-4",
             "1-2.3-+4",
+            // The form before cursors named their owner: read as unknown, so resynced.
+            "1-2.3-4",
+            "1-2.3-4.abc",
+            "1-2.3-4.A0C4E5F39B1D2E77",
+            "1-2.3-4.a0c4e5f39b1d2e77.0",
         ] {
             assert_eq!(text.parse::<Cursor>(), Err(BadCursor), "{text:?}");
         }
@@ -112,15 +159,15 @@ mod tests {
     proptest::proptest! {
         /// Every cursor, however large its numbers, reads back as itself.
         #[test]
-        fn every_cursor_round_trips(ue: u64, us: u64, be: u64, bs: u64) {
-            let cursor = Cursor { user: Position::new(ue, us), broadcast: Position::new(be, bs) };
+        fn every_cursor_round_trips(ue: u64, us: u64, be: u64, bs: u64, owner: u64) {
+            let cursor = Cursor { user: Position::new(ue, us), broadcast: Position::new(be, bs), owner };
             proptest::prop_assert_eq!(cursor.to_string().parse::<Cursor>(), Ok(cursor));
         }
 
         /// Any text at all parses to a cursor or to `BadCursor`: never a panic, and a
         /// cursor only when it is the canonical text of one (up to surrounding space).
         #[test]
-        fn any_text_is_a_cursor_or_refused(text in "\\PC{0,40}|[0-9.-]{0,40}") {
+        fn any_text_is_a_cursor_or_refused(text in "\\PC{0,60}|[0-9.-]{0,40}\\.[0-9a-f]{16}") {
             if let Ok(cursor) = text.parse::<Cursor>() {
                 let canonical = cursor.to_string();
                 let digits = |s: &str| s.trim().split(['.', '-']).map(|n| n.trim_start_matches('0').to_string()).collect::<Vec<_>>();

@@ -18,6 +18,6 @@ pub use api::{
     Snapshot, SnapshotsGenerated, StreamEnded, StreamOpened, StreamTicket, TokenRequest,
     TokenResponse, ValidationError,
 };
-pub use cursor::{BadCursor, Cursor, Position};
+pub use cursor::{BadCursor, Cursor, Position, owner_tag};
 pub use envelope::{BROADCAST_USER_ID, Envelope, SYSTEM_EVENTS_CHANNEL, USER_EVENTS_CHANNEL};
 pub use user_id::{MAX_USER_ID_CHARS, validate_user_id};

@@ -189,7 +189,10 @@ async fn every_carrier_sends_the_same_headers_and_frames() {
         let opening = raw.frames(&head, 2).await;
         assert_eq!(opening[0], "retry: 2000\n\n", "{carrier:?}");
         assert!(
-            opening[1].starts_with("id: 0-0.0-0\nevent: stream.opened\ndata: {"),
+            opening[1].starts_with(&format!(
+                "id: 0-0.0-0.{:016x}\nevent: stream.opened\ndata: {{",
+                events::owner_tag("alice")
+            )),
             "{carrier:?}: {}",
             opening[1]
         );
@@ -205,7 +208,11 @@ async fn every_carrier_sends_the_same_headers_and_frames() {
     let accepted = app
         .publish("alice", "orders.shipped", json!({"orderId": 7}))
         .await;
-    let expected_id = format!("id: {}-1.0-0\n", accepted["epoch"]);
+    let expected_id = format!(
+        "id: {}-1.0-0.{:016x}\n",
+        accepted["epoch"],
+        events::owner_tag("alice")
+    );
     let mut seen = Vec::new();
     for (carrier, raw, head) in &mut streams {
         let frame = raw.frames(head, 1).await.remove(0);
@@ -228,19 +235,21 @@ async fn every_carrier_resumes_after_the_last_event_id_header() {
     app.publish("alice", "orders.shipped", json!({"n": 2}))
         .await;
     let epoch = &first["epoch"];
-    let last_seen = format!("Last-Event-ID: {epoch}-1.0-0\r\nAuthorization: Bearer {token}\r\n");
+    let owner = format!("{:016x}", events::owner_tag("alice"));
+    let last_seen =
+        format!("Last-Event-ID: {epoch}-1.0-0.{owner}\r\nAuthorization: Bearer {token}\r\n");
 
     for carrier in [Carrier::Fresh, Carrier::KeptAlive, Carrier::Split] {
         let (mut raw, head) = request(&app, carrier, "/api/events", &last_seen).await;
         assert_eq!(head.status, 200, "{carrier:?}");
         let frames = raw.frames(&head, 3).await;
         assert!(
-            frames[1].starts_with(&format!("id: {epoch}-1.0-0\nevent: stream.opened")),
+            frames[1].starts_with(&format!("id: {epoch}-1.0-0.{owner}\nevent: stream.opened")),
             "{carrier:?}: opened at the requested cursor: {}",
             frames[1]
         );
         assert!(
-            frames[2].starts_with(&format!("id: {epoch}-2.0-0\nevent: orders.shipped"))
+            frames[2].starts_with(&format!("id: {epoch}-2.0-0.{owner}\nevent: orders.shipped"))
                 && frames[2].contains(r#""data":{"n":2}"#),
             "{carrier:?}: replays only what came after it: {}",
             frames[2]

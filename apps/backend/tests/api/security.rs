@@ -668,3 +668,50 @@ async fn raw_messages_that_break_the_rules_are_dropped_and_every_stream_survives
     assert_eq!(rejected("too_large").await, Some(1.0));
     assert_eq!(rejected("not_an_envelope").await, Some(3.0));
 }
+
+/// Finding 1 of the correctness issue, in both modes: user X's cursor presented on user
+/// Y's stream (a page that signed X out and Y in, keeping its last id) must not be read
+/// as Y's position, whose events would then be skipped without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_of_another_users_stream_resyncs_instead_of_skipping_events() {
+    let redis = RedisServer::start().await;
+    for redis in [None, Some(&redis)] {
+        let app = spawn_app(redis).await;
+        let (x, y) = (app.token("user-x").await, app.token("user-y").await);
+        let mut x_stream = app.open_stream(&x).await;
+        for n in 1..=2 {
+            app.publish("user-x", "test.counted", json!({"n": n})).await;
+        }
+        for n in 1..=3 {
+            app.publish("user-y", "test.counted", json!({"n": n})).await;
+        }
+        x_stream.next_event().await;
+        let x_last = x_stream.next_event().await.id.expect("a cursor");
+
+        let mut y_stream = app.resume_stream(&y, Some(&x_last)).await;
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let frame = y_stream.next_event().await;
+            assert_eq!(
+                frame.event.as_deref(),
+                Some("stream.resync"),
+                "{}",
+                y_stream.raw
+            );
+            seen.push(
+                frame.json()["data"]["scope"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        assert_eq!(seen, ["user", "broadcast"], "redis: {}", redis.is_some());
+        // Y's own cursor still resumes exactly.
+        let mut y_own = app.open_stream(&y).await;
+        app.publish("user-y", "test.counted", json!({"n": 4})).await;
+        let fourth = y_own.next_event().await;
+        let mut resumed = app.resume_stream(&y, fourth.id.as_deref()).await;
+        app.publish("user-y", "test.counted", json!({"n": 5})).await;
+        assert_eq!(resumed.next_event().await.json()["data"]["n"], 5);
+    }
+}

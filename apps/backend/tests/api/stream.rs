@@ -33,8 +33,8 @@ async fn stream_starts_with_retry_then_carries_named_events_with_ids() {
     let opened = stream.next_event().await;
     assert_eq!(opened.event.as_deref(), Some("stream.opened"));
     assert_eq!(
-        opened.id.as_deref(),
-        Some("0-0.0-0"),
+        opened.id,
+        Some(format!("0-0.0-0.{:016x}", events::owner_tag("alice"))),
         "the opening frame carries the cursor: no history yet"
     );
     assert_eq!(opened.json()["data"]["serverId"], app.server_id.as_str());
@@ -49,7 +49,7 @@ async fn stream_starts_with_retry_then_carries_named_events_with_ids() {
     let epoch = accepted["epoch"].as_u64().expect("an epoch");
     assert_eq!(
         event.id,
-        Some(format!("{epoch}-1.0-0")),
+        Some(format!("{epoch}-1.0-0.{:016x}", events::owner_tag("alice"))),
         "the cursor after this event"
     );
     let envelope = event.json();
@@ -68,7 +68,7 @@ async fn stream_starts_with_retry_then_carries_named_events_with_ids() {
     let second = stream.next_event().await;
     assert_eq!(
         second.id,
-        Some(format!("{epoch}-2.0-0")),
+        Some(format!("{epoch}-2.0-0.{:016x}", events::owner_tag("alice"))),
         "ids count up per user"
     );
     assert_eq!(second.json()["id"], 2);
