@@ -7,8 +7,8 @@
 //! (read without being consumed): when it is a complete, plain `GET /api/events`, the
 //! stream is served here, each batch of frames written straight to the socket from a
 //! buffer that lives only until it is written. Anything else (another route, a head over
-//! [`PEEK_LIMIT`], HTTP/1.0, a request with a body, any request after the first on a
-//! kept-alive connection) goes to actix-web untouched, which serves every route, this
+//! [`PEEK_LIMIT`], a request with a body, any request after the first on a kept-alive
+//! connection) goes to actix-web untouched, which serves every route, this
 //! one included (`routes::stream`).
 //!
 //! The peek waits for the whole head (a head split over several segments is still served
@@ -128,7 +128,8 @@ fn parse(bytes: &[u8]) -> Option<Parsed> {
         Ok(httparse::Status::Partial) => return None,
         Err(_) => return Some(Parsed::Other),
     };
-    if request.method != Some("GET") || request.version != Some(1) {
+    // HTTP/1.0 too: a close-delimited body is exactly what it allows (never chunked).
+    if request.method != Some("GET") || !matches!(request.version, Some(0 | 1)) {
         return Some(Parsed::Other);
     }
     let Some(target) = request.path else {
@@ -382,7 +383,7 @@ mod tests {
             "GET /api/accounts HTTP/1.1\r\n\r\n",
             "GET /api/events/x HTTP/1.1\r\n\r\n",
             "POST /api/events HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
-            "GET /api/events HTTP/1.0\r\n\r\n",
+            "GET /api/events HTTP/2.0\r\n\r\n",
             // A body, or more than a plain request.
             "GET /api/events HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc",
             "GET /api/events HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",

@@ -9,7 +9,7 @@ use crate::{auth::AuthenticatedUser, clock, error::ApiError, state::AppState};
 pub async fn create(
     user: AuthenticatedUser,
     state: web::Data<AppState>,
-    body: web::Json<CreateAccountRequest>,
+    super::JsonObject(body): super::JsonObject<CreateAccountRequest>,
 ) -> Result<HttpResponse, ApiError> {
     body.validate()?;
     let account = Account {

@@ -9,7 +9,12 @@ mod tickets;
 mod token;
 mod users;
 
-use actix_web::web;
+use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use futures_util::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+use crate::error::ApiError;
 
 pub use health::{healthz, metrics, readyz};
 
@@ -26,4 +31,29 @@ pub fn api(cfg: &mut web::ServiceConfig) {
             "/users/{user_id}/disconnect",
             web::post().to(users::disconnect),
         );
+}
+
+/// A JSON request body that must be an object. serde reads a struct from an array too
+/// (`["Savings",100]` would make an account), so the body is first taken as raw JSON
+/// (through `web::Json`, with its size limit and error mapping), checked to be an
+/// object, then read into `T`.
+#[derive(Debug)]
+pub struct JsonObject<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonObject<T> {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let raw = web::Json::<Box<RawValue>>::from_request(req, payload);
+        Box::pin(async move {
+            let raw = raw.await?.into_inner();
+            if !raw.get().trim_start().starts_with('{') {
+                return Err(ApiError::InvalidBody("the body must be a JSON object".into()).into());
+            }
+            serde_json::from_str::<T>(raw.get())
+                .map(JsonObject)
+                .map_err(|error| ApiError::InvalidBody(error.to_string()).into())
+        })
+    }
 }

@@ -10,14 +10,14 @@ use crate::{auth::Publisher, error::ApiError, state::AppState};
 pub async fn publish(
     _publisher: Publisher,
     state: web::Data<AppState>,
-    body: web::Json<PublishRequest>,
+    super::JsonObject(body): super::JsonObject<PublishRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let PublishRequest {
         user_id,
         broadcast,
         event_type,
         data,
-    } = body.into_inner();
+    } = body;
     let recipient = match (user_id, broadcast) {
         (Some(_), true) => {
             return Err(invalid(

@@ -8,7 +8,7 @@ use crate::{clock, error::ApiError, state::AppState};
 #[tracing::instrument(skip_all)]
 pub async fn issue(
     state: web::Data<AppState>,
-    body: web::Json<TokenRequest>,
+    super::JsonObject(body): super::JsonObject<TokenRequest>,
 ) -> Result<HttpResponse, ApiError> {
     if !state.dev_tokens {
         return Err(ApiError::Forbidden(

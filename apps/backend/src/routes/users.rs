@@ -12,7 +12,7 @@ pub async fn disconnect(
     _publisher: Publisher,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: Option<web::Json<DisconnectRequest>>,
+    body: Option<super::JsonObject<DisconnectRequest>>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = path.into_inner();
     events::validate_user_id(&user_id).map_err(|message| ValidationError {
@@ -20,7 +20,7 @@ pub async fn disconnect(
         message: message.to_string(),
     })?;
     let reason = body
-        .and_then(|body| body.into_inner().reason)
+        .and_then(|super::JsonObject(body)| body.reason)
         .unwrap_or_else(|| "disconnected by the server".to_string());
     if reason.chars().count() > MAX_REASON_CHARS || reason.chars().any(char::is_control) {
         return Err(ValidationError {

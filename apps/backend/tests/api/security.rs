@@ -317,6 +317,32 @@ async fn events_and_accounts_are_bounded_and_bodies_must_be_objects() {
     let other = app.token("bob").await;
     app.create_account(&other, "one", 1).await;
 
+    // serde reads a struct from an array too: only objects are bodies.
+    for (path, token, body) in [
+        ("/api/accounts", other.as_str(), r#"["Savings",100]"#),
+        ("/api/publish", PUBLISH_KEY, r#"["bob",false,"a.b",{}]"#),
+        ("/api/auth/token", "", r#"["bob"]"#),
+        ("/api/accounts", other.as_str(), "42"),
+    ] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 400, "{path} {body}");
+        let error: Value = response.json().await.expect("error body");
+        assert_eq!(error["error"]["code"], "invalid_body", "{path} {body}");
+    }
+    assert_eq!(
+        app.list("/api/accounts", &other).await.len(),
+        1,
+        "nothing stored"
+    );
+
     // The publish key is read from the Authorization header only.
     let in_url = app
         .client
@@ -714,4 +740,36 @@ async fn a_cursor_of_another_users_stream_resyncs_instead_of_skipping_events() {
         app.publish("user-y", "test.counted", json!({"n": 5})).await;
         assert_eq!(resumed.next_event().await.json()["data"]["n"], 5);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_stream_is_never_chunked() {
+    let app = spawn_app(None).await;
+    let token = app.token("alice").await;
+    let address = app.address.trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let request = format!("GET /api/events HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.expect("write");
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !String::from_utf8_lossy(&received).contains("event: stream.opened") {
+        let read = tokio::time::timeout(PATIENCE, socket.read(&mut buffer))
+            .await
+            .expect("the stream opens")
+            .expect("read");
+        assert!(
+            read > 0,
+            "closed early: {}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buffer[..read]);
+    }
+    let text = String::from_utf8_lossy(&received).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(
+        !text.contains("transfer-encoding"),
+        "RFC 9112: no chunking for 1.0: {text}"
+    );
 }
