@@ -49,6 +49,18 @@ pub enum Transport {
     Redis(RedisBus),
 }
 
+/// How long an idempotency key is remembered after its publish.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publication {
+    /// The event as delivered: this call's, or, when `replayed`, the first one's.
+    pub envelope: Envelope,
+    /// The idempotency key had been used: nothing was published this time.
+    pub replayed: bool,
+}
+
 /// One history: a user's own events, or the broadcast events.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
@@ -114,20 +126,35 @@ impl Bus {
     /// on every instance, and appends it to the topic's history. Stamps it with this
     /// instance's id, the time, and its epoch and position in the topic's sequence, all
     /// in one atomic step; returns it as delivered.
-    pub async fn publish(&self, mut envelope: Envelope) -> Result<Envelope, BusError> {
+    pub async fn publish(&self, envelope: Envelope) -> Result<Envelope, BusError> {
+        Ok(self.publish_once(envelope, None).await?.envelope)
+    }
+
+    /// [`Bus::publish`], at most once per `idempotency_key` and topic within
+    /// [`IDEMPOTENCY_TTL`]: a repeated key publishes nothing and returns the event the
+    /// first call published, in the same atomic step that would have published it. So a
+    /// publisher that got no answer (a timeout, a 503 while Redis stalled, and Redis ran
+    /// the write after all) can retry safely.
+    pub async fn publish_once(
+        &self,
+        mut envelope: Envelope,
+        idempotency_key: Option<&str>,
+    ) -> Result<Publication, BusError> {
         envelope.id = None;
         envelope.epoch = None;
         envelope.server_id = Some(self.server_id.clone());
         envelope.published_at = Some(now_millis());
-        let published = match &self.transport {
-            Transport::Local(bus) => bus.publish(envelope),
-            Transport::Redis(bus) => bus.publish(envelope).await?,
+        let publication = match &self.transport {
+            Transport::Local(bus) => bus.publish(envelope, idempotency_key),
+            Transport::Redis(bus) => bus.publish(envelope, idempotency_key).await?,
         };
-        self.metrics
-            .events_published
-            .get_or_create(&self.metrics.event_labels(&published.event_type))
-            .inc();
-        Ok(published)
+        if !publication.replayed {
+            self.metrics
+                .events_published
+                .get_or_create(&self.metrics.event_labels(&publication.envelope.event_type))
+                .inc();
+        }
+        Ok(publication)
     }
 
     /// Ends every stream of `user_id` on every instance, each told `reason`.

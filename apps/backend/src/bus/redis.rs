@@ -11,7 +11,9 @@ use fred::{
 use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use super::{BusError, CONTROL_CHANNEL, Control, HistoryRead, Retention, Topic};
+use super::{
+    BusError, CONTROL_CHANNEL, Control, HistoryRead, IDEMPOTENCY_TTL, Publication, Retention, Topic,
+};
 use crate::{
     hub::Hub,
     metrics::Metrics,
@@ -28,11 +30,27 @@ use crate::{
 /// ARGV[1]: the envelope as JSON, without `id` and `epoch`. ARGV[2]: the channel.
 /// ARGV[3]: most entries kept. ARGV[4]: longest age kept, ms. ARGV[5]: meta TTL, ms.
 ///
+/// KEYS[3], when given: the record of an idempotency key (`<seq> <epoch>` of the event it
+/// published), kept ARGV[6] ms. If it exists, nothing is published: the reply is
+/// `{seq, epoch, envelope}` of that event (the envelope empty if it left the history).
+///
 /// A new epoch starts whenever the meta hash is missing (never published, expired, or
 /// Redis lost its data); the history of an earlier epoch is dropped with it. The id and
 /// epoch are spliced in after the opening brace rather than re-encoding with cjson,
 /// which would turn an empty array in `data` into an object.
 const PUBLISH_SCRIPT: &str = r#"
+if KEYS[3] then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local seq, epoch = string.match(seen, '^(%d+) (%d+)$')
+    local message = ''
+    local entry = redis.call('XRANGE', KEYS[2], seq .. '-0', seq .. '-0')
+    if entry[1] and redis.call('HGET', KEYS[1], 'epoch') == epoch then
+      message = entry[1][2][2]
+    end
+    return {tonumber(seq), tonumber(epoch), message}
+  end
+end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 if redis.call('HSETNX', KEYS[1], 'epoch', now) == 1 then
@@ -54,6 +72,9 @@ end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PUBLISH', ARGV[2], message)
+if KEYS[3] then
+  redis.call('SET', KEYS[3], seq .. ' ' .. epoch, 'PX', ARGV[6])
+end
 return {seq, tonumber(epoch)}
 "#;
 
@@ -105,31 +126,59 @@ impl RedisBus {
         self.retention
     }
 
-    pub(super) async fn publish(&self, mut envelope: Envelope) -> Result<Envelope, BusError> {
+    pub(super) async fn publish(
+        &self,
+        mut envelope: Envelope,
+        idempotency_key: Option<&str>,
+    ) -> Result<Publication, BusError> {
         let topic = Topic::of(&envelope);
         let channel = match topic {
             Topic::User(_) => USER_EVENTS_CHANNEL,
             Topic::Broadcast => SYSTEM_EVENTS_CHANNEL,
         };
-        let json = serde_json::to_string(&envelope).expect("an Envelope always serializes");
+        let json = serde_json::to_string(&envelope).map_err(|e| BusError::Reply(e.to_string()))?;
         let max_age_ms = self.retention.max_age.as_millis().max(1);
-        let (seq, epoch): (u64, u64) = self
+        let mut keys = keys(&topic);
+        if let Some(key) = idempotency_key {
+            keys.push(format!("ev:{{{}}}:idem:{key}", topic.user_id()));
+        }
+        let reply: Vec<Value> = self
             .publish_script
             .evalsha_with_reload(
                 &self.client,
-                keys(&topic),
+                keys,
                 vec![
                     json,
                     channel.to_string(),
                     self.retention.max_len.to_string(),
                     max_age_ms.to_string(),
                     u128::from(META_TTL_MS).max(max_age_ms).to_string(),
+                    IDEMPOTENCY_TTL.as_millis().to_string(),
                 ],
             )
             .await?;
-        envelope.id = Some(seq);
-        envelope.epoch = Some(epoch);
-        Ok(envelope)
+        let number = |i: usize| {
+            reply
+                .get(i)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| BusError::Reply(format!("field {i} of the publish")))
+        };
+        envelope.id = Some(number(0)?);
+        envelope.epoch = Some(number(1)?);
+        let Some(first) = reply.get(2) else {
+            return Ok(Publication {
+                envelope,
+                replayed: false,
+            });
+        };
+        // A repeated key: the first publish's event, as delivered, when still kept.
+        let kept = first
+            .as_bytes()
+            .and_then(|bytes| serde_json::from_slice::<Envelope>(bytes).ok());
+        Ok(Publication {
+            envelope: kept.unwrap_or(envelope),
+            replayed: true,
+        })
     }
 
     /// Asks every instance (this one included) to carry out `control`.

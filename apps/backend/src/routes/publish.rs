@@ -1,4 +1,4 @@
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use events::{BROADCAST_USER_ID, Envelope, PublishRequest, ValidationError, event_type};
 
 use crate::{auth::Publisher, error::ApiError, state::AppState};
@@ -6,8 +6,12 @@ use crate::{auth::Publisher, error::ApiError, state::AppState};
 /// `POST /api/publish`: how other services publish an event to a user, or to everyone
 /// (`"broadcast": true`). Answers 202 with the event as it will be delivered (its id,
 /// epoch, server id and publication time) once it is in the history and on its way.
+///
+/// With an `Idempotency-Key` header, a retry within ten minutes publishes nothing and
+/// answers 202 with the first call's event (and `Idempotent-Replayed: true`).
 #[tracing::instrument(skip_all, fields(event_type = %body.event_type))]
 pub async fn publish(
+    req: HttpRequest,
     _publisher: Publisher,
     state: web::Data<AppState>,
     super::JsonObject(body): super::JsonObject<PublishRequest>,
@@ -45,11 +49,37 @@ pub async fn publish(
              outside the reserved `stream.` domain",
         ));
     }
-    let envelope = state
+    let key = idempotency_key(&req)?;
+    let publication = state
         .bus
-        .publish(Envelope::new(recipient, event_type, data))
+        .publish_once(Envelope::new(recipient, event_type, data), key)
         .await?;
-    Ok(HttpResponse::Accepted().json(envelope))
+    let mut response = HttpResponse::Accepted();
+    if publication.replayed {
+        response.insert_header(("idempotent-replayed", "true"));
+    }
+    Ok(response.json(publication.envelope))
+}
+
+/// The longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 100;
+
+/// The request's `Idempotency-Key`: 1 to 100 characters from `A-Z a-z 0-9 _ - . :`
+/// (a UUID, say), as it becomes part of a Redis key.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or_default();
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.chars().all(allowed) {
+        return Err(ValidationError {
+            field: "Idempotency-Key",
+            message: "must be 1 to 100 characters from A-Z a-z 0-9 _ - . :".into(),
+        }
+        .into());
+    }
+    Ok(Some(key))
 }
 
 fn invalid(field: &'static str, message: &str) -> ApiError {

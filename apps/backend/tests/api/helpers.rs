@@ -77,6 +77,16 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the server: a stopped Redis keeps its
+    /// connections but answers nothing, as one stalled by a long script or a slow disk.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = std::process::Command::new("kill")
+                .args([format!("-{signal}"), child.id().to_string()])
+                .status();
+        }
+    }
+
     /// Sends one command and returns the first line of the reply (enough for status,
     /// integer and error replies).
     pub async fn command(&self, args: &[&str]) -> std::io::Result<String> {

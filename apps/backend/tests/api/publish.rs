@@ -101,3 +101,52 @@ async fn malformed_publishes_are_refused_and_deliver_nothing() {
     assert_eq!(response.status(), 202);
     assert_eq!(stream.next_event().await.json()["data"], Value::Null);
 }
+
+/// Finding 2 of the correctness issue: a 503 can mean the write happened (Redis ran the
+/// queued script once it caught up). With an idempotency key, the retry publishes
+/// nothing and answers with the event that was published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_the_same_idempotency_key_after_a_stalled_redis_delivers_once() {
+    let redis = RedisServer::start().await;
+    let app = spawn_app(Some(&redis)).await;
+    let mut stream = app.open_stream(&app.token("alice").await).await;
+    let publish = |key: &str, n: u64| {
+        app.client
+            .post(app.url("/api/publish"))
+            .bearer_auth(PUBLISH_KEY)
+            .header("idempotency-key", key)
+            .json(&json!({"userId": "alice", "eventType": "test.counted", "data": {"n": n}}))
+            .send()
+    };
+    assert_eq!(publish("warm-up", 0).await.expect("answered").status(), 202);
+    assert_eq!(stream.next_event().await.json()["data"]["n"], 0);
+
+    redis.signal("STOP");
+    let stalled = publish("retry-me", 1).await.expect("answered");
+    redis.signal("CONT");
+    assert_eq!(stalled.status(), 503, "no answer from Redis in time");
+    let published = stream.next_event().await;
+    assert_eq!(
+        published.json()["data"]["n"],
+        1,
+        "Redis ran the write after all"
+    );
+
+    let retry = publish("retry-me", 1).await.expect("answered");
+    assert_eq!(retry.status(), 202);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let body: Value = retry.json().await.expect("the event");
+    assert_eq!(
+        body["id"],
+        published.json()["id"],
+        "the first publish's event"
+    );
+    assert_eq!(body["data"]["n"], 1);
+
+    // Nothing was published twice: the next event is the next one.
+    app.publish("alice", "test.counted", json!({"n": 2})).await;
+    assert_eq!(stream.next_event().await.json()["data"]["n"], 2);
+
+    let bad = publish("no spaces {allowed}", 3).await.expect("answered");
+    assert_eq!(bad.status(), 400);
+}
