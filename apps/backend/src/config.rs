@@ -10,6 +10,10 @@ use std::{
 
 use clap::{ArgAction, Parser, ValueEnum};
 
+/// The longest `SERVER_ID`. Every event carries it, and the relays size their gate by it
+/// (see `bus::Admission`). A derived id (`<hostname>-<port>`) is at most 253 + 6.
+pub const MAX_SERVER_ID_CHARS: usize = 260;
+
 /// Signing secret used when dev tokens are on and no `JWT_SECRET` is given. Public on
 /// purpose: with dev tokens on, anyone may mint a token for any user anyway. Refused
 /// whenever dev tokens are off.
@@ -187,6 +191,8 @@ pub enum SettingsError {
     MissingKeyAlgorithm,
     #[error("REDIS_URL must start with redis:// or rediss://")]
     BadRedisUrl,
+    #[error("SERVER_ID must be 1 to {MAX_SERVER_ID_CHARS} characters from A-Z a-z 0-9 _ - . : @")]
+    BadServerId,
 }
 
 impl Settings {
@@ -242,6 +248,16 @@ impl Settings {
         }
         if self.jwt_public_key_file.is_some() && self.jwt_algorithm.is_none() {
             return Err(SettingsError::MissingKeyAlgorithm);
+        }
+        if let Some(server_id) = &self.server_id {
+            let allowed =
+                |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@');
+            if server_id.is_empty()
+                || server_id.chars().count() > MAX_SERVER_ID_CHARS
+                || !server_id.chars().all(allowed)
+            {
+                return Err(SettingsError::BadServerId);
+            }
         }
         if let Some(url) = &self.redis_url
             && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
@@ -544,6 +560,26 @@ mod tests {
                 .iter()
                 .any(|s| s.contains("REDIS_URL"));
             assert_eq!(found, insecure, "{url}");
+        }
+    }
+
+    #[test]
+    fn server_ids_are_bounded_plain_names() {
+        let named = |id: &str| {
+            Settings::parse_from(["backend", "--dev-tokens", "true", "--server-id", id]).check()
+        };
+        assert!(named("backend-1").is_ok());
+        assert!(named(&"b".repeat(MAX_SERVER_ID_CHARS)).is_ok());
+        for bad in [
+            "",
+            "two words",
+            "line\nbreak",
+            &"b".repeat(MAX_SERVER_ID_CHARS + 1),
+        ] {
+            assert!(
+                matches!(named(bad), Err(SettingsError::BadServerId)),
+                "{bad:?}"
+            );
         }
     }
 

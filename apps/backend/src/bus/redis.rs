@@ -395,8 +395,12 @@ pub struct Admission {
     logged: HashSet<Rejection>,
 }
 
-/// Room for an envelope's fields around its `data`.
-const ENVELOPE_OVERHEAD: u64 = 1024;
+/// Room for an envelope's fields around its `data`: the longest user id, event type and
+/// server id, two 20-digit numbers, a 13-digit time and the keys, with room to spare.
+/// Too small, and the largest event the API accepts would be dropped by every relay.
+const ENVELOPE_OVERHEAD: u64 =
+    (events::MAX_USER_ID_CHARS + event_type::MAX_LEN + crate::config::MAX_SERVER_ID_CHARS + 512)
+        as u64;
 
 impl Admission {
     pub fn new(metrics: Arc<Metrics>, max_event_bytes: u64) -> Self {
@@ -536,5 +540,26 @@ mod tests {
             "x".repeat(4096)
         );
         assert!(gate.admit(big.as_bytes()).is_none());
+    }
+
+    #[test]
+    fn the_largest_event_the_api_accepts_passes_every_relay() {
+        let max_event_bytes = 1024;
+        // `data` of exactly the limit, once encoded (a string: its quotes count).
+        let data = serde_json::Value::String("x".repeat(max_event_bytes as usize - 2));
+        let envelope = Envelope {
+            id: Some(u64::MAX),
+            epoch: Some(u64::MAX),
+            server_id: Some("s".repeat(crate::config::MAX_SERVER_ID_CHARS)),
+            published_at: Some(9_999_999_999_999),
+            ..Envelope::new(
+                "u".repeat(events::MAX_USER_ID_CHARS),
+                format!("a.{}", "b".repeat(event_type::MAX_LEN - 2)),
+                data,
+            )
+        };
+        let bytes = serde_json::to_vec(&envelope).expect("serializes");
+        let mut gate = Admission::new(Arc::default(), max_event_bytes);
+        assert!(gate.admit(&bytes).is_some(), "{} bytes", bytes.len());
     }
 }
