@@ -17,7 +17,6 @@ use events::{
     event_type,
 };
 use futures_util::{Stream, StreamExt, stream};
-use serde::Deserialize;
 
 use crate::{
     auth::Credential,
@@ -36,16 +35,9 @@ pub fn resume_point(
     last_event_id_header: Option<&str>,
     query: &str,
 ) -> Option<Result<Cursor, BadCursor>> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct ResumeQuery {
-        last_event_id: Option<String>,
-    }
-    let id = last_event_id_header.map(str::to_string).or_else(|| {
-        serde_urlencoded::from_str::<ResumeQuery>(query)
-            .ok()
-            .and_then(|q| q.last_event_id)
-    })?;
+    let id = last_event_id_header
+        .map(str::to_string)
+        .or_else(|| crate::query::param(query, "lastEventId"))?;
     if id.trim().is_empty() {
         return None;
     }

@@ -13,6 +13,7 @@ mod error;
 mod frame;
 pub mod hub;
 pub mod metrics;
+mod query;
 pub mod readiness;
 mod redis;
 mod routes;

@@ -146,17 +146,8 @@ pub async fn authenticate_stream(
     if authorization.is_some() {
         return auth::authenticate(&state.tokens, authorization);
     }
-    #[derive(serde::Deserialize)]
-    struct StreamQuery {
-        ticket: Option<String>,
-        token: Option<String>,
-    }
-    let query = serde_urlencoded::from_str::<StreamQuery>(query).unwrap_or(StreamQuery {
-        ticket: None,
-        token: None,
-    });
-    let Some(handle) = query.ticket else {
-        return Err(if query.token.is_some() {
+    let Some(handle) = crate::query::param(query, "ticket") else {
+        return Err(if crate::query::param(query, "token").is_some() {
             AuthError::TokenInUrl
         } else {
             AuthError::Missing

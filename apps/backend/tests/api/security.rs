@@ -773,3 +773,34 @@ async fn an_http_1_0_stream_is_never_chunked() {
         "RFC 9112: no chunking for 1.0: {text}"
     );
 }
+
+/// A query a careless or hostile client writes (a repeated parameter, an escape that is
+/// not UTF-8) still redeems its ticket and still resyncs on a cursor it cannot read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_odd_query_neither_loses_the_ticket_nor_skips_the_resync() {
+    let app = spawn_app(None).await;
+    let token = app.token("alice").await;
+    let (handle, cookie) = ticket(&app, &token).await;
+    let response = app
+        .client
+        .get(app.url(&format!(
+            "/api/events?ticket={handle}&ticket=other&lastEventId=%FF%FE&lastEventId=1"
+        )))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("stream request");
+    assert_eq!(response.status(), 200, "the first ticket counts");
+    let mut stream = SseStream::new(response);
+    assert_eq!(
+        stream.next_event().await.event.as_deref(),
+        Some("stream.opened")
+    );
+    let resync = stream.next_event().await;
+    assert_eq!(
+        resync.event.as_deref(),
+        Some("stream.resync"),
+        "{}",
+        stream.raw
+    );
+}
