@@ -543,33 +543,27 @@ async fn a_silent_or_trickling_client_gets_one_request_head_timeout() {
     settings.request_head_timeout_secs = 2;
     let app = spawn_app_with(settings).await;
     // Two timeouts stacked (ours, then actix-web's) would take 4 s.
-    let silent = time_until_closed(&app, b"", Duration::from_secs(30), 1).await;
-    assert!(
-        silent < Duration::from_millis(3500),
-        "silent: closed after {silent:?}"
-    );
-    let trickle = time_until_closed(
-        &app,
-        b"GET /api/events HTTP/1.1\r\n",
-        Duration::from_secs(1),
-        20,
-    )
-    .await;
-    assert!(
-        trickle < Duration::from_millis(3500),
-        "trickling: closed after {trickle:?}"
-    );
-    let other = time_until_closed(
-        &app,
-        b"GET /api/accounts HTTP/1.1\r\n",
-        Duration::from_secs(1),
-        20,
-    )
-    .await;
-    assert!(
-        other < Duration::from_millis(3500),
-        "other routes: closed after {other:?}"
-    );
+    for (case, prefix, pace, bytes) in [
+        ("silent", &b""[..], Duration::from_secs(30), 1),
+        (
+            "trickling a stream request",
+            b"GET /api/events HTTP/1.1\r\n",
+            Duration::from_secs(1),
+            20,
+        ),
+        (
+            "trickling another route",
+            b"GET /api/accounts HTTP/1.1\r\n",
+            Duration::from_secs(1),
+            20,
+        ),
+    ] {
+        let closed = time_until_closed(&app, prefix, pace, bytes).await;
+        assert!(
+            closed < Duration::from_millis(3500),
+            "{case}: closed after {closed:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
