@@ -42,7 +42,7 @@ use crate::{
     state::{AppState, Limits},
     store::{MemoryStore, RedisStore, Store},
     telemetry,
-    tickets::{MemoryTickets, Tickets},
+    tickets::{MemoryTickets, RedisTickets, Tickets},
 };
 
 /// How many `snapshots.generate` requests may wait for the snapshot service.
@@ -136,7 +136,7 @@ impl Application {
                 );
                 let bus = Transport::Redis(RedisBus::new(&redis, settings.retention()));
                 let store = Store::Redis(RedisStore::new(redis.client.clone()));
-                let tickets = Tickets::Redis(redis.client.clone());
+                let tickets = Tickets::Redis(RedisTickets::new(redis.client.clone()));
                 (bus, store, tickets, Some(redis))
             }
             None => {

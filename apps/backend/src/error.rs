@@ -39,6 +39,9 @@ pub enum ApiError {
     /// The caller holds as many streams as it may on this instance.
     #[error("too many open streams for this user (at most {limit} per instance)")]
     TooManyStreams { limit: u64 },
+    /// The caller was issued as many stream tickets as it may for now.
+    #[error("too many stream tickets for this user (at most {limit} per 30 s)")]
+    TooManyTickets { limit: u64 },
     /// A per-user limit on stored things was reached.
     #[error("{0}")]
     LimitReached(&'static str),
@@ -77,6 +80,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::EventTooLarge { .. } => "event_too_large",
             Self::TooManyStreams { .. } => "too_many_streams",
+            Self::TooManyTickets { .. } => "too_many_tickets",
             Self::LimitReached(_) => "limit_reached",
             Self::Unavailable(_) => "unavailable",
             Self::Internal { .. } => "internal",
@@ -116,7 +120,9 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyStreams { .. } | Self::TooManyTickets { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::LimitReached(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -132,7 +138,7 @@ impl ResponseError for ApiError {
             Self::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, "1"));
             }
-            Self::TooManyStreams { .. } => {
+            Self::TooManyStreams { .. } | Self::TooManyTickets { .. } => {
                 response.insert_header((header::RETRY_AFTER, "5"));
             }
             _ => {}

@@ -24,7 +24,7 @@ use std::{
 use fred::{
     clients::Client,
     interfaces::KeysInterface,
-    types::{Expiration, SetOptions},
+    types::{Expiration, SetOptions, scripts::Script},
 };
 use subtle::ConstantTimeEq;
 
@@ -46,6 +46,20 @@ pub const COOKIE_PATH: &str = "/api/events";
 /// Tickets waiting to be redeemed on a single node, at most; beyond it the oldest
 /// expired ones are swept, and if none are, issuing fails until some expire.
 const MEMORY_CAPACITY: usize = 100_000;
+
+/// Tickets one user may be issued per [`TICKET_TTL`]: every tab's every reconnection
+/// takes one, so plenty for a person, and one user cannot fill the store for others.
+pub const MAX_TICKETS_PER_USER: u64 = 64;
+
+/// Counts a user's tickets in the current window. KEYS[1]: the user's counter.
+/// ARGV[1]: the window, ms. Returns the count including this one.
+const COUNT_SCRIPT: &str = r#"
+local issued = redis.call('INCR', KEYS[1])
+if issued == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return issued
+"#;
 
 /// An issued ticket: the handle for the URL, the secret for the cookie.
 #[derive(Debug)]
@@ -73,12 +87,30 @@ pub enum TicketError {
     Redis(#[from] fred::error::Error),
     #[error("too many stream tickets are waiting to be redeemed")]
     Full,
+    #[error("this user was issued {MAX_TICKETS_PER_USER} stream tickets in the last 30 s")]
+    UserLimit,
 }
 
 #[derive(Debug)]
 pub enum Tickets {
     Memory(MemoryTickets),
-    Redis(Client),
+    Redis(RedisTickets),
+}
+
+/// Tickets in Redis: `ticket:<handle>`, and a per-user counter `tickets:{<user>}`.
+#[derive(Debug)]
+pub struct RedisTickets {
+    client: Client,
+    count: Script,
+}
+
+impl RedisTickets {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            count: Script::from_lua(COUNT_SCRIPT),
+        }
+    }
 }
 
 impl Tickets {
@@ -95,7 +127,17 @@ impl Tickets {
         };
         match self {
             Self::Memory(tickets) => tickets.insert(&issued.handle, record)?,
-            Self::Redis(client) => {
+            Self::Redis(RedisTickets { client, count }) => {
+                let issued_to_user: u64 = count
+                    .evalsha_with_reload(
+                        client,
+                        vec![format!("tickets:{{{}}}", credential.user_id)],
+                        vec![TICKET_TTL.as_millis().to_string()],
+                    )
+                    .await?;
+                if issued_to_user > MAX_TICKETS_PER_USER {
+                    return Err(TicketError::UserLimit);
+                }
                 let _: Option<String> = client
                     .set(
                         key(&issued.handle),
@@ -123,7 +165,7 @@ impl Tickets {
         }
         let record = match self {
             Self::Memory(tickets) => tickets.take(handle),
-            Self::Redis(client) => {
+            Self::Redis(RedisTickets { client, .. }) => {
                 let text: Option<String> = client.getdel(key(handle)).await?;
                 text.as_deref().and_then(Record::decode)
             }
@@ -173,6 +215,9 @@ impl From<TicketError> for ApiError {
         match &error {
             TicketError::Redis(redis) => Self::from_redis(redis, &error),
             TicketError::Full => Self::Unavailable("too many stream tickets are waiting; retry"),
+            TicketError::UserLimit => Self::TooManyTickets {
+                limit: MAX_TICKETS_PER_USER,
+            },
         }
     }
 }
@@ -230,25 +275,50 @@ fn random_hex(words: usize) -> String {
 /// A single node's tickets.
 #[derive(Debug, Default)]
 pub struct MemoryTickets {
-    tickets: Mutex<HashMap<String, (Instant, Record)>>,
+    state: Mutex<MemoryState>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    tickets: HashMap<String, (Instant, Record)>,
+    /// Per user: when their current window began, and how many tickets it issued.
+    issued: HashMap<String, (Instant, u64)>,
 }
 
 impl MemoryTickets {
     fn insert(&self, handle: &str, record: Record) -> Result<(), TicketError> {
-        let mut tickets = self.tickets.lock().unwrap_or_else(PoisonError::into_inner);
-        if tickets.len() >= MEMORY_CAPACITY {
-            tickets.retain(|_, (issued, _)| issued.elapsed() < TICKET_TTL);
-            if tickets.len() >= MEMORY_CAPACITY {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.tickets.len() >= MEMORY_CAPACITY || state.issued.len() >= MEMORY_CAPACITY {
+            state
+                .tickets
+                .retain(|_, (issued, _)| issued.elapsed() < TICKET_TTL);
+            state
+                .issued
+                .retain(|_, (since, _)| since.elapsed() < TICKET_TTL);
+            if state.tickets.len() >= MEMORY_CAPACITY || state.issued.len() >= MEMORY_CAPACITY {
                 return Err(TicketError::Full);
             }
         }
-        tickets.insert(handle.to_string(), (Instant::now(), record));
+        let window = state
+            .issued
+            .entry(record.credential.user_id.clone())
+            .or_insert((Instant::now(), 0));
+        if window.0.elapsed() >= TICKET_TTL {
+            *window = (Instant::now(), 0);
+        }
+        if window.1 >= MAX_TICKETS_PER_USER {
+            return Err(TicketError::UserLimit);
+        }
+        window.1 += 1;
+        state
+            .tickets
+            .insert(handle.to_string(), (Instant::now(), record));
         Ok(())
     }
 
     fn take(&self, handle: &str) -> Option<Record> {
-        let mut tickets = self.tickets.lock().unwrap_or_else(PoisonError::into_inner);
-        let (issued, record) = tickets.remove(handle)?;
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (issued, record) = state.tickets.remove(handle)?;
         (issued.elapsed() < TICKET_TTL).then_some(record)
     }
 }
@@ -289,6 +359,26 @@ mod tests {
             tickets.redeem("../../etc", "x").await.expect("no error"),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn one_user_cannot_take_every_ticket() {
+        let tickets = Tickets::Memory(MemoryTickets::default());
+        for _ in 0..MAX_TICKETS_PER_USER {
+            tickets.issue(&alice()).await.expect("within the limit");
+        }
+        assert!(matches!(
+            tickets.issue(&alice()).await,
+            Err(TicketError::UserLimit)
+        ));
+        let bob = Credential {
+            user_id: "bob".into(),
+            ..alice()
+        };
+        tickets
+            .issue(&bob)
+            .await
+            .expect("another user is unaffected");
     }
 
     #[test]

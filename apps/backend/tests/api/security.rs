@@ -798,3 +798,27 @@ async fn an_odd_query_neither_loses_the_ticket_nor_skips_the_resync() {
         stream.raw
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_take_every_stream_ticket_on_any_instance() {
+    let redis = RedisServer::start().await;
+    let a = spawn_app(Some(&redis)).await;
+    let b = spawn_app(Some(&redis)).await;
+    let mallory = a.token("mallory").await;
+    for i in 0..64 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let response = app
+            .post_json("/api/stream-tickets", Some(&mallory), &json!({}))
+            .await;
+        assert_eq!(response.status(), 201, "ticket {i}");
+    }
+    let over = b
+        .post_json("/api/stream-tickets", Some(&mallory), &json!({}))
+        .await;
+    assert_eq!(over.status(), 429, "the limit holds across instances");
+    assert!(over.headers().contains_key("retry-after"));
+    let body: Value = over.json().await.expect("error body");
+    assert_eq!(body["error"]["code"], "too_many_tickets");
+    let alice = a.token("alice").await;
+    ticket(&a, &alice).await;
+}
