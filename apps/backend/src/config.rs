@@ -438,10 +438,19 @@ impl FromStr for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+
+    /// Settings from `args` alone: the environment is not read, so a developer's shell
+    /// (`JWT_SECRET`, `DEV_TOKENS`, ...) cannot change what these tests see.
+    fn parse_from<const N: usize>(args: [&str; N]) -> Settings {
+        let command = Settings::command().mut_args(|arg| arg.env(None));
+        let matches = command.get_matches_from(args);
+        Settings::from_arg_matches(&matches).expect("the arguments parse")
+    }
 
     #[test]
     fn summary_never_shows_secrets() {
-        let settings = Settings::parse_from([
+        let settings = parse_from([
             "backend",
             "--dev-tokens",
             "false",
@@ -462,14 +471,14 @@ mod tests {
 
     #[test]
     fn production_mode_needs_a_strong_secret() {
-        let no_secret = Settings::parse_from(["backend", "--dev-tokens", "false"]);
+        let no_secret = parse_from(["backend", "--dev-tokens", "false"]);
         assert!(matches!(
             no_secret.check(),
             Err(SettingsError::MissingJwtSecret)
         ));
-        let weak = Settings::parse_from(["backend", "--dev-tokens", "false", "--jwt-secret", "x"]);
+        let weak = parse_from(["backend", "--dev-tokens", "false", "--jwt-secret", "x"]);
         assert!(matches!(weak.check(), Err(SettingsError::WeakJwtSecret)));
-        let bad_url = Settings::parse_from([
+        let bad_url = parse_from([
             "backend",
             "--dev-tokens",
             "true",
@@ -478,19 +487,19 @@ mod tests {
         ]);
         assert!(matches!(bad_url.check(), Err(SettingsError::BadRedisUrl)));
         let strong = "0123456789abcdef0123456789abcdef";
-        let ok = Settings::parse_from(["backend", "--dev-tokens", "false", "--jwt-secret", strong]);
+        let ok = parse_from(["backend", "--dev-tokens", "false", "--jwt-secret", strong]);
         assert!(ok.check().is_ok());
     }
 
     #[test]
     fn dev_tokens_are_off_unless_asked_for_and_the_dev_secret_only_works_with_them() {
-        let defaults = Settings::parse_from([
+        let defaults = parse_from([
             "backend",
             "--jwt-secret",
             "0123456789abcdef0123456789abcdef",
         ]);
         assert!(!defaults.dev_tokens, "minting tokens is opt-in");
-        let dev_secret = Settings::parse_from([
+        let dev_secret = parse_from([
             "backend",
             "--dev-tokens",
             "false",
@@ -501,7 +510,7 @@ mod tests {
             dev_secret.check(),
             Err(SettingsError::DevSecretInProduction)
         ));
-        let dev = Settings::parse_from(["backend", "--dev-tokens", "true"]);
+        let dev = parse_from(["backend", "--dev-tokens", "true"]);
         assert!(dev.check().is_ok());
         assert_eq!(dev.hs256_secret(), Some(DEV_JWT_SECRET));
         let insecure = dev.insecure_settings();
@@ -517,7 +526,7 @@ mod tests {
 
     #[test]
     fn a_public_key_alone_verifies_tokens_in_production() {
-        let pem = Settings::parse_from([
+        let pem = parse_from([
             "backend",
             "--dev-tokens",
             "false",
@@ -528,7 +537,7 @@ mod tests {
             pem.check(),
             Err(SettingsError::MissingKeyAlgorithm)
         ));
-        let pem = Settings::parse_from([
+        let pem = parse_from([
             "backend",
             "--dev-tokens",
             "false",
@@ -553,8 +562,7 @@ mod tests {
             ("redis://redis:6379", true),
             ("rediss://redis:6379", false),
         ] {
-            let settings =
-                Settings::parse_from(["backend", "--dev-tokens", "true", "--redis-url", url]);
+            let settings = parse_from(["backend", "--dev-tokens", "true", "--redis-url", url]);
             let found = settings
                 .insecure_settings()
                 .iter()
@@ -565,9 +573,8 @@ mod tests {
 
     #[test]
     fn server_ids_are_bounded_plain_names() {
-        let named = |id: &str| {
-            Settings::parse_from(["backend", "--dev-tokens", "true", "--server-id", id]).check()
-        };
+        let named =
+            |id: &str| parse_from(["backend", "--dev-tokens", "true", "--server-id", id]).check();
         assert!(named("backend-1").is_ok());
         assert!(named(&"b".repeat(MAX_SERVER_ID_CHARS)).is_ok());
         for bad in [
@@ -585,9 +592,9 @@ mod tests {
 
     #[test]
     fn server_id_defaults_to_host_and_port() {
-        let settings = Settings::parse_from(["backend"]);
+        let settings = parse_from(["backend"]);
         assert!(settings.server_id_for(3002).ends_with("-3002"));
-        let named = Settings::parse_from(["backend", "--server-id", "backend-1"]);
+        let named = parse_from(["backend", "--server-id", "backend-1"]);
         assert_eq!(named.server_id_for(3002), "backend-1");
     }
 }
