@@ -13,7 +13,7 @@
 use std::{sync::Arc, time::Duration};
 
 use events::{
-    BadCursor, Cursor, Envelope, Position, Resync, ResyncScope, StreamEnded, StreamOpened,
+    BadCursor, Cursor, Envelope, Payload, Position, Resync, ResyncScope, StreamEnded, StreamOpened,
     event_type,
 };
 use futures_util::{Stream, StreamExt, stream};
@@ -139,7 +139,7 @@ pub async fn open(
         ..Envelope::new(
             context.user_id.clone(),
             event_type::STREAM_OPENED,
-            serde_json::to_value(StreamOpened {
+            Payload::of(&StreamOpened {
                 server_id: state.server_id.clone(),
                 user_id: context.user_id.clone(),
             })
@@ -267,11 +267,7 @@ impl StreamContext {
             scope,
             reason: reason.to_string(),
         };
-        self.server_frame(
-            event_type::STREAM_RESYNC,
-            serde_json::to_value(data),
-            cursor,
-        )
+        self.server_frame(event_type::STREAM_RESYNC, Payload::of(&data), cursor)
     }
 
     /// The last frame of a stream the server ends: `stream.expired` or
@@ -280,13 +276,13 @@ impl StreamContext {
         let data = StreamEnded {
             reason: reason.to_string(),
         };
-        self.server_frame(event_type, serde_json::to_value(data), cursor)
+        self.server_frame(event_type, Payload::of(&data), cursor)
     }
 
     fn server_frame(
         &self,
         event_type: &str,
-        data: serde_json::Result<serde_json::Value>,
+        data: serde_json::Result<Payload>,
         cursor: &Cursor,
     ) -> Frame {
         let envelope = Envelope {

@@ -128,7 +128,7 @@ pub struct PublishRequest {
     pub broadcast: bool,
     pub event_type: String,
     #[serde(default)]
-    pub data: serde_json::Value,
+    pub data: crate::Payload,
 }
 
 /// `POST /api/stream-tickets` answers with this (and sets the ticket's secret in an

@@ -1,5 +1,7 @@
 use serde::{Deserialize, Serialize};
 
+use crate::Payload;
+
 /// The Redis Pub/Sub channel that carries every user's events between backend instances.
 ///
 /// Kept from the original design so that its publishers keep working unchanged.
@@ -32,9 +34,10 @@ pub struct Envelope {
     pub user_id: String,
     /// The event's name, sent as the SSE `event:` field (see [`crate::event_type`]).
     pub event_type: String,
-    /// The payload, any JSON value; `null` when the publisher sent none.
+    /// The payload, any JSON value exactly as published; `null` when the publisher sent
+    /// none.
     #[serde(default)]
-    pub data: serde_json::Value,
+    pub data: Payload,
     /// The backend instance that accepted the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_id: Option<String>,
@@ -58,14 +61,14 @@ impl Envelope {
     pub fn new(
         user_id: impl Into<String>,
         event_type: impl Into<String>,
-        data: serde_json::Value,
+        data: impl Into<Payload>,
     ) -> Self {
         Self {
             id: None,
             epoch: None,
             user_id: user_id.into(),
             event_type: event_type.into(),
-            data,
+            data: data.into(),
             server_id: None,
             published_at: None,
         }
@@ -85,8 +88,9 @@ mod tests {
 
         assert_eq!(envelope.user_id, "123");
         assert_eq!(envelope.event_type, "snapshots.generated");
-        assert_eq!(envelope.data["snapshotCount"], 1);
-        assert_eq!(envelope.data["serverId"], "backend-1");
+        let data: serde_json::Value = envelope.data.parse().expect("data is JSON");
+        assert_eq!(data["snapshotCount"], 1);
+        assert_eq!(data["serverId"], "backend-1");
         assert_eq!(envelope.id, None);
         assert_eq!(envelope.server_id, None);
         assert_eq!(envelope.published_at, None);
@@ -99,7 +103,7 @@ mod tests {
             epoch: Some(1_764_000_000_000),
             user_id: "alice".into(),
             event_type: "orders.shipped".into(),
-            data: json!({"orderId": 42, "items": []}),
+            data: json!({"orderId": 42, "items": []}).into(),
             server_id: Some("backend-2".into()),
             published_at: Some(1_764_000_000_123),
         };
@@ -136,7 +140,7 @@ mod tests {
     fn missing_data_becomes_null() {
         let envelope: Envelope =
             serde_json::from_str(r#"{"userId":"1","eventType":"a.b"}"#).expect("parses");
-        assert_eq!(envelope.data, serde_json::Value::Null);
+        assert!(envelope.data.is_null());
     }
 
     #[test]

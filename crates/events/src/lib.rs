@@ -10,6 +10,7 @@ mod api;
 mod cursor;
 mod envelope;
 pub mod event_type;
+mod payload;
 mod user_id;
 
 pub use api::{
@@ -20,4 +21,5 @@ pub use api::{
 };
 pub use cursor::{BadCursor, Cursor, Position, owner_tag};
 pub use envelope::{BROADCAST_USER_ID, Envelope, SYSTEM_EVENTS_CHANNEL, USER_EVENTS_CHANNEL};
+pub use payload::{MAX_PAYLOAD_DEPTH, Payload};
 pub use user_id::{MAX_USER_ID_CHARS, validate_user_id};

@@ -369,6 +369,8 @@ pub enum Rejection {
     BadUserId,
     /// The `eventType` breaks the naming rule, or claims the server's `stream.` domain.
     BadEventType,
+    /// The `data` nests deeper than the API allows.
+    TooDeep,
 }
 
 impl Rejection {
@@ -378,6 +380,7 @@ impl Rejection {
             Self::TooLarge => "too_large",
             Self::BadUserId => "bad_user_id",
             Self::BadEventType => "bad_event_type",
+            Self::TooDeep => "too_deep",
         }
     }
 }
@@ -434,6 +437,9 @@ impl Admission {
         }
         if !event_type::is_publishable(&envelope.event_type) {
             return Err(Rejection::BadEventType);
+        }
+        if envelope.data.depth() > events::MAX_PAYLOAD_DEPTH {
+            return Err(Rejection::TooDeep);
         }
         Ok(envelope)
     }
@@ -527,6 +533,7 @@ mod tests {
             &br#"{"userId":"*","eventType":"a\nb","data":{}}"#[..],
             br#"{"userId":"u","eventType":"stream.resync","data":{}}"#,
             br#"{"userId":"u u","eventType":"a.b"}"#,
+            br#"{"userId":"u","eventType":"a.b","data":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}"#,
             b"\xff\xfe",
         ] {
             assert!(
@@ -547,6 +554,7 @@ mod tests {
         let max_event_bytes = 1024;
         // `data` of exactly the limit, once encoded (a string: its quotes count).
         let data = serde_json::Value::String("x".repeat(max_event_bytes as usize - 2));
+        let data = events::Payload::from(data);
         let envelope = Envelope {
             id: Some(u64::MAX),
             epoch: Some(u64::MAX),

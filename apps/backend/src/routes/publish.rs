@@ -36,11 +36,19 @@ pub async fn publish(
             user_id
         }
     };
-    let data_bytes = serde_json::to_string(&data).map_or(usize::MAX, |json| json.len());
-    if u64::try_from(data_bytes).unwrap_or(u64::MAX) > state.limits.max_event_bytes {
+    if u64::try_from(data.json().len()).unwrap_or(u64::MAX) > state.limits.max_event_bytes {
         return Err(ApiError::EventTooLarge {
             limit: state.limits.max_event_bytes,
         });
+    }
+    if data.depth() > events::MAX_PAYLOAD_DEPTH {
+        return Err(invalid(
+            "data",
+            &format!(
+                "nests arrays and objects more than {} deep",
+                events::MAX_PAYLOAD_DEPTH
+            ),
+        ));
     }
     if !event_type::is_publishable(&event_type) {
         return Err(invalid(

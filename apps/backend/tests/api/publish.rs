@@ -150,3 +150,43 @@ async fn a_retry_with_the_same_idempotency_key_after_a_stalled_redis_delivers_on
     let bad = publish("no spaces {allowed}", 3).await.expect("answered");
     assert_eq!(bad.status(), 400);
 }
+
+/// Finding 5 of the correctness issue: what a publisher sends in `data` is what
+/// subscribers get, byte for byte (numbers that do not fit a float, exponents, key order,
+/// spacing), live and replayed, through Redis and on a single node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_reaches_subscribers_byte_for_byte() {
+    let data = r#"{"z": 18446744073709551616, "a":1e5,"big":123456789012345678901234567890,"f":0.10,"list":[ ]}"#;
+    let body = format!(r#"{{"userId":"alice","eventType":"test.exact","data":{data}}}"#);
+    let redis = RedisServer::start().await;
+    for app in [spawn_app(Some(&redis)).await, spawn_app(None).await] {
+        let token = app.token("alice").await;
+        let mut live = app.open_stream(&token).await;
+        app.publish("alice", "test.before", json!({})).await;
+        let before = live.next_event().await.id.expect("an id");
+        let response = app
+            .client
+            .post(app.url("/api/publish"))
+            .bearer_auth(PUBLISH_KEY)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 202);
+        let accepted = response.text().await.expect("body");
+        assert!(accepted.contains(data), "the 202 body: {accepted}");
+
+        let delivered = live.next_event().await;
+        let text = delivered.data.as_deref().expect("data");
+        assert!(text.contains(&format!(r#""data":{data}"#)), "live: {text}");
+
+        let mut replayed = app.resume_stream(&token, Some(&before)).await;
+        let replay = replayed.next_event().await;
+        let text = replay.data.as_deref().expect("data");
+        assert!(
+            text.contains(&format!(r#""data":{data}"#)),
+            "replayed: {text}"
+        );
+    }
+}

@@ -300,12 +300,17 @@ impl Connection {
         };
         match event.event_type.as_str() {
             event_type::STREAM_OPENED => {
-                let server = event.envelope.data["serverId"].as_str().map(str::to_string);
+                let server = event
+                    .envelope
+                    .data
+                    .parse::<events::StreamOpened>()
+                    .ok()
+                    .map(|opened| opened.server_id);
                 self.signals.server_id.set(server);
                 self.apply(SourceSignal::Opened);
             }
             event_type::STREAM_RESYNC => {
-                let resync = serde_json::from_value(event.envelope.data.clone()).ok();
+                let resync = event.envelope.data.parse().ok();
                 self.signals.last_resync.set(resync);
             }
             event_type::STREAM_EXPIRED => {
@@ -316,7 +321,12 @@ impl Connection {
             _ => {}
         }
         let disconnected = event.event_type == event_type::STREAM_DISCONNECTED;
-        let reason = event.envelope.data["reason"].as_str().map(str::to_string);
+        let reason = event
+            .envelope
+            .data
+            .parse::<events::StreamEnded>()
+            .ok()
+            .map(|ended| ended.reason);
         (self.on_event)(&event);
         self.signals.last_event.set(Some(event));
         if disconnected {
