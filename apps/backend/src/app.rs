@@ -144,12 +144,17 @@ impl Application {
                     "REDIS_URL is not set: running single-node with an in-process bus and an \
                      in-memory store; streams on other instances will not receive events"
                 );
-                let bus = Transport::Local(LocalBus::new(hub.clone(), settings.retention()));
+                let bus = Transport::Local(LocalBus::new(
+                    hub.clone(),
+                    settings.retention(),
+                    settings.history_max_memory_bytes(),
+                ));
                 let tickets = Tickets::Memory(MemoryTickets::default());
                 (bus, Store::Memory(MemoryStore::default()), tickets, None)
             }
         };
         let bus = Arc::new(Bus::new(bus, server_id.clone(), metrics.clone()));
+        tasks.push(tokio::spawn(bus.clone().expire_histories(shutdown.clone())));
         let store = Arc::new(store);
 
         let (snapshot_requests, snapshot_queue) = snapshots::channel(SNAPSHOT_QUEUE);

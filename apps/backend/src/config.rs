@@ -96,6 +96,12 @@ pub struct Settings {
     #[arg(long, env = "HISTORY_MAX_AGE_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub history_max_age_secs: u64,
 
+    /// Single node only: MiB of events kept in memory across all histories. Past it, the
+    /// histories published to least recently lose their events first (their clients
+    /// resume with `stream.resync`). With Redis, Redis's own `maxmemory` applies.
+    #[arg(long, env = "HISTORY_MAX_MEMORY_MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub history_max_memory_mib: u64,
+
     /// Seconds over which open streams are closed at shutdown (SIGTERM), so their
     /// clients reconnect elsewhere gradually.
     #[arg(long, env = "DRAIN_SECS", default_value_t = 5)]
@@ -217,6 +223,7 @@ impl Settings {
             sse_retry_ms: 2000,
             history_max_len: 1000,
             history_max_age_secs: 3600,
+            history_max_memory_mib: 256,
             drain_secs: 1,
             token_ttl_secs: 900,
             max_body_bytes: 64 * 1024,
@@ -315,6 +322,12 @@ impl Settings {
         Duration::from_secs(self.keep_alive_secs)
     }
 
+    /// The single node's memory bound on histories, in bytes.
+    pub fn history_max_memory_bytes(&self) -> usize {
+        usize::try_from(self.history_max_memory_mib.saturating_mul(1024 * 1024))
+            .unwrap_or(usize::MAX)
+    }
+
     pub fn retention(&self) -> crate::bus::Retention {
         crate::bus::Retention {
             max_len: self.history_max_len,
@@ -330,7 +343,8 @@ impl Settings {
         };
         format!(
             "host={} port={} redis={} dev_tokens={} jwt_secret={} publish_key={} keep_alive={}s \
-             stream_queue_size={} history_max_len={} history_max_age={}s drain={}s sse_retry={}ms \
+             stream_queue_size={} history_max_len={} history_max_age={}s \
+             history_max_memory={}MiB drain={}s sse_retry={}ms \
              token_ttl={}s max_body={}B max_event={}B max_streams_per_user={} max_streams={} \
              max_accounts_per_user={} max_replay={} request_head_timeout={}s metrics_addr={} \
              jwt_public_key_file={} jwt_jwks_file={} jwt_audience={} jwt_issuer={} web_dir={} \
@@ -353,6 +367,7 @@ impl Settings {
             self.stream_queue_size,
             self.history_max_len,
             self.history_max_age_secs,
+            self.history_max_memory_mib,
             self.drain_secs,
             self.sse_retry_ms,
             self.token_ttl_secs,

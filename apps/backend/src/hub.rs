@@ -271,6 +271,11 @@ impl Hub {
         self.close_all();
     }
 
+    /// Whether `user_id` has a stream open on this instance.
+    pub fn has_streams(&self, user_id: &str) -> bool {
+        self.streams().contains_key(user_id)
+    }
+
     /// How many streams are open on this instance.
     pub fn stream_count(&self) -> usize {
         self.streams().values().map(Vec::len).sum()

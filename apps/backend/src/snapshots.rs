@@ -7,7 +7,11 @@ use events::{Envelope, Snapshot, SnapshotsGenerated, event_type};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{bus::Bus, clock, store::Store};
+use crate::{
+    bus::{Bus, Guard, Publication},
+    clock,
+    store::Store,
+};
 
 /// The internal `snapshots.generate` event: take a snapshot of each of a user's accounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,14 +122,18 @@ impl SnapshotService {
             timestamp: taken_at,
             server_id: self.server_id.clone(),
         };
-        let data = serde_json::to_value(&generated)?;
-        self.bus
-            .publish(Envelope::new(
-                user_id,
-                event_type::SNAPSHOTS_GENERATED,
-                data,
-            ))
-            .await?;
+        let data = events::Payload::of(&generated)?;
+        // Accounts are only ever added, so the count orders the generations: one that
+        // read fewer accounts (on another instance, say) never reports after one that
+        // read more.
+        let guard = Guard {
+            version: Some(generated.snapshot_count),
+            ..Guard::default()
+        };
+        let event = Envelope::new(user_id, event_type::SNAPSHOTS_GENERATED, data);
+        if self.bus.publish_guarded(event, guard).await? == Publication::Superseded {
+            tracing::debug!(user_id, "a newer snapshot count was published already");
+        }
         Ok(snapshots.len())
     }
 }

@@ -15,14 +15,39 @@ use fred::{
 
 /// Adds an account to its user's hash unless the user has `ARGV[3]` already, atomically.
 /// KEYS[1]: the user's accounts hash. ARGV[1]: the account id. ARGV[2]: its JSON.
-/// Returns 1 when added, 0 at the limit.
+/// KEYS[2], when given: the record of an idempotency key (the id of the account it
+/// created), kept ARGV[4] ms; if it names an account, nothing is added.
+/// Returns `{1}` when added, `{0}` at the limit, `{2, json}` for a repeated key.
 const INSERT_ACCOUNT_SCRIPT: &str = r#"
+if KEYS[2] then
+  local id = redis.call('GET', KEYS[2])
+  local existing = id and redis.call('HGET', KEYS[1], id)
+  if existing then
+    return {2, existing}
+  end
+end
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
-  return 0
+  return {0}
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
+if KEYS[2] then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4])
+end
+return {1}
 "#;
+
+/// How long an account's `Idempotency-Key` is remembered.
+pub const ACCOUNT_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// What inserting an account did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Insertion {
+    Inserted,
+    /// The user has as many accounts as allowed: nothing was stored.
+    LimitReached,
+    /// The idempotency key had created this account already: nothing was stored.
+    Replayed(Account),
+}
 
 /// How many snapshots are kept per user, newest first.
 pub const SNAPSHOTS_KEPT: usize = 100;
@@ -42,16 +67,21 @@ pub enum StoreError {
 }
 
 impl Store {
-    /// Stores `account` unless its user has `max_per_user` accounts already; returns
-    /// whether it was stored.
+    /// Stores `account` unless its user has `max_per_user` accounts already, or
+    /// `idempotency_key` created one within [`ACCOUNT_KEY_TTL`], atomically.
     pub async fn insert_account(
         &self,
         account: &Account,
         max_per_user: u64,
-    ) -> Result<bool, StoreError> {
+        idempotency_key: Option<&str>,
+    ) -> Result<Insertion, StoreError> {
         match self {
-            Self::Memory(store) => Ok(store.insert_account(account, max_per_user)),
-            Self::Redis(store) => store.insert_account(account, max_per_user).await,
+            Self::Memory(store) => Ok(store.insert_account(account, max_per_user, idempotency_key)),
+            Self::Redis(store) => {
+                store
+                    .insert_account(account, max_per_user, idempotency_key)
+                    .await
+            }
         }
     }
 
@@ -91,25 +121,57 @@ impl Store {
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    accounts: Mutex<HashMap<String, Vec<Account>>>,
+    accounts: Mutex<HashMap<String, Owned>>,
     /// Newest first.
     snapshots: Mutex<HashMap<String, Vec<Snapshot>>>,
 }
 
+/// One user's accounts, and the idempotency keys that created some of them (with when,
+/// in ms): at most one key per account, so bounded like the accounts.
+#[derive(Debug, Default)]
+struct Owned {
+    accounts: Vec<Account>,
+    keys: Vec<(String, usize, u64)>,
+}
+
 impl MemoryStore {
-    fn insert_account(&self, account: &Account, max_per_user: u64) -> bool {
+    fn insert_account(
+        &self,
+        account: &Account,
+        max_per_user: u64,
+        idempotency_key: Option<&str>,
+    ) -> Insertion {
         let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
         let owned = accounts.entry(account.user_id.clone()).or_default();
-        if owned.len() as u64 >= max_per_user {
-            return false;
+        let now = crate::bus::now_millis();
+        let ttl = u64::try_from(ACCOUNT_KEY_TTL.as_millis()).unwrap_or(u64::MAX);
+        owned
+            .keys
+            .retain(|(_, _, at)| now.saturating_sub(*at) <= ttl);
+        if let Some(key) = idempotency_key
+            && let Some((_, index, _)) = owned.keys.iter().find(|(used, _, _)| used == key)
+            && let Some(existing) = owned.accounts.get(*index)
+        {
+            return Insertion::Replayed(existing.clone());
         }
-        owned.push(account.clone());
-        true
+        if owned.accounts.len() as u64 >= max_per_user {
+            return Insertion::LimitReached;
+        }
+        if let Some(key) = idempotency_key {
+            owned
+                .keys
+                .push((key.to_string(), owned.accounts.len(), now));
+        }
+        owned.accounts.push(account.clone());
+        Insertion::Inserted
     }
 
     fn accounts(&self, user_id: &str) -> Vec<Account> {
         let accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
-        accounts.get(user_id).cloned().unwrap_or_default()
+        accounts
+            .get(user_id)
+            .map(|owned| owned.accounts.clone())
+            .unwrap_or_default()
     }
 
     fn insert_snapshots(&self, user_id: &str, snapshots: &[Snapshot]) {
@@ -151,17 +213,36 @@ impl RedisStore {
         &self,
         account: &Account,
         max_per_user: u64,
-    ) -> Result<bool, StoreError> {
+        idempotency_key: Option<&str>,
+    ) -> Result<Insertion, StoreError> {
         let json = serde_json::to_string(account)?;
-        let inserted: i64 = self
+        let mut keys = vec![accounts_key(&account.user_id)];
+        if let Some(key) = idempotency_key {
+            keys.push(format!("{}:idem:{key}", keys[0]));
+        }
+        let reply: Vec<fred::types::Value> = self
             .insert_account
             .evalsha_with_reload(
                 &self.client,
-                vec![accounts_key(&account.user_id)],
-                vec![account.id.clone(), json, max_per_user.to_string()],
+                keys,
+                vec![
+                    account.id.clone(),
+                    json,
+                    max_per_user.to_string(),
+                    ACCOUNT_KEY_TTL.as_millis().to_string(),
+                ],
             )
             .await?;
-        Ok(inserted == 1)
+        match reply.first().and_then(fred::types::Value::as_u64) {
+            Some(1) => Ok(Insertion::Inserted),
+            Some(2) => {
+                let existing = reply.get(1).and_then(fred::types::Value::as_bytes);
+                Ok(Insertion::Replayed(serde_json::from_slice(
+                    existing.unwrap_or_default(),
+                )?))
+            }
+            _ => Ok(Insertion::LimitReached),
+        }
     }
 
     async fn accounts(&self, user_id: &str) -> Result<Vec<Account>, StoreError> {
@@ -238,11 +319,26 @@ mod tests {
             balance: 0,
             created_at: "2025-01-01T00:00:00.000Z".into(),
         };
-        assert!(store.insert_account(&account("u", "1"), 2));
-        assert!(store.insert_account(&account("u", "2"), 2));
-        assert!(!store.insert_account(&account("u", "3"), 2));
-        assert!(
-            store.insert_account(&account("v", "1"), 2),
+        assert_eq!(
+            store.insert_account(&account("u", "1"), 2, None),
+            Insertion::Inserted
+        );
+        assert_eq!(
+            store.insert_account(&account("u", "2"), 2, Some("k")),
+            Insertion::Inserted
+        );
+        assert_eq!(
+            store.insert_account(&account("u", "3"), 2, Some("k")),
+            Insertion::Replayed(account("u", "2")),
+            "a repeated key answers with its account, even at the limit"
+        );
+        assert_eq!(
+            store.insert_account(&account("u", "3"), 2, None),
+            Insertion::LimitReached
+        );
+        assert_eq!(
+            store.insert_account(&account("v", "1"), 2, Some("k")),
+            Insertion::Inserted,
             "another user is unaffected"
         );
         assert_eq!(store.accounts("u").len(), 2);

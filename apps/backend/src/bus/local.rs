@@ -1,41 +1,82 @@
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Mutex, PoisonError},
+    sync::{Mutex, MutexGuard, PoisonError},
 };
 
 use events::{Envelope, Position};
+use lru::LruCache;
 
-use super::{HistoryRead, IDEMPOTENCY_TTL, Publication, Retention, Topic, now_millis};
+use super::{Guard, HistoryRead, IDEMPOTENCY_TTL, Publication, Retention, Topic, now_millis};
 use crate::hub::Hub;
 
 /// The single-node bus: publishing appends to an in-memory ring per topic and delivers
 /// straight to this instance's hub.
+///
+/// Memory is bounded two ways. A ring whose events have all expired, whose idempotency
+/// keys have too, and whose user has no stream open here is dropped by [`LocalBus::sweep`]
+/// (its next event starts a new history, with a new epoch). And all rings together keep
+/// at most `max_bytes` of events: past that, the rings published to least recently lose
+/// their events first, as if trimmed; a client resuming into them is told to resync.
 #[derive(Debug)]
 pub struct LocalBus {
     hub: Hub,
     retention: Retention,
-    /// The epoch of every history here: this process's start. A restarted node has lost
-    /// its histories, and its new epoch tells returning clients so.
-    epoch: u64,
-    histories: Mutex<HashMap<Topic, Ring>>,
+    max_bytes: usize,
+    state: Mutex<State>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
+struct State {
+    /// Least recently published first.
+    rings: LruCache<Topic, Ring>,
+    /// What the kept events and keys of every ring take, as counted by [`cost`].
+    bytes: usize,
+    /// The most rings held since the table was last rebuilt.
+    peak: usize,
+    /// The last epoch given to a ring. Each history life gets its own, later than any
+    /// before it in this process, so a cursor never reads as a position in a newer life.
+    last_epoch: u64,
+}
+
+#[derive(Debug)]
 struct Ring {
+    epoch: u64,
     last_seq: u64,
     events: VecDeque<Envelope>,
     /// Idempotency keys used in the last [`IDEMPOTENCY_TTL`], oldest first: the key, the
     /// sequence number it published, and when (ms).
     keys: VecDeque<(String, u64, u64)>,
+    /// The newest version published per event type (see [`Guard::version`]).
+    versions: HashMap<String, u64>,
+}
+
+/// What an event is counted as in the memory bound: its JSON, roughly, and the
+/// bookkeeping around it.
+fn cost(envelope: &Envelope) -> usize {
+    const OVERHEAD: usize = 160;
+    envelope.data.json().len()
+        + envelope.user_id.len()
+        + envelope.event_type.len()
+        + envelope.server_id.as_ref().map_or(0, String::len)
+        + OVERHEAD
+}
+
+fn key_cost(key: &str) -> usize {
+    key.len() + 48
 }
 
 impl LocalBus {
-    pub fn new(hub: Hub, retention: Retention) -> Self {
+    pub fn new(hub: Hub, retention: Retention, max_bytes: usize) -> Self {
         Self {
             hub,
             retention,
-            epoch: now_millis(),
-            histories: Mutex::new(HashMap::new()),
+            max_bytes,
+            state: Mutex::new(State {
+                rings: LruCache::unbounded(),
+                bytes: 0,
+                peak: 0,
+                last_epoch: 0,
+            }),
         }
     }
 
@@ -47,69 +88,74 @@ impl LocalBus {
         &self.hub
     }
 
-    pub(super) fn publish(
-        &self,
-        mut envelope: Envelope,
-        idempotency_key: Option<&str>,
-    ) -> Publication {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state whole before anything can panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn publish(&self, mut envelope: Envelope, guard: Guard<'_>) -> Publication {
         // Numbering, appending and delivery happen under one lock, so that concurrent
         // publishers to one topic deliver in the order of their sequence numbers.
-        let mut histories = self
-            .histories
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let ring = histories.entry(Topic::of(&envelope)).or_default();
+        let mut state = self.state();
         let now = now_millis();
-        let ttl = u64::try_from(IDEMPOTENCY_TTL.as_millis()).unwrap_or(u64::MAX);
-        while ring
-            .keys
-            .front()
-            .is_some_and(|(_, _, at)| now.saturating_sub(*at) > ttl)
+        let topic = Topic::of(&envelope);
+        let State {
+            rings,
+            bytes,
+            last_epoch,
+            ..
+        } = &mut *state;
+        let ring = rings.get_or_insert_mut(topic, || {
+            let epoch = now.max(*last_epoch + 1);
+            *last_epoch = epoch;
+            Ring::new(epoch)
+        });
+        *bytes = bytes.saturating_sub(ring.expire_keys(now));
+        if let Some(key) = guard.idempotency_key
+            && let Some(&(_, seq, _)) = ring.keys.iter().find(|(used, _, _)| used == key)
         {
-            ring.keys.pop_front();
-        }
-        if let Some(key) = idempotency_key
-            && let Some((_, seq, _)) = ring.keys.iter().find(|(used, _, _)| used == key)
-        {
-            let seq = *seq;
             let kept = ring.events.iter().find(|e| e.id == Some(seq)).cloned();
             envelope.id = Some(seq);
-            envelope.epoch = Some(self.epoch);
-            return Publication {
-                envelope: kept.unwrap_or(envelope),
-                replayed: true,
-            };
+            envelope.epoch = Some(ring.epoch);
+            return Publication::Replayed(kept.unwrap_or(envelope));
+        }
+        if let Some(version) = guard.version {
+            let newest = ring.versions.get(&envelope.event_type);
+            if newest.is_some_and(|&newest| version <= newest) {
+                return Publication::Superseded;
+            }
+            ring.versions.insert(envelope.event_type.clone(), version);
         }
         ring.last_seq += 1;
         envelope.id = Some(ring.last_seq);
-        envelope.epoch = Some(self.epoch);
-        if let Some(key) = idempotency_key {
+        envelope.epoch = Some(ring.epoch);
+        if let Some(key) = guard.idempotency_key {
             ring.keys.push_back((key.to_string(), ring.last_seq, now));
+            *bytes += key_cost(key);
             // Bounded like the history itself.
             while ring.keys.len() as u64 > self.retention.max_len {
-                ring.keys.pop_front();
+                *bytes =
+                    bytes.saturating_sub(ring.keys.pop_front().map_or(0, |(k, _, _)| key_cost(&k)));
             }
         }
+        *bytes += cost(&envelope);
         ring.events.push_back(envelope.clone());
-        self.trim(ring);
+        *bytes = bytes.saturating_sub(ring.trim(self.retention, now));
         self.hub.deliver(&envelope);
-        Publication {
-            envelope,
-            replayed: false,
-        }
+        self.evict(&mut state);
+        Publication::Published(envelope)
     }
 
     pub(super) fn read(&self, topic: &Topic, after: u64, limit: usize) -> HistoryRead {
-        let mut histories = self
-            .histories
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Some(ring) = histories.get_mut(topic) else {
+        let mut state = self.state();
+        let State { rings, bytes, .. } = &mut *state;
+        // A read is not a publish: it leaves the ring's place in the eviction order.
+        let Some(ring) = rings.peek_mut(topic) else {
             return HistoryRead::default();
         };
-        self.trim(ring);
+        *bytes = bytes.saturating_sub(ring.trim(self.retention, now_millis()));
         HistoryRead {
-            head: Position::new(self.epoch, ring.last_seq),
+            head: Position::new(ring.epoch, ring.last_seq),
             oldest: ring.events.front().and_then(|e| e.id).unwrap_or(0),
             events: ring
                 .events
@@ -121,17 +167,130 @@ impl LocalBus {
         }
     }
 
-    fn trim(&self, ring: &mut Ring) {
-        let max_age_ms = u64::try_from(self.retention.max_age.as_millis()).unwrap_or(u64::MAX);
-        let cutoff = now_millis().saturating_sub(max_age_ms);
-        while ring.events.len() as u64 > self.retention.max_len
-            || ring
+    /// Drops what has expired: old events and keys everywhere, and every ring left with
+    /// nothing that a client could still need (no events, no live keys, no stream of its
+    /// user open here). Returns how many rings are left.
+    pub fn sweep(&self) -> usize {
+        let mut state = self.state();
+        let now = now_millis();
+        let State {
+            rings, bytes, peak, ..
+        } = &mut *state;
+        let mut idle = Vec::new();
+        for (topic, ring) in rings.iter_mut() {
+            let freed = ring.trim(self.retention, now) + ring.expire_keys(now);
+            *bytes = bytes.saturating_sub(freed);
+            if ring.events.is_empty() && ring.keys.is_empty() && !self.has_streams(topic) {
+                idle.push(topic.clone());
+            }
+        }
+        for topic in &idle {
+            rings.pop(topic);
+        }
+        if rings.len() * 4 < *peak {
+            // A hash table keeps its size when emptied: rebuild it, in the same order, so
+            // the memory of the dropped rings comes back.
+            let mut rebuilt = LruCache::unbounded();
+            while let Some((topic, ring)) = rings.pop_lru() {
+                rebuilt.put(topic, ring);
+            }
+            *rings = rebuilt;
+            *peak = rings.len();
+        }
+        rings.len()
+    }
+
+    /// Whether a stream that reads `topic` is open here, and so may hold a cursor in it.
+    fn has_streams(&self, topic: &Topic) -> bool {
+        match topic {
+            Topic::User(user_id) => self.hub.has_streams(user_id),
+            // The broadcast history is every stream's: kept while any is open.
+            Topic::Broadcast => self.hub.stream_count() > 0,
+        }
+    }
+
+    /// Past the memory bound, empties the least recently published rings until the
+    /// events kept fit again. Their clients resume with a resync, as after any trim.
+    fn evict(&self, state: &mut State) {
+        state.peak = state.peak.max(state.rings.len());
+        // Each ring is looked at most once: rings with streams stay, emptied.
+        for _ in 0..state.rings.len() {
+            if state.bytes <= self.max_bytes {
+                return;
+            }
+            let Some((topic, mut ring)) = state.rings.pop_lru() else {
+                return;
+            };
+            let freed = ring.events.iter().map(cost).sum::<usize>()
+                + ring
+                    .keys
+                    .iter()
+                    .map(|(key, _, _)| key_cost(key))
+                    .sum::<usize>();
+            state.bytes = state.bytes.saturating_sub(freed);
+            tracing::warn!(
+                ?topic,
+                freed,
+                "history memory bound reached (HISTORY_MAX_MEMORY_MIB): dropped the least \
+                 recently published history"
+            );
+            if self.has_streams(&topic) {
+                // Its streams' cursors stay meaningful: keep the numbering.
+                ring.events.clear();
+                ring.keys.clear();
+                state.rings.put(topic, ring);
+            }
+        }
+    }
+
+    /// How many histories are held, for tests and metrics.
+    pub fn histories(&self) -> usize {
+        self.state().rings.len()
+    }
+}
+
+impl Ring {
+    fn new(epoch: u64) -> Self {
+        Self {
+            epoch,
+            last_seq: 0,
+            events: VecDeque::new(),
+            keys: VecDeque::new(),
+            versions: HashMap::new(),
+        }
+    }
+
+    /// Drops events beyond the retention's length or age; returns the bytes freed.
+    fn trim(&mut self, retention: Retention, now: u64) -> usize {
+        let max_age_ms = u64::try_from(retention.max_age.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now.saturating_sub(max_age_ms);
+        let mut freed = 0;
+        while self.events.len() as u64 > retention.max_len
+            || self
                 .events
                 .front()
                 .is_some_and(|e| e.published_at.unwrap_or(0) < cutoff)
         {
-            ring.events.pop_front();
+            freed += self.events.pop_front().as_ref().map_or(0, cost);
         }
+        freed
+    }
+
+    /// Forgets idempotency keys older than [`IDEMPOTENCY_TTL`]; returns the bytes freed.
+    fn expire_keys(&mut self, now: u64) -> usize {
+        let ttl = u64::try_from(IDEMPOTENCY_TTL.as_millis()).unwrap_or(u64::MAX);
+        let mut freed = 0;
+        while self
+            .keys
+            .front()
+            .is_some_and(|(_, _, at)| now.saturating_sub(*at) > ttl)
+        {
+            freed += self
+                .keys
+                .pop_front()
+                .map_or(0, |(key, _, _)| key_cost(&key));
+        }
+        freed
     }
 }
 
@@ -142,24 +301,34 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    fn bus(max_len: u64) -> LocalBus {
-        let retention = Retention {
-            max_len,
-            max_age: Duration::from_secs(60),
-        };
+    fn bus_with(max_len: u64, max_age: Duration, max_bytes: usize) -> LocalBus {
+        let retention = Retention { max_len, max_age };
         LocalBus::new(
             Hub::new(
                 crate::hub::Capacity::with_queue(8),
                 std::sync::Arc::default(),
             ),
             retention,
+            max_bytes,
         )
     }
 
+    fn bus(max_len: u64) -> LocalBus {
+        bus_with(max_len, Duration::from_secs(60), usize::MAX)
+    }
+
+    fn event(user: &str) -> Envelope {
+        Envelope {
+            published_at: Some(now_millis()),
+            ..Envelope::new(user, "a.b", Value::Null)
+        }
+    }
+
     fn publish(bus: &LocalBus, user: &str) -> Envelope {
-        let mut envelope = Envelope::new(user, "a.b", Value::Null);
-        envelope.published_at = Some(now_millis());
-        bus.publish(envelope, None).envelope
+        match bus.publish(event(user), Guard::default()) {
+            Publication::Published(envelope) => envelope,
+            other => panic!("not published: {other:?}"),
+        }
     }
 
     #[test]
@@ -171,11 +340,19 @@ mod tests {
         assert_eq!(publish(&bus, "bob").id, Some(1));
 
         let read = bus.read(&Topic::User("alice".into()), 3, 10);
-        assert_eq!(read.head, Position::new(bus.epoch, 5));
+        assert_eq!(read.head.seq, 5);
         assert_eq!(read.oldest, 3, "only the last 3 are kept");
         let ids: Vec<_> = read.events.iter().filter_map(|e| e.id).collect();
         assert_eq!(ids, [4, 5]);
         assert_eq!(bus.read(&Topic::Broadcast, 0, 10), HistoryRead::default());
+    }
+
+    #[test]
+    fn every_history_has_an_epoch_of_its_own() {
+        let bus = bus(3);
+        let alice = publish(&bus, "alice");
+        let bob = publish(&bus, "bob");
+        assert_ne!(alice.epoch, bob.epoch, "one user's cursor is no other's");
     }
 
     #[test]
@@ -185,22 +362,115 @@ mod tests {
             published_at: Some(now_millis()),
             ..Envelope::new("alice", "a.b", serde_json::json!({ "n": n }))
         };
-        let first = bus.publish(event(1), Some("k1"));
-        let again = bus.publish(event(2), Some("k1"));
-        assert!(!first.replayed && again.replayed);
+        let key = |key| Guard {
+            idempotency_key: Some(key),
+            ..Guard::default()
+        };
+        let Publication::Published(first) = bus.publish(event(1), key("k1")) else {
+            panic!("published")
+        };
         assert_eq!(
-            again.envelope, first.envelope,
+            bus.publish(event(2), key("k1")),
+            Publication::Replayed(first.clone()),
             "the first event, as delivered"
         );
-        let other = bus.publish(event(3), Some("k2"));
-        assert_eq!(other.envelope.id, Some(2), "only one event per key");
+        let Publication::Published(other) = bus.publish(event(3), key("k2")) else {
+            panic!("published")
+        };
+        assert_eq!(other.id, Some(2), "only one event per key");
         let elsewhere = bus.publish(
             Envelope {
                 user_id: "bob".into(),
                 ..event(4)
             },
-            Some("k1"),
+            key("k1"),
         );
-        assert!(!elsewhere.replayed, "keys are per topic");
+        assert!(
+            matches!(elsewhere, Publication::Published(_)),
+            "keys are per topic"
+        );
+    }
+
+    #[test]
+    fn an_older_version_never_follows_a_newer_one() {
+        let bus = bus(10);
+        let versioned = |version| Guard {
+            version: Some(version),
+            ..Guard::default()
+        };
+        assert!(matches!(
+            bus.publish(event("u"), versioned(81)),
+            Publication::Published(_)
+        ));
+        assert_eq!(
+            bus.publish(event("u"), versioned(34)),
+            Publication::Superseded
+        );
+        assert_eq!(
+            bus.publish(event("u"), versioned(81)),
+            Publication::Superseded
+        );
+        assert!(matches!(
+            bus.publish(event("u"), versioned(82)),
+            Publication::Published(_)
+        ));
+    }
+
+    #[test]
+    fn expired_histories_of_users_without_streams_are_dropped() {
+        let bus = bus_with(10, Duration::from_millis(50), usize::MAX);
+        for user in 0..1000 {
+            publish(&bus, &format!("user-{user}"));
+        }
+        let _open = bus.hub.open("watched").expect("opens");
+        let first = publish(&bus, "watched");
+        assert_eq!(bus.sweep(), 1001, "nothing has expired yet");
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(
+            bus.sweep(),
+            1,
+            "only the history with an open stream is left"
+        );
+        assert_eq!(bus.state().bytes, 0, "no event is counted any more");
+        let next = publish(&bus, "watched");
+        assert_eq!(
+            (next.epoch, next.id),
+            (first.epoch, Some(2)),
+            "an open stream's history keeps its numbering"
+        );
+        let again = publish(&bus, "user-8");
+        assert_eq!(again.id, Some(1), "a dropped history starts anew");
+        assert!(again.epoch > first.epoch, "with a new epoch");
+    }
+
+    #[test]
+    fn past_the_memory_bound_the_least_recently_published_history_empties_first() {
+        let one = cost(&Envelope {
+            server_id: None,
+            ..event("user-0")
+        });
+        let bus = bus_with(100, Duration::from_secs(60), 10 * one);
+        for user in 0..5 {
+            publish(&bus, &format!("user-{user}"));
+            publish(&bus, &format!("user-{user}"));
+        }
+        publish(&bus, "user-0");
+        let kept = |user: &str| bus.read(&Topic::User(user.into()), 0, 100).events.len();
+        assert_eq!(
+            kept("user-1"),
+            0,
+            "the least recently published lost its events"
+        );
+        assert_eq!(
+            kept("user-0"),
+            3,
+            "the one just published kept all of its events"
+        );
+        assert_eq!(kept("user-4"), 2);
+        assert!(bus.state().bytes <= 10 * one);
+        let next = publish(&bus, "user-1");
+        assert_eq!(next.id, Some(1), "a new history: a resuming client resyncs");
+        let user_0 = bus.read(&Topic::User("user-0".into()), 0, 0).head.epoch;
+        assert!(next.epoch > Some(user_0), "with an epoch of its own");
     }
 }

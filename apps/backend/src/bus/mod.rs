@@ -14,6 +14,7 @@ use std::{
 };
 
 use events::{BROADCAST_USER_ID, Envelope, Position};
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
@@ -52,13 +53,29 @@ pub enum Transport {
 /// How long an idempotency key is remembered after its publish.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
 
+/// How often the in-process bus drops expired histories.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Conditions on a publish, checked in the same atomic step that would publish.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Guard<'a> {
+    /// Publish at most once per key and topic within [`IDEMPOTENCY_TTL`].
+    pub idempotency_key: Option<&'a str>,
+    /// Publish only if no event of the same type in the topic carried this version or a
+    /// newer one: an event that reports a state (a count, say) never follows a newer one.
+    pub version: Option<u64>,
+}
+
 /// What a publish did.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Publication {
-    /// The event as delivered: this call's, or, when `replayed`, the first one's.
-    pub envelope: Envelope,
-    /// The idempotency key had been used: nothing was published this time.
-    pub replayed: bool,
+pub enum Publication {
+    /// Published now: the event as delivered.
+    Published(Envelope),
+    /// The idempotency key had been used, so nothing was published: the first call's
+    /// event, as delivered.
+    Replayed(Envelope),
+    /// A newer version had been published, so nothing was.
+    Superseded,
 }
 
 /// One history: a user's own events, or the broadcast events.
@@ -127,34 +144,58 @@ impl Bus {
     /// instance's id, the time, and its epoch and position in the topic's sequence, all
     /// in one atomic step; returns it as delivered.
     pub async fn publish(&self, envelope: Envelope) -> Result<Envelope, BusError> {
-        Ok(self.publish_once(envelope, None).await?.envelope)
+        match self.publish_guarded(envelope, Guard::default()).await? {
+            Publication::Published(envelope) | Publication::Replayed(envelope) => Ok(envelope),
+            Publication::Superseded => Err(BusError::Reply(
+                "an unversioned publish was superseded".into(),
+            )),
+        }
     }
 
-    /// [`Bus::publish`], at most once per `idempotency_key` and topic within
-    /// [`IDEMPOTENCY_TTL`]: a repeated key publishes nothing and returns the event the
-    /// first call published, in the same atomic step that would have published it. So a
-    /// publisher that got no answer (a timeout, a 503 while Redis stalled, and Redis ran
-    /// the write after all) can retry safely.
-    pub async fn publish_once(
+    /// [`Bus::publish`], if `guard` allows. With an idempotency key, a repeated key
+    /// publishes nothing and returns the event the first call published, so a publisher
+    /// that got no answer (a timeout, a 503 while Redis stalled, and Redis ran the write
+    /// after all) can retry safely. With a version, an older state is never published
+    /// after a newer one, whichever instance publishes it.
+    pub async fn publish_guarded(
         &self,
         mut envelope: Envelope,
-        idempotency_key: Option<&str>,
+        guard: Guard<'_>,
     ) -> Result<Publication, BusError> {
         envelope.id = None;
         envelope.epoch = None;
         envelope.server_id = Some(self.server_id.clone());
         envelope.published_at = Some(now_millis());
         let publication = match &self.transport {
-            Transport::Local(bus) => bus.publish(envelope, idempotency_key),
-            Transport::Redis(bus) => bus.publish(envelope, idempotency_key).await?,
+            Transport::Local(bus) => bus.publish(envelope, guard),
+            Transport::Redis(bus) => bus.publish(envelope, guard).await?,
         };
-        if !publication.replayed {
+        if let Publication::Published(envelope) = &publication {
             self.metrics
                 .events_published
-                .get_or_create(&self.metrics.event_labels(&publication.envelope.event_type))
+                .get_or_create(&self.metrics.event_labels(&envelope.event_type))
                 .inc();
         }
         Ok(publication)
+    }
+
+    /// Drops expired histories every [`SWEEP_INTERVAL`] until `shutdown`. Only the
+    /// in-process bus needs it: Redis expires its keys itself.
+    pub async fn expire_histories(self: Arc<Self>, shutdown: CancellationToken) {
+        let Transport::Local(bus) = &self.transport else {
+            return;
+        };
+        let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = interval.tick() => {
+                    let held = bus.sweep();
+                    tracing::debug!(histories = held, "expired histories dropped");
+                }
+            }
+        }
     }
 
     /// Ends every stream of `user_id` on every instance, each told `reason`.

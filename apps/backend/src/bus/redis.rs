@@ -12,7 +12,8 @@ use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BusError, CONTROL_CHANNEL, Control, HistoryRead, IDEMPOTENCY_TTL, Publication, Retention, Topic,
+    BusError, CONTROL_CHANNEL, Control, Guard, HistoryRead, IDEMPOTENCY_TTL, Publication,
+    Retention, Topic,
 };
 use crate::{
     hub::Hub,
@@ -34,6 +35,10 @@ use crate::{
 /// published), kept ARGV[6] ms. If it exists, nothing is published: the reply is
 /// `{seq, epoch, envelope}` of that event (the envelope empty if it left the history).
 ///
+/// ARGV[7], unless empty: a field of the meta hash holding the newest version published
+/// of this event type, and ARGV[8] this event's version. Unless it is newer, nothing is
+/// published and the reply is `{0}` (no event has sequence number 0).
+///
 /// A new epoch starts whenever the meta hash is missing (never published, expired, or
 /// Redis lost its data); the history of an earlier epoch is dropped with it. The id and
 /// epoch are spliced in after the opening brace rather than re-encoding with cjson,
@@ -51,10 +56,19 @@ if KEYS[3] then
     return {tonumber(seq), tonumber(epoch), message}
   end
 end
+if ARGV[7] ~= '' then
+  local newest = redis.call('HGET', KEYS[1], ARGV[7])
+  if newest and tonumber(ARGV[8]) <= tonumber(newest) then
+    return {0}
+  end
+end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 if redis.call('HSETNX', KEYS[1], 'epoch', now) == 1 then
   redis.call('DEL', KEYS[2])
+end
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[1], ARGV[7], ARGV[8])
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -129,7 +143,7 @@ impl RedisBus {
     pub(super) async fn publish(
         &self,
         mut envelope: Envelope,
-        idempotency_key: Option<&str>,
+        guard: Guard<'_>,
     ) -> Result<Publication, BusError> {
         let topic = Topic::of(&envelope);
         let channel = match topic {
@@ -139,9 +153,13 @@ impl RedisBus {
         let json = serde_json::to_string(&envelope).map_err(|e| BusError::Reply(e.to_string()))?;
         let max_age_ms = self.retention.max_age.as_millis().max(1);
         let mut keys = keys(&topic);
-        if let Some(key) = idempotency_key {
+        if let Some(key) = guard.idempotency_key {
             keys.push(format!("ev:{{{}}}:idem:{key}", topic.user_id()));
         }
+        let (version_field, version) = match guard.version {
+            Some(version) => (format!("v:{}", envelope.event_type), version.to_string()),
+            None => (String::new(), String::new()),
+        };
         let reply: Vec<Value> = self
             .publish_script
             .evalsha_with_reload(
@@ -154,6 +172,8 @@ impl RedisBus {
                     max_age_ms.to_string(),
                     u128::from(META_TTL_MS).max(max_age_ms).to_string(),
                     IDEMPOTENCY_TTL.as_millis().to_string(),
+                    version_field,
+                    version,
                 ],
             )
             .await?;
@@ -163,22 +183,20 @@ impl RedisBus {
                 .and_then(Value::as_u64)
                 .ok_or_else(|| BusError::Reply(format!("field {i} of the publish")))
         };
-        envelope.id = Some(number(0)?);
+        let seq = number(0)?;
+        if seq == 0 {
+            return Ok(Publication::Superseded);
+        }
+        envelope.id = Some(seq);
         envelope.epoch = Some(number(1)?);
         let Some(first) = reply.get(2) else {
-            return Ok(Publication {
-                envelope,
-                replayed: false,
-            });
+            return Ok(Publication::Published(envelope));
         };
         // A repeated key: the first publish's event, as delivered, when still kept.
         let kept = first
             .as_bytes()
             .and_then(|bytes| serde_json::from_slice::<Envelope>(bytes).ok());
-        Ok(Publication {
-            envelope: kept.unwrap_or(envelope),
-            replayed: true,
-        })
+        Ok(Publication::Replayed(kept.unwrap_or(envelope)))
     }
 
     /// Asks every instance (this one included) to carry out `control`.

@@ -14,6 +14,8 @@ use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
+use events::ValidationError;
+
 use crate::error::ApiError;
 
 pub use health::{healthz, metrics, readyz};
@@ -56,4 +58,29 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonObject<T> {
                 .map_err(|error| ApiError::InvalidBody(error.to_string()).into())
         })
     }
+}
+
+/// The header that marks an answer replayed for a repeated `Idempotency-Key`.
+pub const REPLAYED: (&str, &str) = ("idempotent-replayed", "true");
+
+/// The longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 100;
+
+/// The request's `Idempotency-Key`: 1 to 100 characters from `A-Z a-z 0-9 _ - . :`
+/// (a UUID, say), as it becomes part of a Redis key. Publishes and account creations
+/// take one, so that a retry after an unanswered request acts at most once.
+pub fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or_default();
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.chars().all(allowed) {
+        return Err(ValidationError {
+            field: "Idempotency-Key",
+            message: "must be 1 to 100 characters from A-Z a-z 0-9 _ - . :".into(),
+        }
+        .into());
+    }
+    Ok(Some(key))
 }

@@ -1,7 +1,12 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use events::{BROADCAST_USER_ID, Envelope, PublishRequest, ValidationError, event_type};
 
-use crate::{auth::Publisher, error::ApiError, state::AppState};
+use crate::{
+    auth::Publisher,
+    bus::{Guard, Publication},
+    error::ApiError,
+    state::AppState,
+};
 
 /// `POST /api/publish`: how other services publish an event to a user, or to everyone
 /// (`"broadcast": true`). Answers 202 with the event as it will be delivered (its id,
@@ -57,37 +62,23 @@ pub async fn publish(
              outside the reserved `stream.` domain",
         ));
     }
-    let key = idempotency_key(&req)?;
+    let guard = Guard {
+        idempotency_key: super::idempotency_key(&req)?,
+        version: None,
+    };
     let publication = state
         .bus
-        .publish_once(Envelope::new(recipient, event_type, data), key)
+        .publish_guarded(Envelope::new(recipient, event_type, data), guard)
         .await?;
-    let mut response = HttpResponse::Accepted();
-    if publication.replayed {
-        response.insert_header(("idempotent-replayed", "true"));
+    match publication {
+        Publication::Published(envelope) => Ok(HttpResponse::Accepted().json(envelope)),
+        Publication::Replayed(envelope) => Ok(HttpResponse::Accepted()
+            .insert_header(super::REPLAYED)
+            .json(envelope)),
+        Publication::Superseded => Err(ApiError::internal(
+            &"a publish without a version was superseded",
+        )),
     }
-    Ok(response.json(publication.envelope))
-}
-
-/// The longest accepted `Idempotency-Key`.
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 100;
-
-/// The request's `Idempotency-Key`: 1 to 100 characters from `A-Z a-z 0-9 _ - . :`
-/// (a UUID, say), as it becomes part of a Redis key.
-fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
-    let Some(value) = req.headers().get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value.to_str().unwrap_or_default();
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.chars().all(allowed) {
-        return Err(ValidationError {
-            field: "Idempotency-Key",
-            message: "must be 1 to 100 characters from A-Z a-z 0-9 _ - . :".into(),
-        }
-        .into());
-    }
-    Ok(Some(key))
 }
 
 fn invalid(field: &'static str, message: &str) -> ApiError {

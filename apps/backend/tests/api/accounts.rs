@@ -203,3 +203,89 @@ async fn production_mode_mints_no_tokens_but_accepts_the_host_applications() {
         "snapshots.generated"
     );
 }
+
+/// Correctness finding 2, for accounts: after a 503 the account may exist all the same
+/// (Redis ran the write once it caught up). A retry with the same `Idempotency-Key`
+/// creates nothing more, answers with that account, and the user still gets its
+/// snapshots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_retry_with_the_same_idempotency_key_creates_it_once() {
+    let redis = RedisServer::start().await;
+    let app = spawn_app(Some(&redis)).await;
+    let token = app.token("alice").await;
+    let mut stream = app.open_stream(&token).await;
+    let create = |key: &'static str| {
+        app.client
+            .post(app.url("/api/accounts"))
+            .bearer_auth(&token)
+            .header("idempotency-key", key)
+            .json(&json!({"name": "Savings", "balance": 100}))
+            .send()
+    };
+
+    // Loads the script into Redis, as a running system would have.
+    assert_eq!(create("warm-up").await.expect("answered").status(), 201);
+    let warm_up = stream.next_event().await;
+    assert_eq!(warm_up.json()["data"]["snapshotCount"], 1);
+
+    redis.signal("STOP");
+    let stalled = create("open-savings").await.expect("answered");
+    redis.signal("CONT");
+    assert_eq!(stalled.status(), 503, "no answer from Redis in time");
+
+    let retry = create("open-savings").await.expect("answered");
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let account: Value = retry.json().await.expect("the account");
+    let accounts = app.list("/api/accounts", &token).await;
+    assert_eq!(accounts.len(), 2, "created once: {accounts:?}");
+    assert_eq!(accounts[1]["id"], account["id"], "the account Redis stored");
+
+    let generated = stream.next_event().await;
+    assert_eq!(generated.event.as_deref(), Some("snapshots.generated"));
+    assert_eq!(generated.json()["data"]["snapshotCount"], 2);
+
+    assert_eq!(
+        create("open-checking").await.expect("answered").status(),
+        201
+    );
+    assert_eq!(app.list("/api/accounts", &token).await.len(), 3);
+}
+
+/// Correctness finding 7: with account creations racing through two instances, a user's
+/// `snapshots.generated` counts never go backwards (nor repeat), and the last one counts
+/// every account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_counts_never_go_backwards_across_instances() {
+    const ACCOUNTS: usize = 80;
+    let redis = RedisServer::start().await;
+    let a = spawn_app(Some(&redis)).await;
+    let b = spawn_app(Some(&redis)).await;
+    let token = a.token("alice").await;
+    let mut stream = a.open_stream(&token).await;
+
+    let creations = (0..ACCOUNTS).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let body = json!({"name": format!("account {i}"), "balance": i});
+        let token = &token;
+        async move { app.post_json("/api/accounts", Some(token), &body).await }
+    });
+    for response in futures_util::future::join_all(creations).await {
+        assert_eq!(response.status(), 201);
+    }
+
+    let mut counts = Vec::new();
+    while counts.last() != Some(&(ACCOUNTS as u64)) {
+        let frame = stream.next_event().await;
+        assert_eq!(frame.event.as_deref(), Some("snapshots.generated"));
+        let count = frame.json()["data"]["snapshotCount"]
+            .as_u64()
+            .expect("a count");
+        counts.push(count);
+    }
+    assert!(
+        counts.windows(2).all(|pair| pair[0] < pair[1]),
+        "counts only grow: {counts:?}"
+    );
+    stream.expect_no_event(Duration::from_millis(500)).await;
+}
