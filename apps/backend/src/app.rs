@@ -12,8 +12,7 @@ use std::{
 use actix_http::{HttpService, KeepAlive};
 use actix_server::Server;
 use actix_service::{
-    IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt, fn_factory, fn_service,
-    map_config,
+    IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt, fn_factory, map_config,
 };
 use actix_web::{
     App, HttpResponse,
@@ -23,6 +22,7 @@ use actix_web::{
     web,
 };
 use anyhow::Context;
+use futures_util::future::LocalBoxFuture;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -330,27 +330,11 @@ fn http_server(
             let http = http.new_service(());
             let state = state.clone();
             async move {
-                let http = Rc::new(http.await?);
-                Ok::<_, ()>(fn_service(move |io: TcpStream| {
-                    let http = http.clone();
-                    let state = state.clone();
-                    async move {
-                        // Every future held here is boxed: this one is allocated for as
-                        // long as the connection lives, so it stays a few hundred bytes.
-                        let request =
-                            match Box::pin(direct::stream_request(&io, head_timeout)).await {
-                                direct::Peeked::Stream(request) => request,
-                                direct::Peeked::Other => return Box::pin(http.call(io)).await,
-                                // The head did not arrive in time: one timeout, not actix's
-                                // second one on top.
-                                direct::Peeked::TimedOut => return Ok(()),
-                            };
-                        if let Some(stream) = Box::pin(direct::open(io, request, state)).await {
-                            stream.await;
-                        }
-                        Ok(())
-                    }
-                }))
+                Ok::<_, ()>(Connections {
+                    http: Rc::new(http.await?),
+                    state,
+                    head_timeout,
+                })
             }
         })
     };
@@ -378,6 +362,50 @@ fn http_server(
         server = server.workers(usize::try_from(workers)?);
     }
     Ok(server.run())
+}
+
+/// Where each new connection of the public listener goes: one whose first request is a
+/// plain stream request is served by [`direct`]; any other, unread, by actix-web.
+struct Connections<S> {
+    http: Rc<S>,
+    state: web::Data<AppState>,
+    head_timeout: Duration,
+}
+
+impl<S> Service<TcpStream> for Connections<S>
+where
+    S: Service<TcpStream, Response = ()> + 'static,
+{
+    type Response = ();
+    type Error = S::Error;
+    type Future = LocalBoxFuture<'static, Result<(), S::Error>>;
+
+    actix_service::always_ready!();
+
+    fn call(&self, io: TcpStream) -> Self::Future {
+        let http = self.http.clone();
+        let state = self.state.clone();
+        let head_timeout = self.head_timeout;
+        Box::pin(async move {
+            // Events and API answers are small and latency is the point, on either
+            // carrier: no Nagle delay behind an unacknowledged write.
+            let _ = io.set_nodelay(true);
+            // Every future awaited here is boxed: this one is allocated for as long as
+            // the connection lives, so it stays a few hundred bytes.
+            match Box::pin(direct::stream_request(&io, head_timeout)).await {
+                direct::Peeked::Stream(request) => {
+                    if let Some(stream) = Box::pin(direct::open(io, request, state)).await {
+                        stream.await;
+                    }
+                    Ok(())
+                }
+                direct::Peeked::Other => Box::pin(http.call(io)).await,
+                // The head did not arrive in time: one timeout, not actix's second one
+                // on top.
+                direct::Peeked::TimedOut => Ok(()),
+            }
+        })
+    }
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

@@ -38,7 +38,9 @@ use tokio::{
 };
 use tokio_util::codec::Encoder as _;
 
-use crate::{delivery, error::ApiError, hub::Frame, state::AppState, telemetry, tickets};
+use crate::{
+    delivery, error::ApiError, frame::Frame, metrics::Carrier, state::AppState, telemetry, tickets,
+};
 
 /// The path this module serves.
 const PATH: &str = "/api/events";
@@ -49,15 +51,22 @@ const PEEK_LIMIT: usize = 16 * 1024;
 /// Frames queued on a stream are written together, up to about this many bytes a write.
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// The response head of every stream: the headers actix-web-lab's `Sse` and
-/// `routes::stream` give it, with the body delimited by the connection's close.
+/// The response head of every stream but its `date`: the headers actix-web-lab's `Sse`
+/// and `routes::stream` give it, with the body delimited by the connection's close.
 const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
     content-type: text/event-stream\r\n\
     content-encoding: identity\r\n\
     cache-control: no-cache\r\n\
     x-accel-buffering: no\r\n\
-    connection: close\r\n\
-    \r\n";
+    connection: close\r\n";
+
+/// The `date` header line every response carries (RFC 9110), as actix-web writes it.
+fn date_line() -> String {
+    format!(
+        "date: {}\r\n",
+        httpdate::fmt_http_date(std::time::SystemTime::now())
+    )
+}
 
 /// A stream request read off a connection's first bytes.
 #[derive(Debug, PartialEq, Eq)]
@@ -190,8 +199,6 @@ pub async fn open(
     state: web::Data<AppState>,
 ) -> Option<Serving> {
     let started = Instant::now();
-    // Events are small and latency is the point: no Nagle delay behind an unacked write.
-    let _ = io.set_nodelay(true);
     discard(&mut io, request.head_len).await.ok()?;
     let opened = open_frames(&state, &request).await;
     let status = match &opened {
@@ -201,7 +208,10 @@ pub async fn open(
     telemetry::request_served(&state.metrics, "GET", PATH, PATH, status, started.elapsed());
     match opened {
         Ok(frames) => {
+            state.metrics.stream_carried(Carrier::direct);
             let mut out = BytesMut::from(STREAM_HEAD);
+            out.extend_from_slice(date_line().as_bytes());
+            out.extend_from_slice(b"\r\n");
             encode(russe::Event::Retry(state.sse_retry), &mut out);
             let keep_alive = state.keep_alive;
             Some(Box::pin(async move {
@@ -335,6 +345,7 @@ async fn respond_with_error(io: &mut TcpStream, error: &ApiError) -> io::Result<
     let body = to_bytes(response.into_body())
         .await
         .map_err(|_| io::Error::other("error body"))?;
+    head.push_str(&date_line());
     head.push_str(&format!(
         "content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()

@@ -45,6 +45,21 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// The HTTP layer that carries a stream (see `direct` and `routes::stream`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // Label values are written as they are spelled.
+pub enum Carrier {
+    /// Served straight off a fresh connection.
+    direct,
+    /// Served by actix-web, on a connection that carried other requests first.
+    actix,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CarrierLabels {
+    pub carrier: Carrier,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
@@ -73,6 +88,8 @@ pub struct Metrics {
     pub relay_rejected: Family<ReasonLabels, Counter>,
     /// Stream requests refused for a limit, by which.
     pub streams_refused: Family<ReasonLabels, Counter>,
+    /// Streams that started, by the HTTP layer that carries them.
+    pub streams_carried: Family<CarrierLabels, Counter>,
     seen_event_types: Mutex<HashSet<String>>,
 }
 
@@ -101,6 +118,7 @@ impl Metrics {
             http_requests: Family::default(),
             relay_rejected: Family::default(),
             streams_refused: Family::default(),
+            streams_carried: Family::default(),
             seen_event_types: Mutex::new(HashSet::new()),
         };
         let r = &mut metrics.registry;
@@ -169,7 +187,19 @@ impl Metrics {
             "Stream requests refused by a limit (user_limit, instance_full), by reason",
             metrics.streams_refused.clone(),
         );
+        r.register(
+            "sse_streams_carried",
+            "Streams that started, by the HTTP layer carrying them (direct: ~5 KiB each; \
+             actix: ~20 KiB, a stream asked for on a kept-alive connection)",
+            metrics.streams_carried.clone(),
+        );
         metrics
+    }
+
+    pub fn stream_carried(&self, carrier: Carrier) {
+        self.streams_carried
+            .get_or_create(&CarrierLabels { carrier })
+            .inc();
     }
 
     /// The label for `event_type`, or `other` once too many types have been seen.

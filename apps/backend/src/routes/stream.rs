@@ -1,12 +1,14 @@
 use actix_web::{
-    HttpRequest, HttpResponse, Responder,
+    HttpRequest, HttpResponse, Responder, ResponseError,
     http::{ConnectionType, header},
     web,
 };
 use actix_web_lab::sse::{self, Sse};
 use futures_util::StreamExt;
 
-use crate::{auth, delivery, error::ApiError, hub::Frame, state::AppState, tickets};
+use crate::{
+    auth, delivery, error::ApiError, frame::Frame, metrics::Carrier, state::AppState, tickets,
+};
 
 /// `GET /api/events`: the caller's event stream (`text/event-stream`), when actix-web
 /// carries it.
@@ -16,8 +18,27 @@ use crate::{auth, delivery, error::ApiError, hub::Frame, state::AppState, ticket
 /// stream asked for on a connection that already carried other requests, or a request
 /// head too large to be peeked), with the same headers and the same frames: `retry:`,
 /// then those of [`delivery::open`]; idle streams get a keep-alive comment at the
-/// configured interval.
-pub async fn open(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// configured interval. `sse_streams_carried_total{carrier}` counts which layer served.
+///
+/// Two differences remain, both below the handler's reach: the body is chunked, and a
+/// client that half-closes (FIN) is noticed at the next write that fails (within two
+/// keep-alive intervals) rather than at once, as actix-http allows half-closed
+/// connections. A stalled client is cut off by the hub when its queue fills.
+pub async fn open(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let mut response = match stream(&req, &state).await {
+        Ok(response) => response,
+        Err(error) => error.error_response(),
+    };
+    // A stream's connection is never reused, whether the stream was refused or ends:
+    // the connection closes with it, so shutdown does not wait for idle keep-alive
+    // connections and the client reconnects at once (as the direct carrier does).
+    response
+        .head_mut()
+        .set_connection_type(ConnectionType::Close);
+    response
+}
+
+async fn stream(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
     let cookies = req
         .headers()
@@ -26,32 +47,27 @@ pub async fn open(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         .collect::<Vec<_>>()
         .join("; ");
     let credential = tickets::authenticate_stream(
-        &state,
-        auth::authorization(&req),
+        state,
+        auth::authorization(req),
         req.query_string(),
         (!cookies.is_empty()).then_some(cookies.as_str()),
     )
     .await?;
     let resume_from = delivery::resume_point(header("last-event-id"), req.query_string());
-    let frames = delivery::open(&state, credential, resume_from).await?;
+    let frames = delivery::open(state, credential, resume_from).await?;
+    state.metrics.stream_carried(Carrier::actix);
 
     let frames = frames.filter(|frame| std::future::ready(frame.is_framable()));
     let mut response = Sse::from_infallible_stream(frames.map(sse_event))
         .with_keep_alive(state.keep_alive)
         .with_retry_duration(state.sse_retry)
-        .respond_to(&req)
+        .respond_to(req)
         .map_into_boxed_body();
     // Tells nginx (and similar proxies) not to buffer the stream.
     response.headers_mut().insert(
         header::HeaderName::from_static("x-accel-buffering"),
         header::HeaderValue::from_static("no"),
     );
-    // A stream's connection is never reused: when the server ends the stream (at
-    // shutdown, or for a slow client), the connection closes with it, so shutdown does
-    // not wait for idle keep-alive connections and the client reconnects at once.
-    response
-        .head_mut()
-        .set_connection_type(ConnectionType::Close);
     Ok(response)
 }
 

@@ -1,6 +1,7 @@
 //! A stream is the same whichever HTTP layer carries it: served straight off a fresh
-//! connection, or by actix-web on a connection that carried other requests first (or
-//! whose request head arrived in pieces). Spoken over raw TCP, so the framing is visible.
+//! connection (whether its head arrives whole or in pieces), or by actix-web on a
+//! connection that carried other requests first. Spoken over raw TCP, so the framing is
+//! visible.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -135,8 +136,33 @@ enum Carrier {
     Fresh,
     /// A connection that already carried a request: actix-web.
     KeptAlive,
-    /// A head that arrives in two pieces: actix-web, which reads the rest itself.
+    /// A fresh connection whose head arrives in two pieces: still served off the socket,
+    /// which waits for the whole head.
     Split,
+}
+
+impl Carrier {
+    /// The `carrier` label of the layer that must serve it.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Fresh | Self::Split => "direct",
+            Self::KeptAlive => "actix",
+        }
+    }
+}
+
+/// `head`'s headers as every carrier must send them alike: the `date` checked and left
+/// out (its value is the time), and the body's framing left out (close-delimited or
+/// chunked, the one difference).
+fn comparable(head: &Head) -> HashMap<String, String> {
+    let mut headers = head.headers.clone();
+    let date = headers.remove("date").expect("a date header (RFC 9110)");
+    assert!(
+        httpdate::parse_http_date(&date).is_ok(),
+        "an HTTP date: {date}"
+    );
+    headers.remove("transfer-encoding");
+    headers
 }
 
 /// `GET target` with extra `headers` (each line ending in CRLF), over `carrier`.
@@ -171,7 +197,15 @@ async fn every_carrier_sends_the_same_headers_and_frames() {
     let auth = format!("Authorization: Bearer {token}\r\n");
 
     let mut streams = Vec::new();
+    let mut all_headers = Vec::new();
     for carrier in [Carrier::Fresh, Carrier::KeptAlive, Carrier::Split] {
+        let before = app
+            .metric_value(&format!(
+                "sse_streams_carried_total{{carrier=\"{}\"}}",
+                carrier.label()
+            ))
+            .await
+            .unwrap_or(0.0);
         let (mut raw, head) = request(&app, carrier, target, &auth).await;
         assert_eq!(head.status, 200, "{carrier:?}");
         for (name, value) in [
@@ -186,6 +220,18 @@ async fn every_carrier_sends_the_same_headers_and_frames() {
                 "{carrier:?}: {name}"
             );
         }
+        let carried = app
+            .metric_value(&format!(
+                "sse_streams_carried_total{{carrier=\"{}\"}}",
+                carrier.label()
+            ))
+            .await;
+        assert_eq!(
+            carried,
+            Some(before + 1.0),
+            "{carrier:?} is served by its carrier"
+        );
+        all_headers.push((carrier, comparable(&head)));
         let opening = raw.frames(&head, 2).await;
         assert_eq!(opening[0], "retry: 2000\n\n", "{carrier:?}");
         assert!(
@@ -199,6 +245,12 @@ async fn every_carrier_sends_the_same_headers_and_frames() {
         streams.push((carrier, raw, head));
     }
     assert_eq!(app.hub.stream_count(), 3);
+    for (carrier, headers) in &all_headers {
+        assert_eq!(
+            headers, &all_headers[0].1,
+            "{carrier:?}: every header alike"
+        );
+    }
     let direct = &streams[0].2;
     assert!(
         !direct.headers.contains_key("transfer-encoding"),
@@ -274,9 +326,9 @@ async fn every_carrier_refuses_a_bad_token_alike() {
         assert_eq!(head.headers["www-authenticate"], "Bearer");
         let body: Value = serde_json::from_slice(&raw.sized_body(&head).await).expect("JSON");
         assert_eq!(body["error"]["code"], "unauthorized", "{carrier:?}");
-        answers.push(body);
+        answers.push((comparable(&head), body));
     }
-    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0], answers[1], "the same headers and body");
     assert_eq!(app.hub.stream_count(), 0, "nothing registered");
 }
 
