@@ -43,15 +43,17 @@ pub enum Signal {
     /// `error` fired and the browser gave up (readyState CLOSED, e.g. a 502 or 503
     /// during a deploy): only a new EventSource will reconnect.
     GaveUp,
-    /// The owner closed it.
+    /// The owner closed it (`close()`, or unmounting).
     ClosedByOwner,
+    /// The server ended the user's streams for good (`stream.disconnected`).
+    ClosedByServer,
 }
 
 /// The next state, and whether the hook must schedule a new EventSource itself.
 pub fn next_state(current: ConnectionState, signal: Signal) -> (ConnectionState, bool) {
     match (current, signal) {
-        // Nothing revives a stream its owner closed.
-        (ConnectionState::Closed, _) | (_, Signal::ClosedByOwner) => {
+        // Nothing revives a stream closed for good: not the browser, not `reconnect()`.
+        (ConnectionState::Closed, _) | (_, Signal::ClosedByOwner | Signal::ClosedByServer) => {
             (ConnectionState::Closed, false)
         }
         (_, Signal::Opened) => (ConnectionState::Open, false),
@@ -138,6 +140,10 @@ mod tests {
         );
         assert_eq!(next_state(Reconnecting, Signal::Opened), (Open, false));
         assert_eq!(next_state(Open, Signal::ClosedByOwner), (Closed, false));
+        assert_eq!(
+            next_state(Reconnecting, Signal::ClosedByServer),
+            (Closed, false)
+        );
         assert_eq!(
             next_state(Closed, Signal::GaveUp),
             (Closed, false),

@@ -42,18 +42,15 @@ pub struct UseEventsOptions {
     pub url: String,
     /// Where stream tickets are issued. Default: `/api/stream-tickets` (same origin).
     pub ticket_url: String,
-    /// The user's token, sent in the `Authorization` header for each stream ticket.
-    pub token: String,
     /// Backoff for reconnecting after the browser gave up. Default: [`Backoff::default`].
     pub reconnect: Backoff,
 }
 
-impl UseEventsOptions {
-    pub fn new(token: impl Into<String>) -> Self {
+impl Default for UseEventsOptions {
+    fn default() -> Self {
         Self {
             url: "/api/events".into(),
             ticket_url: "/api/stream-tickets".into(),
-            token: token.into(),
             reconnect: Backoff::default(),
         }
     }
@@ -88,26 +85,29 @@ impl UseEventsReturn {
         self.handle.with_value(|connection| connection.close());
     }
 
-    /// Opens a new stream now (resuming from the last event id).
+    /// Opens a new stream now (resuming from the last event id), unless the stream was
+    /// closed for good (by [`Self::close`], or by the server's `stream.disconnected`).
     pub fn reconnect(&self) {
         self.handle
             .with_value(|connection| connection.reconnect_now());
     }
 }
 
-/// Subscribes to `event_types` on the caller's stream and calls `on_event` for each
-/// event, like the original `useEvents(['snapshots.generated'], handler)`. The token is
-/// required, so this form takes it; see [`use_events_with_options`] for the rest.
+/// Subscribes to `event_types` on the stream of `token`'s user and calls `on_event` for
+/// each event, like the original `useEvents(['snapshots.generated'], handler)`. The
+/// token is sent in the `Authorization` header for each stream ticket, never in a URL.
 pub fn use_events(
     event_types: &[&str],
     token: impl Into<String>,
     on_event: impl Fn(&ReceivedEvent) + 'static,
 ) -> UseEventsReturn {
-    use_events_with_options(event_types, on_event, UseEventsOptions::new(token))
+    use_events_with_options(event_types, token, on_event, UseEventsOptions::default())
 }
 
+/// [`use_events`], with the stream's URLs and reconnection backoff set by `options`.
 pub fn use_events_with_options(
     event_types: &[&str],
+    token: impl Into<String>,
     on_event: impl Fn(&ReceivedEvent) + 'static,
     options: UseEventsOptions,
 ) -> UseEventsReturn {
@@ -132,6 +132,7 @@ pub fn use_events_with_options(
     }
     let connection = Rc::new(Connection {
         options,
+        token: token.into(),
         types,
         on_event: Box::new(on_event),
         signals,
@@ -173,6 +174,7 @@ type Listener = Closure<dyn FnMut(web_sys::Event)>;
 /// The EventSource of one mounted hook and everything that must die with it.
 struct Connection {
     options: UseEventsOptions,
+    token: String,
     types: Vec<String>,
     on_event: Box<dyn Fn(&ReceivedEvent)>,
     signals: Signals,
@@ -194,7 +196,7 @@ impl Connection {
         let attempt = self.opening.get().wrapping_add(1);
         self.opening.set(attempt);
         let weak = Rc::downgrade(self);
-        let (ticket_url, token) = (self.options.ticket_url.clone(), self.options.token.clone());
+        let (ticket_url, token) = (self.options.ticket_url.clone(), self.token.clone());
         leptos::task::spawn_local(async move {
             let ticket = crate::api::stream_ticket(&ticket_url, &token).await;
             let Some(connection) = weak.upgrade() else {
@@ -337,7 +339,7 @@ impl Connection {
             }
             self.opening.set(self.opening.get().wrapping_add(1));
             self.drop_source();
-            self.signals.state.set(ConnectionState::Closed);
+            self.apply(SourceSignal::ClosedByServer);
             self.signals.last_error.set(reason);
         }
     }
@@ -370,6 +372,9 @@ impl Connection {
     }
 
     fn reconnect_now(self: &Rc<Self>) {
+        if self.signals.state.get_untracked() == ConnectionState::Closed {
+            return;
+        }
         if let Some(timer) = self.retry.borrow_mut().take() {
             timer.clear();
         }
@@ -386,7 +391,9 @@ impl Connection {
         self.drop_source();
         self.listeners.borrow_mut().clear();
         // The owner may already be gone (unmounting): its signals with it.
-        let _ = self.signals.state.try_set(ConnectionState::Closed);
+        let _ = self.signals.state.try_update(|state| {
+            *state = next_state(*state, SourceSignal::ClosedByOwner).0;
+        });
     }
 
     /// Closes the EventSource. Its listeners stay until the next `open` or `close`
