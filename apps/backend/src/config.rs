@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 /// The longest `SERVER_ID`. Every event carries it, and the relays size their gate by it
 /// (see `bus::Admission`). A derived id (`<hostname>-<port>`) is at most 253 + 6.
@@ -202,42 +202,31 @@ pub enum SettingsError {
 }
 
 impl Settings {
-    /// The documented defaults on loopback and a free port, ignoring the environment, so
-    /// that a developer's `REDIS_URL` or `PORT` never leaks into a test.
+    /// The declared defaults, ignoring the environment (so that a developer's
+    /// `REDIS_URL` or `PORT` never leaks into a test), with what tests need on top:
+    /// loopback and a free port, dev tokens, a short drain, one worker.
     pub fn for_tests() -> Self {
+        let defaults = Self::from_args_only(["backend"])
+            .unwrap_or_else(|error| unreachable!("no arguments always parse: {error}"));
         Self {
             host: IpAddr::from([127, 0, 0, 1]),
             port: 0,
-            server_id: None,
-            redis_url: None,
-            jwt_secret: None,
-            jwt_public_key_file: None,
-            jwt_algorithm: None,
-            jwt_jwks_file: None,
-            jwt_audience: None,
-            jwt_issuer: None,
             dev_tokens: true,
-            publish_key: None,
-            keep_alive_secs: 15,
-            stream_queue_size: 256,
-            sse_retry_ms: 2000,
-            history_max_len: 1000,
-            history_max_age_secs: 3600,
-            history_max_memory_mib: 256,
             drain_secs: 1,
-            token_ttl_secs: 900,
-            max_body_bytes: 64 * 1024,
-            max_event_bytes: 16 * 1024,
-            max_streams_per_user: 16,
-            max_streams: 20_000,
-            max_accounts_per_user: 100,
-            max_replay: 500,
-            request_head_timeout_secs: 5,
-            metrics_addr: None,
-            web_dir: None,
             workers: Some(1),
-            log_format: LogFormat::Text,
+            ..defaults
         }
+    }
+
+    /// Settings from `args` alone, every default as declared above: the environment is
+    /// not read.
+    pub fn from_args_only<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let command = Self::command().mut_args(|arg| arg.env(None));
+        Self::from_arg_matches(&command.try_get_matches_from(args)?)
     }
 
     pub fn check(&self) -> Result<(), SettingsError> {
@@ -453,14 +442,11 @@ impl FromStr for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{CommandFactory, FromArgMatches};
 
-    /// Settings from `args` alone: the environment is not read, so a developer's shell
-    /// (`JWT_SECRET`, `DEV_TOKENS`, ...) cannot change what these tests see.
+    /// Settings from `args` alone, so a developer's shell (`JWT_SECRET`, `DEV_TOKENS`,
+    /// ...) cannot change what these tests see.
     fn parse_from<const N: usize>(args: [&str; N]) -> Settings {
-        let command = Settings::command().mut_args(|arg| arg.env(None));
-        let matches = command.get_matches_from(args);
-        Settings::from_arg_matches(&matches).expect("the arguments parse")
+        Settings::from_args_only(args).expect("the arguments parse")
     }
 
     #[test]
