@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::Tokens,
-    bus::{self, Bus, LocalBus, RedisBus, Transport},
+    bus::{self, Bus, Engine, LocalBus, RedisBus},
     config::Settings,
     direct,
     error::ApiError,
@@ -134,7 +134,7 @@ impl Application {
                     )
                     .await?,
                 );
-                let bus = Transport::Redis(RedisBus::new(&redis, settings.retention()));
+                let bus = Engine::Redis(RedisBus::new(&redis, settings.retention()));
                 let store = Store::Redis(RedisStore::new(redis.client.clone()));
                 let tickets = Tickets::Redis(RedisTickets::new(redis.client.clone()));
                 (bus, store, tickets, Some(redis))
@@ -144,7 +144,7 @@ impl Application {
                     "REDIS_URL is not set: running single-node with an in-process bus and an \
                      in-memory store; streams on other instances will not receive events"
                 );
-                let bus = Transport::Local(LocalBus::new(
+                let bus = Engine::Local(LocalBus::new(
                     hub.clone(),
                     settings.retention(),
                     settings.history_max_memory_bytes(),

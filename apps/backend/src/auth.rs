@@ -10,7 +10,7 @@
 use std::{
     borrow::Cow,
     future::{Ready, ready},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::{
+    clock::epoch_secs,
     config::{KeyAlgorithm, Secret, Settings},
     error::ApiError,
     state::AppState,
@@ -265,10 +266,6 @@ fn public_key(jwk: &Jwk) -> anyhow::Result<PublicKey> {
         kid: jwk.common.key_id.clone(),
         key: DecodingKey::from_jwk(jwk)?,
     })
-}
-
-pub(crate) fn epoch_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The token of an `Authorization: Bearer <token>` value (the scheme in any case).

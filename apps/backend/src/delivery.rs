@@ -20,9 +20,10 @@ use futures_util::{Stream, StreamExt, stream};
 
 use crate::{
     auth::Credential,
-    bus::{Bus, BusError, HistoryRead, Topic, now_millis},
+    bus::{Bus, BusError, HistoryRead, Topic},
+    clock::now_millis,
     error::ApiError,
-    hub::{Delivery, EventStream, Frame, Published, Refused},
+    hub::{EventStream, Frame, Notice, Published, Refused},
     metrics::{Metrics, ResumeOutcome},
     state::AppState,
 };
@@ -68,7 +69,7 @@ pub async fn open(
         expires_at,
     } = credential;
     // Registered before history is read, so nothing published in between is missed.
-    let deliveries = state.hub.open(&user_id).map_err(|refused| {
+    let notices = state.hub.open(&user_id).map_err(|refused| {
         let (reason, error) = match refused {
             Refused::UserLimit(_) => (
                 "user_limit",
@@ -93,45 +94,31 @@ pub async fn open(
     };
 
     let owner = events::owner_tag(&context.user_id);
-    let (opened_at, mut cursor, mut opening, resuming) = match resume_from {
-        Some(Ok(requested)) if requested.owner == owner => (requested, requested, Vec::new(), true),
-        other => {
-            let head = Cursor {
-                user: context.head(ResyncScope::User).await?,
-                broadcast: context.head(ResyncScope::Broadcast).await?,
-                owner,
-            };
-            let mut frames = Vec::new();
-            // An id we did not write, or wrote for another user's stream (a page that
-            // signed one user out and another in, say): the client's state is of
-            // unknown age, in both histories.
-            let reason = match other {
-                Some(Ok(_)) => Some("Last-Event-ID of another user's stream"),
-                Some(Err(_)) => Some("unreadable Last-Event-ID"),
-                None => None,
-            };
-            if let Some(reason) = reason {
-                for scope in [ResyncScope::User, ResyncScope::Broadcast] {
-                    frames.push(context.resync_frame(scope, reason, &head));
-                }
+    let mut opening = Vec::new();
+    let (opened_at, cursor, outcome) = match Start::of(resume_from, owner) {
+        Start::Fresh => {
+            let head = context.head_cursor(owner).await?;
+            (head, head, ResumeOutcome::fresh)
+        }
+        Start::Resume(requested) => {
+            let mut cursor = requested;
+            let mut outcome = ResumeOutcome::up_to_date;
+            for scope in [ResyncScope::User, ResyncScope::Broadcast] {
+                let caught_up = context.catch_up(&mut cursor, scope).await?;
+                opening.extend(caught_up.frames);
+                // The most telling outcome of the two histories wins.
+                outcome = outcome.max(caught_up.outcome);
             }
-            (head, head, frames, false)
+            (requested, cursor, outcome)
+        }
+        Start::Resync(reason) => {
+            let head = context.head_cursor(owner).await?;
+            for scope in [ResyncScope::User, ResyncScope::Broadcast] {
+                opening.push(context.resync_frame(scope, reason, &head));
+            }
+            (head, head, ResumeOutcome::resync)
         }
     };
-    let mut outcome = if opening.is_empty() {
-        ResumeOutcome::fresh
-    } else {
-        ResumeOutcome::resync
-    };
-    if resuming {
-        outcome = ResumeOutcome::up_to_date;
-        for scope in [ResyncScope::User, ResyncScope::Broadcast] {
-            let caught_up = context.catch_up(&mut cursor, scope).await?;
-            opening.extend(caught_up.frames);
-            // The most telling outcome of the two histories wins.
-            outcome = outcome.max(caught_up.outcome);
-        }
-    }
     state.metrics.resumed(outcome);
 
     let opened = Envelope {
@@ -149,7 +136,33 @@ pub async fn open(
     let opened = Published::new(&opened).frame(Some(opened_at.to_string()));
     let lifetime = Duration::from_secs(expires_at.saturating_sub(now_millis() / 1000));
     Ok(stream::iter(std::iter::once(opened).chain(opening))
-        .chain(context.live(deliveries, cursor, lifetime)))
+        .chain(context.live(notices, cursor, lifetime)))
+}
+
+/// Where a stream starts, from what its client asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// No cursor: at the head of both histories.
+    Fresh,
+    /// From the client's own cursor: what came after it is replayed.
+    Resume(Cursor),
+    /// At the head, after telling the client (in both histories) that its state is of
+    /// unknown age, for this reason.
+    Resync(&'static str),
+}
+
+impl Start {
+    fn of(resume_from: Option<Result<Cursor, BadCursor>>, owner: u64) -> Self {
+        match resume_from {
+            None => Self::Fresh,
+            Some(Ok(cursor)) if cursor.owner == owner => Self::Resume(cursor),
+            // An id written for another user's stream (a page that signed one user out
+            // and another in, say): a position in someone else's histories.
+            Some(Ok(_)) => Self::Resync("Last-Event-ID of another user's stream"),
+            // An id we did not write.
+            Some(Err(_)) => Self::Resync("unreadable Last-Event-ID"),
+        }
+    }
 }
 
 /// The context a stream runs in.
@@ -262,6 +275,15 @@ impl StreamContext {
         Ok(self.bus.read(&self.topic(scope), u64::MAX, 0).await?.head)
     }
 
+    /// The cursor at the head of both histories, owned by `owner`.
+    async fn head_cursor(&self, owner: u64) -> Result<Cursor, BusError> {
+        Ok(Cursor {
+            user: self.head(ResyncScope::User).await?,
+            broadcast: self.head(ResyncScope::Broadcast).await?,
+            owner,
+        })
+    }
+
     pub fn resync_frame(&self, scope: ResyncScope, reason: &str, cursor: &Cursor) -> Frame {
         let data = Resync {
             scope,
@@ -292,19 +314,19 @@ impl StreamContext {
         Published::new(&envelope).frame(Some(cursor.to_string()))
     }
 
-    /// The live part of a stream: every delivery from the hub, deduplicated and made
+    /// The live part of a stream: every notice from the hub, deduplicated and made
     /// contiguous against `cursor`. Ends when the hub closes the stream, when history is
     /// needed but cannot be read (the client then resumes from its last id), or, with a
     /// last frame that says why, when `lifetime` (the credential's) is over or the user
     /// is disconnected.
     pub fn live(
         self,
-        mut deliveries: EventStream,
+        mut notices: EventStream,
         mut cursor: Cursor,
         lifetime: Duration,
     ) -> impl Stream<Item = Frame> {
         enum Next {
-            Delivery(Delivery),
+            Notice(Notice),
             Closed,
             Expired,
         }
@@ -314,11 +336,11 @@ impl StreamContext {
             loop {
                 let next = tokio::select! {
                     biased;
-                    delivery = deliveries.next() => delivery.map_or(Next::Closed, Next::Delivery),
+                    notice = notices.next() => notice.map_or(Next::Closed, Next::Notice),
                     () = &mut expiry => Next::Expired,
                 };
-                let delivery = match next {
-                    Next::Delivery(delivery) => delivery,
+                let notice = match next {
+                    Next::Notice(notice) => notice,
                     Next::Closed => return,
                     Next::Expired => {
                         yield self.ended_frame(event_type::STREAM_EXPIRED, "the stream's credential expired; resume with a fresh one", &cursor);
@@ -326,13 +348,13 @@ impl StreamContext {
                     }
                 };
                 // Past this match only the rare paths remain: catching up from history.
-                let scopes = match &delivery {
-                    Delivery::Disconnect(reason) => {
+                let scopes = match &notice {
+                    Notice::Disconnect(reason) => {
                         yield self.ended_frame(event_type::STREAM_DISCONNECTED, reason, &cursor);
                         return;
                     }
-                    Delivery::CatchUp => vec![ResyncScope::User, ResyncScope::Broadcast],
-                    Delivery::Event(published) => {
+                    Notice::CatchUp => vec![ResyncScope::User, ResyncScope::Broadcast],
+                    Notice::Event(published) => {
                         let scope = if published.broadcast { ResyncScope::Broadcast } else { ResyncScope::User };
                         match published.position {
                             // Bypassed the backend: no position, delivered as it is.

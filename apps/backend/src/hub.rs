@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 
 /// What the hub queues on a stream.
 #[derive(Debug, Clone)]
-pub enum Delivery {
+pub enum Notice {
     /// A published event, encoded once and shared by every stream it goes to.
     Event(Arc<Published>),
     /// Events may have been missed (the Redis subscription reconnected or fell behind):
@@ -85,7 +85,7 @@ struct Shared {
 #[derive(Debug)]
 struct Entry {
     id: u64,
-    tx: mpsc::Sender<Delivery>,
+    tx: mpsc::Sender<Notice>,
 }
 
 impl Hub {
@@ -163,7 +163,7 @@ impl Hub {
         };
         let reason: Arc<str> = reason.into();
         for entry in &entries {
-            let _ = entry.tx.try_send(Delivery::Disconnect(reason.clone()));
+            let _ = entry.tx.try_send(Notice::Disconnect(reason.clone()));
         }
         tracing::info!(user_id, streams = entries.len(), "user disconnected");
         entries.len()
@@ -179,24 +179,25 @@ impl Hub {
             if streams.is_empty() {
                 return;
             }
-            let delivery = self.delivery(envelope);
-            streams.retain(|user_id, entries| self.offer(user_id, entries, &delivery));
+            let notice = self.event_notice(envelope);
+            streams.retain(|user_id, entries| self.offer(user_id, entries, &notice));
         } else if let Some(entries) = streams.get_mut(&envelope.user_id) {
-            let delivery = self.delivery(envelope);
-            if !self.offer(&envelope.user_id, entries, &delivery) {
+            let notice = self.event_notice(envelope);
+            if !self.offer(&envelope.user_id, entries, &notice) {
                 streams.remove(&envelope.user_id);
             }
         }
     }
 
-    /// The shared delivery of an event: encoded once, with its delivery counter.
-    fn delivery(&self, envelope: &Envelope) -> Delivery {
+    /// The notice of an event, shared by every stream: encoded once, with its delivery
+    /// counter.
+    fn event_notice(&self, envelope: &Envelope) -> Notice {
         let metrics = &self.shared.metrics;
         let counter = metrics
             .events_delivered
             .get_or_create(&metrics.event_labels(&envelope.event_type))
             .clone();
-        Delivery::Event(Arc::new(Published {
+        Notice::Event(Arc::new(Published {
             delivered: Some(counter),
             ..Published::new(envelope)
         }))
@@ -206,14 +207,14 @@ impl Hub {
     pub fn catch_up_all(&self) {
         let mut streams = self.streams();
         let count: usize = streams.values().map(Vec::len).sum();
-        streams.retain(|user_id, entries| self.offer(user_id, entries, &Delivery::CatchUp));
+        streams.retain(|user_id, entries| self.offer(user_id, entries, &Notice::CatchUp));
         tracing::info!(streams = count, "streams told to catch up from history");
     }
 
-    /// Queues `delivery` on each of `entries`, dropping those that are full or gone.
+    /// Queues `notice` on each of `entries`, dropping those that are full or gone.
     /// Returns whether any remain.
-    fn offer(&self, user_id: &str, entries: &mut Vec<Entry>, delivery: &Delivery) -> bool {
-        entries.retain(|entry| match entry.tx.try_send(delivery.clone()) {
+    fn offer(&self, user_id: &str, entries: &mut Vec<Entry>, notice: &Notice) -> bool {
+        entries.retain(|entry| match entry.tx.try_send(notice.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.shared.metrics.slow_consumer_disconnects.inc();
@@ -260,12 +261,7 @@ impl Hub {
             }
             let mut streams = self.streams();
             for (user_id, id) in batch {
-                if let Some(entries) = streams.get_mut(user_id) {
-                    entries.retain(|entry| entry.id != *id);
-                    if entries.is_empty() {
-                        streams.remove(user_id);
-                    }
-                }
+                unregister(&mut streams, user_id, *id);
             }
         }
         self.close_all();
@@ -282,29 +278,34 @@ impl Hub {
     }
 
     fn remove(&self, user_id: &str, id: u64) {
-        let mut streams = self.streams();
-        if let Some(entries) = streams.get_mut(user_id) {
-            entries.retain(|entry| entry.id != id);
-            if entries.is_empty() {
-                streams.remove(user_id);
-            }
-        }
+        unregister(&mut self.streams(), user_id, id);
         tracing::debug!(user_id, stream = id, "stream closed");
+    }
+}
+
+/// Takes stream `id` of `user_id` out of `streams`, and the user with it when it was
+/// their last.
+fn unregister(streams: &mut HashMap<String, Vec<Entry>>, user_id: &str, id: u64) {
+    if let Some(entries) = streams.get_mut(user_id) {
+        entries.retain(|entry| entry.id != id);
+        if entries.is_empty() {
+            streams.remove(user_id);
+        }
     }
 }
 
 /// The receiving end of one stream's queue. Ends when the hub closes it.
 #[derive(Debug)]
 pub struct EventStream {
-    rx: mpsc::Receiver<Delivery>,
+    rx: mpsc::Receiver<Notice>,
     /// Held only for its `Drop`, which unregisters the stream.
     _registration: Registration,
 }
 
 impl Stream for EventStream {
-    type Item = Delivery;
+    type Item = Notice;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Notice>> {
         self.rx.poll_recv(cx)
     }
 }
@@ -346,10 +347,10 @@ mod tests {
         }
     }
 
-    fn seq(delivery: Option<Delivery>) -> Option<u64> {
-        match delivery? {
-            Delivery::Event(published) => published.position.map(|p| p.seq),
-            Delivery::CatchUp | Delivery::Disconnect(_) => None,
+    fn seq(notice: Option<Notice>) -> Option<u64> {
+        match notice? {
+            Notice::Event(published) => published.position.map(|p| p.seq),
+            Notice::CatchUp | Notice::Disconnect(_) => None,
         }
     }
 
@@ -443,7 +444,7 @@ mod tests {
         assert_eq!(hub.disconnect("alice", "signed out"), 2);
         for tab in &mut tabs {
             assert!(
-                matches!(tab.next().await, Some(Delivery::Disconnect(reason)) if &*reason == "signed out")
+                matches!(tab.next().await, Some(Notice::Disconnect(reason)) if &*reason == "signed out")
             );
             assert!(tab.next().await.is_none(), "nothing after the disconnect");
         }

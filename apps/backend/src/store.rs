@@ -143,7 +143,7 @@ impl MemoryStore {
     ) -> Insertion {
         let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
         let owned = accounts.entry(account.user_id.clone()).or_default();
-        let now = crate::bus::now_millis();
+        let now = crate::clock::now_millis();
         let ttl = u64::try_from(ACCOUNT_KEY_TTL.as_millis()).unwrap_or(u64::MAX);
         owned
             .keys

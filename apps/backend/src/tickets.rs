@@ -30,6 +30,7 @@ use subtle::ConstantTimeEq;
 
 use crate::{
     auth::{self, AuthError, Credential},
+    clock,
     error::ApiError,
     state::AppState,
 };
@@ -204,7 +205,7 @@ pub async fn authenticate_stream(
         .redeem(&handle, secret)
         .await?
         .ok_or(AuthError::BadTicket)?;
-    if credential.expires_at <= auth::epoch_secs(SystemTime::now()) {
+    if credential.expires_at <= clock::epoch_secs(SystemTime::now()) {
         return Err(AuthError::Expired.into());
     }
     Ok(credential)

@@ -185,7 +185,7 @@ pub struct Resync {
 /// `GET /readyz`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Readiness {
+pub struct ReadinessReport {
     pub ready: bool,
     pub server_id: String,
     /// Why not ready, when not.

@@ -8,10 +8,6 @@
 /// Published to a user when snapshots of their accounts were taken.
 pub const SNAPSHOTS_GENERATED: &str = "snapshots.generated";
 
-/// Internal, never on the wire: asks the snapshot service to take a user's snapshots.
-/// It travels on an in-process channel, as the original design's event emitter did.
-pub const SNAPSHOTS_GENERATE: &str = "snapshots.generate";
-
 /// Sent by the server as the first frame of every stream, with [`crate::StreamOpened`].
 pub const STREAM_OPENED: &str = "stream.opened";
 
@@ -57,7 +53,6 @@ mod tests {
     fn known_names_follow_the_rule() {
         for name in [
             SNAPSHOTS_GENERATED,
-            SNAPSHOTS_GENERATE,
             STREAM_OPENED,
             STREAM_RESYNC,
             STREAM_EXPIRED,

@@ -15,7 +15,7 @@ mod user_id;
 
 pub use api::{
     Account, CreateAccountRequest, DisconnectRequest, ErrorBody, ErrorDetail, Health,
-    MAX_ACCOUNT_NAME_CHARS, MAX_REASON_CHARS, PublishRequest, Readiness, Resync, ResyncScope,
+    MAX_ACCOUNT_NAME_CHARS, MAX_REASON_CHARS, PublishRequest, ReadinessReport, Resync, ResyncScope,
     Snapshot, SnapshotsGenerated, StreamEnded, StreamOpened, StreamTicket, TokenRequest,
     TokenResponse, ValidationError,
 };

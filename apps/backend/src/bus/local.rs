@@ -6,7 +6,8 @@ use std::{
 use events::{Envelope, Position};
 use lru::LruCache;
 
-use super::{Guard, HistoryRead, IDEMPOTENCY_TTL, Publication, Retention, Topic, now_millis};
+use super::{Guard, HistoryRead, IDEMPOTENCY_TTL, Publication, Retention, Topic};
+use crate::clock::now_millis;
 use crate::hub::Hub;
 
 /// The single-node bus: publishing appends to an in-memory ring per topic and delivers

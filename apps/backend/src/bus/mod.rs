@@ -8,15 +8,12 @@
 mod local;
 mod redis;
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use events::{BROADCAST_USER_ID, Envelope, Position};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::{clock::now_millis, metrics::Metrics};
 
 pub use self::{
     local::LocalBus,
@@ -36,16 +33,18 @@ pub enum Control {
     Disconnect { user_id: String, reason: String },
 }
 
-/// The bus of one instance: a transport, and what it stamps and counts on the way.
+/// The bus of one instance: an engine, and what it stamps and counts on the way.
 #[derive(Debug)]
 pub struct Bus {
-    transport: Transport,
+    engine: Engine,
     server_id: String,
     metrics: Arc<Metrics>,
 }
 
+/// What carries events between instances and keeps their histories: this process
+/// alone, or Redis.
 #[derive(Debug)]
-pub enum Transport {
+pub enum Engine {
     Local(LocalBus),
     Redis(RedisBus),
 }
@@ -131,9 +130,9 @@ pub enum BusError {
 }
 
 impl Bus {
-    pub fn new(transport: Transport, server_id: impl Into<String>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(engine: Engine, server_id: impl Into<String>, metrics: Arc<Metrics>) -> Self {
         Self {
-            transport,
+            engine,
             server_id: server_id.into(),
             metrics,
         }
@@ -166,9 +165,9 @@ impl Bus {
         envelope.epoch = None;
         envelope.server_id = Some(self.server_id.clone());
         envelope.published_at = Some(now_millis());
-        let publication = match &self.transport {
-            Transport::Local(bus) => bus.publish(envelope, guard),
-            Transport::Redis(bus) => bus.publish(envelope, guard).await?,
+        let publication = match &self.engine {
+            Engine::Local(bus) => bus.publish(envelope, guard),
+            Engine::Redis(bus) => bus.publish(envelope, guard).await?,
         };
         if let Publication::Published(envelope) = &publication {
             self.metrics
@@ -182,7 +181,7 @@ impl Bus {
     /// Drops expired histories every [`SWEEP_INTERVAL`] until `shutdown`. Only the
     /// in-process bus needs it: Redis expires its keys itself.
     pub async fn expire_histories(self: Arc<Self>, shutdown: CancellationToken) {
-        let Transport::Local(bus) = &self.transport else {
+        let Engine::Local(bus) = &self.engine else {
             return;
         };
         let mut interval = tokio::time::interval(SWEEP_INTERVAL);
@@ -200,12 +199,12 @@ impl Bus {
 
     /// Ends every stream of `user_id` on every instance, each told `reason`.
     pub async fn disconnect(&self, user_id: &str, reason: &str) -> Result<(), BusError> {
-        match &self.transport {
-            Transport::Local(bus) => {
+        match &self.engine {
+            Engine::Local(bus) => {
                 bus.hub().disconnect(user_id, reason);
                 Ok(())
             }
-            Transport::Redis(bus) => {
+            Engine::Redis(bus) => {
                 bus.control(&Control::Disconnect {
                     user_id: user_id.to_string(),
                     reason: reason.to_string(),
@@ -223,30 +222,24 @@ impl Bus {
         after: u64,
         limit: usize,
     ) -> Result<HistoryRead, BusError> {
-        match &self.transport {
-            Transport::Local(bus) => Ok(bus.read(topic, after, limit)),
-            Transport::Redis(bus) => bus.read(topic, after, limit).await,
+        match &self.engine {
+            Engine::Local(bus) => Ok(bus.read(topic, after, limit)),
+            Engine::Redis(bus) => bus.read(topic, after, limit).await,
         }
     }
 
     /// A short name for logs: "redis" or "in-process".
     pub fn kind(&self) -> &'static str {
-        match &self.transport {
-            Transport::Local(_) => "in-process",
-            Transport::Redis(_) => "redis",
+        match &self.engine {
+            Engine::Local(_) => "in-process",
+            Engine::Redis(_) => "redis",
         }
     }
 
     pub fn retention(&self) -> Retention {
-        match &self.transport {
-            Transport::Local(bus) => bus.retention(),
-            Transport::Redis(bus) => bus.retention(),
+        match &self.engine {
+            Engine::Local(bus) => bus.retention(),
+            Engine::Redis(bus) => bus.retention(),
         }
     }
-}
-
-pub(crate) fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -505,7 +505,7 @@ async fn send_probes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Capacity, Delivery};
+    use crate::hub::{Capacity, Notice};
     use bytes::BytesMut;
     use futures_util::{FutureExt, StreamExt};
 
@@ -534,7 +534,7 @@ mod tests {
                     hub.deliver(&envelope);
                 }
             }
-            while let Some(Some(Delivery::Event(published))) = stream.next().now_or_never() {
+            while let Some(Some(Notice::Event(published))) = stream.next().now_or_never() {
                 let mut out = BytesMut::new();
                 proptest::prop_assert!(published.frame(Some("1-1.0-0".into())).encode(&mut out));
             }

@@ -1,5 +1,5 @@
 use actix_web::{HttpResponse, web};
-use events::{Health, Readiness};
+use events::{Health, ReadinessReport};
 
 use crate::state::AppState;
 
@@ -26,7 +26,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         Ok(()) => (HttpResponse::Ok(), None),
         Err(reason) => (HttpResponse::ServiceUnavailable(), Some(reason.to_string())),
     };
-    response.json(Readiness {
+    response.json(ReadinessReport {
         ready: reason.is_none(),
         server_id: state.server_id.clone(),
         reason,
