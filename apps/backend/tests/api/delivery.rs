@@ -57,8 +57,10 @@ async fn closing_one_tab_keeps_the_other_receiving() {
 
     drop(second_tab_on_a);
     drop(tab_on_b);
-    // Give both servers a moment to notice the closed connections.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("both servers notice the closed tabs", PATIENCE, || async {
+        (a.hub.stream_count() == 1 && b.hub.stream_count() == 0).then_some(())
+    })
+    .await;
 
     a.publish("alice", "chat.message-posted", json!({"n": 2}))
         .await;

@@ -47,7 +47,15 @@ async fn hand_over<F: std::future::Future<Output = ()>>(
             counted(r).len() >= total as usize
         })));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let connected = users.len() as f64;
+    eventually(
+        "every client connects to the first instance",
+        PATIENCE,
+        || async {
+            (metric_value(first, "sse_streams_open").await == Some(connected)).then_some(())
+        },
+    )
+    .await;
     assert_eq!(
         second.hub.stream_count(),
         0,
@@ -137,7 +145,10 @@ async fn a_redis_restart_loses_no_accepted_event_and_readiness_reflects_it() {
     let client = tokio::spawn(follow(addresses.clone(), token, DEADLINE, move |r| {
         counted(r).contains(&total)
     }));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the client connects", PATIENCE, || async {
+        (a.hub.stream_count() == 1).then_some(())
+    })
+    .await;
     assert_eq!(a.get("/readyz", None).await.status(), 200);
 
     let publisher = tokio::spawn(publish_counted(
@@ -305,7 +316,10 @@ async fn concurrent_publishers_through_several_instances_yield_one_total_order()
             move |r| counted(r).len() >= total as usize,
         )));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("both clients connect", PATIENCE, || async {
+        (a.hub.stream_count() == 1 && b.hub.stream_count() == 1).then_some(())
+    })
+    .await;
     let tasks: Vec<_> = (0..publishers)
         .map(|p| {
             tokio::spawn(publish_counted(

@@ -103,7 +103,7 @@ async fn a_burst_of_hostile_requests_through_nginx_leaves_other_users_untouched(
     )
     .await;
     let base = nginx.base.clone();
-    let victim_token = crate::topology::token_via(&base, "victim").await;
+    let victim_token = Api::new(&base).token("victim").await;
     let victim = client_from([127, 0, 0, 3]);
     let response = victim
         .get(format!("{base}/api/events"))
@@ -116,7 +116,7 @@ async fn a_burst_of_hostile_requests_through_nginx_leaves_other_users_untouched(
     victim_stream.next_event().await;
 
     let attacker = client_from([127, 0, 0, 2]);
-    let mallory = crate::topology::token_via(&base, "mallory").await;
+    let mallory = Api::new(&base).token("mallory").await;
     let mut statuses = Vec::new();
     for round in 0..2 {
         for cursor in hostile_cursors().iter().take(12) {
@@ -206,7 +206,7 @@ async fn a_burst_of_hostile_requests_through_nginx_leaves_other_users_untouched(
 
     // The victim's stream still receives, and the victim (and anyone else) can still
     // open streams through nginx on either backend.
-    let accepted = crate::topology::token_via(&base, "victim").await;
+    let accepted = Api::new(&base).token("victim").await;
     for n in 1..=2 {
         let response = victim
             .post(format!("{base}/api/publish"))

@@ -24,7 +24,10 @@ async fn single_node_delivers_snapshots_to_every_tab_of_the_user_only() {
     }
 
     drop(tab_2);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("the server notices the closed tab", PATIENCE, || async {
+        (app.hub.stream_count() == 2).then_some(())
+    })
+    .await;
     app.create_account(&alice, "Checking", 20).await;
     assert_eq!(tab_1.next_event().await.json()["data"]["snapshotCount"], 2);
     bob_stream.expect_no_event(Duration::from_millis(300)).await;

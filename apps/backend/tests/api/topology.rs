@@ -57,14 +57,10 @@ impl Nginx {
             _dir: dir,
         };
         let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while client.get(&nginx.base).send().await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nginx did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually("nginx answers", PATIENCE, || async {
+            client.get(&nginx.base).send().await.ok().map(drop)
+        })
+        .await;
         nginx
     }
 }
@@ -111,49 +107,6 @@ pub fn host_port(address: &str) -> &str {
     address.trim_start_matches("http://")
 }
 
-/// Opens a stream through `base` and returns it with the instance that serves it.
-async fn open_via(base: &str, token: &str) -> (SseStream, String) {
-    let response = reqwest::Client::new()
-        .get(format!("{base}/api/events"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("stream request");
-    assert_eq!(response.status(), 200);
-    let mut stream = SseStream::new(response);
-    let opened = stream.next_event().await;
-    let server = opened.json()["data"]["serverId"]
-        .as_str()
-        .expect("serverId")
-        .to_string();
-    (stream, server)
-}
-
-pub async fn token_via(base: &str, user_id: &str) -> String {
-    let body: Value = reqwest::Client::new()
-        .post(format!("{base}/api/auth/token"))
-        .json(&json!({ "userId": user_id }))
-        .send()
-        .await
-        .expect("token request")
-        .json()
-        .await
-        .expect("token body");
-    body["token"].as_str().expect("a token").to_string()
-}
-
-async fn publish_via(base: &str, user_id: &str, event_type: &str, n: u64) -> Value {
-    let response = reqwest::Client::new()
-        .post(format!("{base}/api/publish"))
-        .bearer_auth(PUBLISH_KEY)
-        .json(&json!({"userId": user_id, "eventType": event_type, "data": {"n": n}}))
-        .send()
-        .await
-        .expect("publish request");
-    assert_eq!(response.status(), 202, "publish through nginx");
-    response.json().await.expect("publish body")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_in_front_of_two_backends_delivers_survives_a_dead_backend_and_reports() {
     let mut redis = RedisServer::start().await;
@@ -167,6 +120,7 @@ async fn nginx_in_front_of_two_backends_delivers_survives_a_dead_backend_and_rep
     .expect("index");
     std::fs::write(web.path.join("web-0123abcd_bg.wasm"), b"\0asm").expect("wasm");
     let nginx = Nginx::start(host_port(&one.address), host_port(&two.address), &web.path).await;
+    let through_nginx = Api::new(&nginx.base);
     let http = reqwest::Client::new();
 
     // The web build: the page revalidated, hashed assets cached for good, as wasm.
@@ -215,11 +169,11 @@ async fn nginx_in_front_of_two_backends_delivers_survives_a_dead_backend_and_rep
 
     // Streams through nginx land on both backends; every event published through nginx
     // reaches every one of them, whichever backend accepted it.
-    let token = token_via(&nginx.base, "alice").await;
+    let token = through_nginx.token("alice").await;
     let mut streams = Vec::new();
     let mut servers = HashSet::new();
     for _ in 0..4 {
-        let (stream, server) = open_via(&nginx.base, &token).await;
+        let (stream, server) = through_nginx.open_stream_served(&token, None).await;
         servers.insert(server);
         streams.push(stream);
     }
@@ -229,7 +183,9 @@ async fn nginx_in_front_of_two_backends_delivers_survives_a_dead_backend_and_rep
     );
     let mut accepted_by = HashSet::new();
     for n in 1..=4 {
-        let accepted = publish_via(&nginx.base, "alice", "test.counted", n).await;
+        let accepted = through_nginx
+            .publish("alice", "test.counted", json!({ "n": n }))
+            .await;
         accepted_by.insert(
             accepted["serverId"]
                 .as_str()
@@ -253,7 +209,7 @@ async fn nginx_in_front_of_two_backends_delivers_survives_a_dead_backend_and_rep
     // so that alice's closed streams, which a server notices only lazily, stay out of
     // the counts below.)
     drop(one);
-    let token = token_via(&nginx.base, "bob").await;
+    let token = through_nginx.token("bob").await;
     let before = metric_value(
         &two.address,
         "events_published_total{event_type=\"test.after-kill\"}",
@@ -262,12 +218,14 @@ async fn nginx_in_front_of_two_backends_delivers_survives_a_dead_backend_and_rep
     assert_eq!(before, None, "nothing of this type was published yet");
     let mut after = Vec::new();
     for _ in 0..3 {
-        let (stream, server) = open_via(&nginx.base, &token).await;
+        let (stream, server) = through_nginx.open_stream_served(&token, None).await;
         assert_eq!(server, "backend-2");
         after.push(stream);
     }
     for n in 1..=3 {
-        publish_via(&nginx.base, "bob", "test.after-kill", n).await;
+        through_nginx
+            .publish("bob", "test.after-kill", json!({ "n": n }))
+            .await;
     }
     for stream in &mut after {
         for n in 1..=3 {

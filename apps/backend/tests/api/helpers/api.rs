@@ -1,0 +1,142 @@
+//! The HTTP API of one address, as its clients use it: an instance, a backend process,
+//! or nginx in front of several.
+
+use serde_json::{Value, json};
+
+use super::{PUBLISH_KEY, SseStream};
+
+/// A client of the API at `address` (`http://host:port`).
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub address: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// A development token for `user_id`, from the instance's own token endpoint.
+    pub async fn token(&self, user_id: &str) -> String {
+        let response = self
+            .post_json("/api/auth/token", None, &json!({ "userId": user_id }))
+            .await;
+        assert_eq!(response.status(), 200, "token endpoint");
+        let body: Value = response.json().await.expect("token response is JSON");
+        body["token"]
+            .as_str()
+            .expect("token is a string")
+            .to_string()
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request is sent")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request is sent")
+    }
+
+    /// `GET path` as the token's user, asserting a 200 and a JSON list.
+    pub async fn list(&self, path: &str, token: &str) -> Vec<Value> {
+        let response = self.get(path, Some(token)).await;
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.expect("a JSON list")
+    }
+
+    /// Creates an account and asserts it was created.
+    pub async fn create_account(&self, token: &str, name: &str, balance: i64) -> Value {
+        let response = self
+            .post_json(
+                "/api/accounts",
+                Some(token),
+                &json!({"name": name, "balance": balance}),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "account created");
+        response.json().await.expect("account is JSON")
+    }
+
+    /// Publishes with the publish API key and asserts it was accepted.
+    pub async fn publish(&self, user_id: &str, event_type: &str, data: Value) -> Value {
+        let response = self
+            .post_json(
+                "/api/publish",
+                Some(PUBLISH_KEY),
+                &json!({"userId": user_id, "eventType": event_type, "data": data}),
+            )
+            .await;
+        assert_eq!(response.status(), 202, "publish accepted");
+        response.json().await.expect("publish response is JSON")
+    }
+
+    /// Opens a stream (token in the `Authorization` header, as a service would),
+    /// resuming after `last_event_id` if given, and reads up to its `stream.opened`
+    /// frame, after which it is sure to receive events. Returns it with the id of the
+    /// instance serving it.
+    pub async fn open_stream_served(
+        &self,
+        token: &str,
+        last_event_id: Option<&str>,
+    ) -> (SseStream, String) {
+        let mut request = self.client.get(self.url("/api/events")).bearer_auth(token);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.expect("stream request is sent");
+        assert_eq!(response.status(), 200, "stream opened");
+        let mut stream = SseStream::new(response);
+        let opened = stream.next_event().await;
+        assert_eq!(opened.event.as_deref(), Some("stream.opened"));
+        let server = opened.json()["data"]["serverId"]
+            .as_str()
+            .expect("the serving instance's id")
+            .to_string();
+        (stream, server)
+    }
+
+    /// See [`metric_value`].
+    pub async fn metric_value(&self, series: &str) -> Option<f64> {
+        metric_value(&self.address, series).await
+    }
+}
+
+/// The value of one series (name and labels, as exposed) of `base`'s `/metrics`; `None`
+/// when the series is absent, so that "absent" and "zero" are told apart.
+pub async fn metric_value(base: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        if name == series {
+            value.parse().ok()
+        } else {
+            None
+        }
+    })
+}

@@ -1,0 +1,103 @@
+//! Backend instances in this process, on port 0.
+
+use std::ops::Deref;
+
+use backend::{Application, Settings, Stop, config::Secret, hub::Hub};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use super::{Api, JWT_SECRET, PATIENCE, PUBLISH_KEY, RedisServer, SseStream};
+
+/// Settings for a test instance: loopback, port 0, the test secrets, and Redis if given.
+pub fn settings(redis: Option<&RedisServer>) -> Settings {
+    let mut settings = Settings::for_tests();
+    settings.redis_url = redis.map(|r| Secret::new(r.url()));
+    settings.jwt_secret = Some(Secret::new(JWT_SECRET));
+    settings.publish_key = Some(Secret::new(PUBLISH_KEY));
+    settings
+}
+
+/// A running backend instance; stops when dropped. Its API is reached through `Deref`.
+pub struct TestApp {
+    pub api: Api,
+    pub server_id: String,
+    pub hub: Hub,
+    stop: Option<oneshot::Sender<Stop>>,
+    running: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Deref for TestApp {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+pub async fn spawn_app(redis: Option<&RedisServer>) -> TestApp {
+    spawn_app_with(settings(redis)).await
+}
+
+pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    let listener = backend::listen(([127, 0, 0, 1], 0).into()).expect("bind a free port");
+    let app = Application::build(settings, listener)
+        .await
+        .expect("the application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let server_id = app.server_id().to_string();
+    let hub = app.hub();
+    let (stop, stopped) = oneshot::channel::<Stop>();
+    let running =
+        tokio::spawn(app.run_until_stopped(async { stopped.await.unwrap_or(Stop::Graceful) }));
+    TestApp {
+        api: Api::new(address),
+        server_id,
+        hub,
+        stop: Some(stop),
+        running: Some(running),
+    }
+}
+
+impl TestApp {
+    /// Shuts the instance down gracefully (as on SIGTERM) and waits until it has stopped.
+    pub async fn stop(self) {
+        self.shut_down(Stop::Graceful).await;
+    }
+
+    /// Drops every connection at once, as a crash would, and waits until it has stopped.
+    pub async fn kill(self) {
+        self.shut_down(Stop::Abort).await;
+    }
+
+    async fn shut_down(mut self, how: Stop) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(how);
+        }
+        if let Some(running) = self.running.take() {
+            tokio::time::timeout(PATIENCE, running)
+                .await
+                .expect("the instance stops in time")
+                .expect("the run task completes")
+                .expect("the instance stops cleanly");
+        }
+    }
+
+    /// Opens a stream and reads up to its `stream.opened` frame, which must name this
+    /// instance.
+    pub async fn open_stream(&self, token: &str) -> SseStream {
+        self.resume_stream(token, None).await
+    }
+
+    /// Opens a stream that resumes after `last_event_id`.
+    pub async fn resume_stream(&self, token: &str, last_event_id: Option<&str>) -> SseStream {
+        let (stream, server) = self.api.open_stream_served(token, last_event_id).await;
+        assert_eq!(server, self.server_id, "served by this instance");
+        stream
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Dropping the sender stops the instance.
+        self.stop.take();
+    }
+}
