@@ -11,7 +11,7 @@ use actix_web::{
 };
 use events::{ErrorBody, ErrorDetail, ValidationError};
 
-use crate::{auth::AuthError, bus::BusError, store::StoreError};
+use crate::{auth::AuthError, bus::BusError, store::StoreError, tickets::TicketError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -179,6 +179,18 @@ impl From<BusError> for ApiError {
         match &err {
             BusError::Redis(redis) => Self::from_redis(redis, &err),
             BusError::Reply(_) => Self::internal(&err),
+        }
+    }
+}
+
+impl From<TicketError> for ApiError {
+    fn from(error: TicketError) -> Self {
+        match &error {
+            TicketError::Redis(redis) => Self::from_redis(redis, &error),
+            TicketError::Full => Self::Unavailable("too many stream tickets are waiting; retry"),
+            TicketError::UserLimit => Self::TooManyTickets {
+                limit: crate::tickets::MAX_TICKETS_PER_USER,
+            },
         }
     }
 }

@@ -211,18 +211,6 @@ pub async fn authenticate_stream(
     Ok(credential)
 }
 
-impl From<TicketError> for ApiError {
-    fn from(error: TicketError) -> Self {
-        match &error {
-            TicketError::Redis(redis) => Self::from_redis(redis, &error),
-            TicketError::Full => Self::Unavailable("too many stream tickets are waiting; retry"),
-            TicketError::UserLimit => Self::TooManyTickets {
-                limit: MAX_TICKETS_PER_USER,
-            },
-        }
-    }
-}
-
 /// The secret of the ticket `handle`, from a `Cookie` header.
 pub fn secret_from_cookies<'a>(cookies: &'a str, handle: &str) -> Option<&'a str> {
     cookies.split(';').find_map(|pair| {
