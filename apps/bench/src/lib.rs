@@ -13,5 +13,4 @@ pub mod floor;
 pub mod proc_stats;
 pub mod report;
 pub mod run;
-pub mod sse;
 pub mod worker;

@@ -17,10 +17,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 
-use crate::{
-    cli::{Scenario, WorkerShare},
-    sse,
-};
+use crate::cli::{Scenario, WorkerShare};
 
 /// What a stream saw.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -235,7 +232,7 @@ async fn follow(
         let _permit = permits.acquire().await.ok()?;
         let opened = async {
             let mut connection =
-                sse::connect(local_address(i), server, "/api/events", &token).await?;
+                raw_sse::open_stream(local_address(i), server, "/api/events", &token).await?;
             // The stream is registered once its first frame (stream.opened) arrives.
             connection.next_data().await?;
             Ok::<_, std::io::Error>(connection)

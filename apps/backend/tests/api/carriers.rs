@@ -5,128 +5,31 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use raw_sse::{Body, Connection, Head};
 use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
 
 use crate::helpers::*;
 
-/// One HTTP/1.1 connection, read by hand.
-struct Raw {
-    io: TcpStream,
-    /// Read but not yet consumed.
-    pending: Vec<u8>,
+/// Within the tests' patience, or fail.
+async fn soon<T>(io: impl std::future::Future<Output = std::io::Result<T>>) -> T {
+    tokio::time::timeout(PATIENCE, io)
+        .await
+        .expect("the server answers in time")
+        .expect("the connection works")
 }
 
-struct Head {
-    status: u16,
-    headers: HashMap<String, String>,
-}
-
-impl Raw {
-    async fn connect(app: &TestApp) -> Self {
-        let address = app.address.trim_start_matches("http://");
-        let io = TcpStream::connect(address).await.expect("connects");
-        Self {
-            io,
-            pending: Vec::new(),
+/// The next `count` SSE frames of a streaming body, as text, skipping comments
+/// (keep-alives go out on their own schedule).
+async fn frames(body: &mut Body, count: usize) -> Vec<String> {
+    let mut frames = Vec::new();
+    while frames.len() < count {
+        let frame = soon(body.next_frame()).await.expect("the stream goes on");
+        let frame = String::from_utf8(frame).expect("text");
+        if !frame.starts_with(':') {
+            frames.push(frame);
         }
     }
-
-    async fn send(&mut self, bytes: &str) {
-        self.io.write_all(bytes.as_bytes()).await.expect("sends");
-    }
-
-    async fn get(&mut self, target: &str, headers: &str) {
-        self.send(&format!(
-            "GET {target} HTTP/1.1\r\nHost: test\r\n{headers}\r\n"
-        ))
-        .await;
-    }
-
-    /// Reads more bytes; false at end of input.
-    async fn fill(&mut self) -> bool {
-        let mut buf = [0; 4096];
-        let n = tokio::time::timeout(PATIENCE, self.io.read(&mut buf))
-            .await
-            .expect("the server answers in time")
-            .expect("reads");
-        self.pending.extend_from_slice(&buf[..n]);
-        n > 0
-    }
-
-    /// Takes bytes up to and including `delimiter`.
-    async fn take_through(&mut self, delimiter: &[u8]) -> Vec<u8> {
-        loop {
-            if let Some(at) = find(&self.pending, delimiter) {
-                return self.pending.drain(..at + delimiter.len()).collect();
-            }
-            assert!(self.fill().await, "connection ended early");
-        }
-    }
-
-    async fn take(&mut self, len: usize) -> Vec<u8> {
-        while self.pending.len() < len {
-            assert!(self.fill().await, "connection ended early");
-        }
-        self.pending.drain(..len).collect()
-    }
-
-    async fn head(&mut self) -> Head {
-        let head = String::from_utf8(self.take_through(b"\r\n\r\n").await).expect("text");
-        let mut lines = head.split("\r\n");
-        let status = lines.next().expect("status line")[9..12]
-            .parse()
-            .expect("status");
-        let headers = lines
-            .filter_map(|line| line.split_once(": "))
-            .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string()))
-            .collect();
-        Head { status, headers }
-    }
-
-    /// A response's body of known length.
-    async fn sized_body(&mut self, head: &Head) -> Vec<u8> {
-        let len = head.headers["content-length"].parse().expect("a length");
-        self.take(len).await
-    }
-
-    /// The next `count` SSE frames of a streaming body, de-chunked if it is chunked,
-    /// skipping comments (keep-alives go out on their own schedule).
-    async fn frames(&mut self, head: &Head, count: usize) -> Vec<String> {
-        let chunked = head.headers.get("transfer-encoding").map(String::as_str) == Some("chunked");
-        let mut body = String::new();
-        let mut frames = Vec::new();
-        while frames.len() < count {
-            if let Some(end) = body.find("\n\n") {
-                let frame: String = body.drain(..end + 2).collect();
-                if !frame.starts_with(':') {
-                    frames.push(frame);
-                }
-                continue;
-            }
-            let bytes = if chunked {
-                let size = String::from_utf8(self.take_through(b"\r\n").await).expect("text");
-                let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
-                let data = self.take(size).await;
-                self.take(2).await;
-                data
-            } else {
-                if self.pending.is_empty() {
-                    assert!(self.fill().await, "stream ended early");
-                }
-                std::mem::take(&mut self.pending)
-            };
-            body.push_str(std::str::from_utf8(&bytes).expect("text"));
-        }
-        frames
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    frames
 }
 
 /// How each carrier is reached.
@@ -155,7 +58,7 @@ impl Carrier {
 /// out (its value is the time), and the body's framing left out (close-delimited or
 /// chunked, the one difference).
 fn comparable(head: &Head) -> HashMap<String, String> {
-    let mut headers = head.headers.clone();
+    let mut headers: HashMap<String, String> = head.headers.iter().cloned().collect();
     let date = headers.remove("date").expect("a date header (RFC 9110)");
     assert!(
         httpdate::parse_http_date(&date).is_ok(),
@@ -166,27 +69,37 @@ fn comparable(head: &Head) -> HashMap<String, String> {
 }
 
 /// `GET target` with extra `headers` (each line ending in CRLF), over `carrier`.
-async fn request(app: &TestApp, carrier: Carrier, target: &str, headers: &str) -> (Raw, Head) {
-    let mut raw = Raw::connect(app).await;
+async fn request(
+    app: &TestApp,
+    carrier: Carrier,
+    target: &str,
+    headers: &str,
+) -> (Connection, Head) {
+    let server = app
+        .address
+        .trim_start_matches("http://")
+        .parse()
+        .expect("an address");
+    let mut connection = soon(Connection::connect(server, None)).await;
     match carrier {
-        Carrier::Fresh => raw.get(target, headers).await,
+        Carrier::Fresh => soon(connection.get(target, headers)).await,
         Carrier::KeptAlive => {
-            raw.get("/healthz", "").await;
-            let head = raw.head().await;
+            soon(connection.get("/healthz", "")).await;
+            let head = soon(connection.head()).await;
             assert_eq!(head.status, 200);
-            raw.sized_body(&head).await;
-            raw.get(target, headers).await;
+            soon(connection.sized_body(&head)).await;
+            soon(connection.get(target, headers)).await;
         }
         Carrier::Split => {
-            let request = format!("GET {target} HTTP/1.1\r\nHost: test\r\n{headers}\r\n");
+            let request = raw_sse::get_request(target, headers);
             let (first, rest) = request.split_at(12);
-            raw.send(first).await;
+            soon(connection.send(first.as_bytes())).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
-            raw.send(rest).await;
+            soon(connection.send(rest.as_bytes())).await;
         }
     }
-    let head = raw.head().await;
-    (raw, head)
+    let head = soon(connection.head()).await;
+    (connection, head)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +119,7 @@ async fn every_carrier_sends_the_same_headers_and_frames() {
             ))
             .await
             .unwrap_or(0.0);
-        let (mut raw, head) = request(&app, carrier, target, &auth).await;
+        let (connection, head) = request(&app, carrier, target, &auth).await;
         assert_eq!(head.status, 200, "{carrier:?}");
         for (name, value) in [
             ("content-type", "text/event-stream"),
@@ -214,11 +127,7 @@ async fn every_carrier_sends_the_same_headers_and_frames() {
             ("x-accel-buffering", "no"),
             ("connection", "close"),
         ] {
-            assert_eq!(
-                head.headers.get(name).map(String::as_str),
-                Some(value),
-                "{carrier:?}: {name}"
-            );
+            assert_eq!(head.get(name), Some(value), "{carrier:?}: {name}");
         }
         let carried = app
             .metric_value(&format!(
@@ -232,7 +141,8 @@ async fn every_carrier_sends_the_same_headers_and_frames() {
             "{carrier:?} is served by its carrier"
         );
         all_headers.push((carrier, comparable(&head)));
-        let opening = raw.frames(&head, 2).await;
+        let mut body = connection.into_body(&head);
+        let opening = frames(&mut body, 2).await;
         assert_eq!(opening[0], "retry: 2000\n\n", "{carrier:?}");
         assert!(
             opening[1].starts_with(&format!(
@@ -242,7 +152,7 @@ async fn every_carrier_sends_the_same_headers_and_frames() {
             "{carrier:?}: {}",
             opening[1]
         );
-        streams.push((carrier, raw, head));
+        streams.push((carrier, body, head));
     }
     assert_eq!(app.hub.stream_count(), 3);
     for (carrier, headers) in &all_headers {
@@ -253,7 +163,7 @@ async fn every_carrier_sends_the_same_headers_and_frames() {
     }
     let direct = &streams[0].2;
     assert!(
-        !direct.headers.contains_key("transfer-encoding"),
+        direct.get("transfer-encoding").is_none(),
         "a fresh connection's stream is delimited by its close"
     );
 
@@ -266,8 +176,8 @@ async fn every_carrier_sends_the_same_headers_and_frames() {
         events::owner_tag("alice")
     );
     let mut seen = Vec::new();
-    for (carrier, raw, head) in &mut streams {
-        let frame = raw.frames(head, 1).await.remove(0);
+    for (carrier, body, _) in &mut streams {
+        let frame = frames(body, 1).await.remove(0);
         assert!(frame.starts_with(&expected_id), "{carrier:?}: {frame}");
         seen.push(frame);
     }
@@ -292,9 +202,9 @@ async fn every_carrier_resumes_after_the_last_event_id_header() {
         format!("Last-Event-ID: {epoch}-1.0-0.{owner}\r\nAuthorization: Bearer {token}\r\n");
 
     for carrier in [Carrier::Fresh, Carrier::KeptAlive, Carrier::Split] {
-        let (mut raw, head) = request(&app, carrier, "/api/events", &last_seen).await;
+        let (connection, head) = request(&app, carrier, "/api/events", &last_seen).await;
         assert_eq!(head.status, 200, "{carrier:?}");
-        let frames = raw.frames(&head, 3).await;
+        let frames = frames(&mut connection.into_body(&head), 3).await;
         assert!(
             frames[1].starts_with(&format!("id: {epoch}-1.0-0.{owner}\nevent: stream.opened")),
             "{carrier:?}: opened at the requested cursor: {}",
@@ -314,7 +224,7 @@ async fn every_carrier_refuses_a_bad_token_alike() {
     let app = spawn_app(None).await;
     let mut answers = Vec::new();
     for carrier in [Carrier::Fresh, Carrier::KeptAlive] {
-        let (mut raw, head) = request(
+        let (mut connection, head) = request(
             &app,
             carrier,
             "/api/events",
@@ -322,9 +232,10 @@ async fn every_carrier_refuses_a_bad_token_alike() {
         )
         .await;
         assert_eq!(head.status, 401, "{carrier:?}");
-        assert_eq!(head.headers["content-type"], "application/json");
-        assert_eq!(head.headers["www-authenticate"], "Bearer");
-        let body: Value = serde_json::from_slice(&raw.sized_body(&head).await).expect("JSON");
+        assert_eq!(head.get("content-type"), Some("application/json"));
+        assert_eq!(head.get("www-authenticate"), Some("Bearer"));
+        let body = soon(connection.sized_body(&head)).await;
+        let body: Value = serde_json::from_slice(&body).expect("JSON");
         assert_eq!(body["error"]["code"], "unauthorized", "{carrier:?}");
         answers.push((comparable(&head), body));
     }
@@ -336,17 +247,18 @@ async fn every_carrier_refuses_a_bad_token_alike() {
 async fn a_client_that_leaves_is_forgotten_at_once() {
     let app = spawn_app(None).await;
     let token = app.token("alice").await;
-    let (mut raw, head) = request(
+    let (connection, head) = request(
         &app,
         Carrier::Fresh,
         "/api/events",
         &format!("Authorization: Bearer {token}\r\n"),
     )
     .await;
-    raw.frames(&head, 2).await;
+    let mut body = connection.into_body(&head);
+    frames(&mut body, 2).await;
     assert_eq!(app.hub.stream_count(), 1);
 
-    drop(raw);
+    drop(body);
     eventually("the stream ends with its connection", PATIENCE, || async {
         (app.hub.stream_count() == 0).then_some(())
     })

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{PUBLISH_KEY, SseStream};
+use super::{FrameJson, PUBLISH_KEY, SseStream};
 
 /// A client of the API at `address` (`http://host:port`).
 #[derive(Debug, Clone)]

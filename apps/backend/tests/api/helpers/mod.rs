@@ -19,7 +19,7 @@ pub use self::{
     instance::{TestApp, settings, spawn_app, spawn_app_with},
     process::{BackendProcess, readiness_becomes},
     redis::{RedisServer, free_port},
-    sse::SseStream,
+    sse::{FrameJson, SseStream},
     tokens::{epoch_secs, sign},
     traffic::{Received, counted, follow, publish_counted},
     wait::{eventually, holds_within},

@@ -7,18 +7,17 @@ use serde_json::Value;
 
 use super::PATIENCE;
 
-/// One SSE frame: an event, a bare `retry:`, or a comment.
-#[derive(Debug, Clone, Default)]
-pub struct Frame {
-    pub id: Option<String>,
-    pub event: Option<String>,
-    pub data: Option<String>,
-    pub retry: Option<u64>,
-    pub comment: Option<String>,
+/// One SSE frame: an event, a bare `retry:`, or a comment (parsed by the same code the
+/// load generator and the carrier tests use).
+pub use raw_sse::Fields as Frame;
+
+/// A frame's data as JSON.
+pub trait FrameJson {
+    fn json(&self) -> Value;
 }
 
-impl Frame {
-    pub fn json(&self) -> Value {
+impl FrameJson for Frame {
+    fn json(&self) -> Value {
         serde_json::from_str(self.data.as_deref().expect("frame has data"))
             .expect("frame data is JSON")
     }
@@ -49,7 +48,7 @@ impl SseStream {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                return Some(Some(parse_frame(&block)));
+                return Some(Some(Frame::parse(&block)));
             }
             match tokio::time::timeout_at(deadline, self.body.next()).await {
                 Err(_) => return None,
@@ -102,30 +101,4 @@ impl SseStream {
             }
         }
     }
-}
-
-fn parse_frame(block: &str) -> Frame {
-    let mut frame = Frame::default();
-    for line in block.lines() {
-        if let Some(comment) = line.strip_prefix(':') {
-            frame.comment = Some(comment.trim().to_string());
-            continue;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "id" => frame.id = Some(value.to_string()),
-            "event" => frame.event = Some(value.to_string()),
-            "data" => {
-                let data = frame.data.get_or_insert_with(String::new);
-                if !data.is_empty() {
-                    data.push('\n');
-                }
-                data.push_str(value);
-            }
-            "retry" => frame.retry = value.parse().ok(),
-            _ => {}
-        }
-    }
-    frame
 }

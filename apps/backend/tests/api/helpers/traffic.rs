@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{PUBLISH_KEY, SseStream};
+use super::{FrameJson, PUBLISH_KEY, SseStream};
 
 /// An event as a client saw it.
 #[derive(Debug, Clone)]
