@@ -15,8 +15,9 @@ default:
 setup:
     @bash .ci/setup
 
-# Run every test: unit and integration (real Redis), then the browser end-to-end tests.
-test: && e2e
+# Run every test: unit and integration (real Redis), the browser end-to-end tests, then
+# the compose stack in containers under Podman.
+test: && e2e compose-test
     cargo test --workspace
 
 # The web client's release build, into dist/.
@@ -28,6 +29,13 @@ e2e: web-build
     cargo build -p backend
     [ -d apps/web/e2e/node_modules/playwright-core ] || npm ci --prefix apps/web/e2e --no-audit --no-fund
     node apps/web/e2e/e2e.mjs
+
+# The compose stack for real, under Podman: base images (pulled, or local stand-ins when no
+# registry answers), the backend image from its Dockerfile, then streams, a killed backend
+# and a restarted Redis through nginx. The first run on a machine builds the images
+# (about 12 minutes); later runs reuse them.
+compose-test: web-build
+    bash .ci/containers/compose-test.sh
 
 # Formatting and lints, as CI checks them.
 lint:
