@@ -45,6 +45,35 @@ pub fn resume_point(
     Some(id.parse())
 }
 
+/// Whether a stream's frames carry their `event:` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Naming {
+    /// Each frame is named after its event type, for `addEventListener(type, ...)`.
+    #[default]
+    Named,
+    /// No frame has an `event:` field, so an EventSource's `onmessage` receives every
+    /// event, of any type (`?unnamed=true`): for clients that cannot list the types they
+    /// will get in advance. The envelope's `eventType` still says which it is.
+    Unnamed,
+}
+
+impl Naming {
+    /// `unnamed=true` (or `1`) in the query asks for unnamed frames.
+    pub fn from_query(query: &str) -> Self {
+        match crate::query::param(query, "unnamed").as_deref() {
+            Some("true" | "1") => Self::Unnamed,
+            _ => Self::Named,
+        }
+    }
+
+    fn apply(self, frame: Frame) -> Frame {
+        match self {
+            Self::Named => frame,
+            Self::Unnamed => frame.unnamed(),
+        }
+    }
+}
+
 /// Opens a stream for the user of `credential`, whichever HTTP layer carries it:
 /// registers it with the hub, then works out where it starts. Its frames are a
 /// `stream.opened` naming this instance; when resuming, every event missed since
@@ -58,6 +87,7 @@ pub async fn open(
     state: &AppState,
     credential: Credential,
     resume_from: Option<Result<Cursor, BadCursor>>,
+    naming: Naming,
 ) -> Result<impl Stream<Item = Frame> + use<>, ApiError> {
     if state.readiness.is_draining() {
         return Err(ApiError::Unavailable(
@@ -136,7 +166,8 @@ pub async fn open(
     let opened = Published::new(&opened).frame(Some(opened_at.to_string()));
     let lifetime = Duration::from_secs(expires_at.saturating_sub(now_millis() / 1000));
     Ok(stream::iter(std::iter::once(opened).chain(opening))
-        .chain(context.live(notices, cursor, lifetime)))
+        .chain(context.live(notices, cursor, lifetime))
+        .map(move |frame| naming.apply(frame)))
 }
 
 /// Where a stream starts, from what its client asked.

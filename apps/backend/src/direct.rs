@@ -238,7 +238,8 @@ async fn open_frames(
     )
     .await?;
     let resume_from = delivery::resume_point(request.last_event_id.as_deref(), &request.query);
-    delivery::open(state, credential, resume_from).await
+    let naming = delivery::Naming::from_query(&request.query);
+    delivery::open(state, credential, resume_from, naming).await
 }
 
 /// Reads and drops the `len` bytes of the request head, which were only peeked at.
@@ -410,7 +411,7 @@ mod tests {
     fn frames_and_retries_encode_as_event_stream_text() {
         let mut out = BytesMut::new();
         let encoded = Frame {
-            event: "a.b".into(),
+            event: Some("a.b".into()),
             id: Some("1-2.3-4".into()),
             data: r#"{"x":1}"#.into(),
         }

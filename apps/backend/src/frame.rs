@@ -40,7 +40,7 @@ impl Published {
     /// The SSE frame, with `id` if given.
     pub fn frame(&self, id: Option<String>) -> Frame {
         Frame {
-            event: self.event_type.clone(),
+            event: Some(self.event_type.clone()),
             id: id.map(ByteString::from),
             data: self.data.clone(),
         }
@@ -52,11 +52,23 @@ impl Frame {
     /// break). Logs the ones that cannot, which are then dropped.
     pub fn is_framable(&self) -> bool {
         let framable = |field: &str| !field.contains(['\n', '\r']);
-        let ok = framable(&self.event) && self.id.as_deref().is_none_or(framable);
+        let ok =
+            self.event.as_deref().is_none_or(framable) && self.id.as_deref().is_none_or(framable);
         if !ok {
-            tracing::warn!(event = %self.event.escape_debug(), "dropped a frame that cannot be framed");
+            let event = self.event.as_deref().unwrap_or_default();
+            tracing::warn!(event = %event.escape_debug(), "dropped a frame that cannot be framed");
         }
         ok
+    }
+
+    /// The same frame without its `event:` field, for streams asked for with
+    /// `unnamed=true`: an EventSource hands every such frame to `onmessage`, whatever the
+    /// event's type (which the envelope in `data:` still says).
+    pub fn unnamed(self) -> Self {
+        Self {
+            event: None,
+            ..self
+        }
     }
 }
 
@@ -65,7 +77,8 @@ impl Frame {
 /// `data:` fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
-    pub event: ByteString,
+    /// The `event:` field; absent on a stream of unnamed frames.
+    pub event: Option<ByteString>,
     pub id: Option<ByteString>,
     pub data: ByteString,
 }
@@ -82,7 +95,7 @@ impl Frame {
         }
         let message = russe::Message {
             data: self.data,
-            event: Some(self.event),
+            event: self.event,
             id: self.id,
             retry: None,
         };
@@ -106,7 +119,7 @@ mod tests {
         for (event, id) in [("a\nb", None), ("a.b", Some("1\r\n")), ("a\rb", Some("1"))] {
             let mut out = BytesMut::from("before");
             let frame = Frame {
-                event: event.into(),
+                event: Some(event.into()),
                 id: id.map(ByteString::from),
                 data: "{}".into(),
             };
@@ -119,11 +132,14 @@ mod tests {
     fn data_with_line_breaks_is_split_over_data_lines() {
         let mut out = BytesMut::new();
         let frame = Frame {
-            event: "a.b".into(),
+            event: Some("a.b".into()),
             id: None,
             data: "x\ny".into(),
         };
-        assert!(frame.encode(&mut out));
+        assert!(frame.clone().encode(&mut out));
         assert_eq!(&out[..], b"event: a.b\ndata: x\ndata: y\n\n");
+        let mut out = BytesMut::new();
+        assert!(frame.unnamed().encode(&mut out));
+        assert_eq!(&out[..], b"data: x\ndata: y\n\n", "no event: line");
     }
 }

@@ -54,7 +54,8 @@ async fn stream(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
     )
     .await?;
     let resume_from = delivery::resume_point(header("last-event-id"), req.query_string());
-    let frames = delivery::open(state, credential, resume_from).await?;
+    let naming = delivery::Naming::from_query(req.query_string());
+    let frames = delivery::open(state, credential, resume_from, naming).await?;
     state.metrics.stream_carried(Carrier::actix);
 
     let frames = frames.filter(|frame| std::future::ready(frame.is_framable()));
@@ -72,7 +73,11 @@ async fn stream(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
 }
 
 fn sse_event(frame: Frame) -> sse::Event {
-    let data = sse::Data::new(frame.data).event(frame.event);
+    let data = sse::Data::new(frame.data);
+    let data = match frame.event {
+        Some(event) => data.event(event),
+        None => data,
+    };
     match frame.id {
         Some(id) => data.id(id).into(),
         None => data.into(),

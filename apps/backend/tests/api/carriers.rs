@@ -264,3 +264,33 @@ async fn a_client_that_leaves_is_forgotten_at_once() {
     })
     .await;
 }
+
+/// Issue 13's "every event type": asked for with `unnamed=true`, every frame comes without
+/// an `event:` field on either carrier (so an EventSource's `onmessage` gets them all),
+/// its type still in the envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_frames_carry_no_event_field_on_either_carrier() {
+    let app = spawn_app(None).await;
+    let token = app.token("alice").await;
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    for carrier in [Carrier::Fresh, Carrier::KeptAlive] {
+        let (connection, head) = request(&app, carrier, "/api/events?unnamed=true", &auth).await;
+        assert_eq!(head.status, 200, "{carrier:?}");
+        let mut body = connection.into_body(&head);
+        let opening = frames(&mut body, 2).await;
+        assert!(
+            opening[1].starts_with("id: ")
+                && !opening[1].contains("event:")
+                && opening[1].contains(r#""eventType":"stream.opened""#),
+            "{carrier:?}: {}",
+            opening[1]
+        );
+        app.publish("alice", "inventory.restocked", json!({"n": 1}))
+            .await;
+        let event = frames(&mut body, 1).await.remove(0);
+        assert!(
+            !event.contains("event:") && event.contains(r#""eventType":"inventory.restocked""#),
+            "{carrier:?}: {event}"
+        );
+    }
+}
