@@ -375,6 +375,45 @@ async function main() {
       if ((await page.getByTestId('accounts').locator('li').count()) !== 2) throw new Error('the page lists a third account');
       await page.screenshot({ path: join(SHOTS, '4-form-error.png'), fullPage: true });
     });
+
+    await test('an event of a type the page never heard of appears, opens to show its data, and the filter finds it', async () => {
+      const published = await api(a.base, '/api/publish', {
+        token: PUBLISH_KEY,
+        body: { userId: alice, eventType: 'inventory.restocked', data: { sku: 'tea-42', count: 7 } },
+      });
+      if (published.status !== 202) throw new Error(`publish answered ${published.status}`);
+      const row = page.locator('[data-event-type="inventory.restocked"]');
+      await until('the new type in the log', async () => (await row.count()) === 1);
+      await row.locator('tr.summary').click();
+      await until('its data, as published', async () =>
+        (await row.getByTestId('event-data').textContent()) === '{"sku":"tea-42","count":7}');
+      await page.getByTestId('event-filter').fill('inventory');
+      await until('the filter keeps only it', async () =>
+        (await page.locator('tbody.event').count()) === 1);
+      await page.screenshot({ path: join(SHOTS, '5-any-event-type.png'), fullPage: true });
+      await page.getByTestId('event-filter').fill('');
+      await until('the filter cleared', async () =>
+        (await page.locator('tbody.event').count()) > 1);
+    });
+
+    await test('offline then online: the badge follows, and what was published meanwhile arrives', async () => {
+      const before = await logCount(page);
+      await aliceContext.setOffline(true);
+      await until('the badge to say offline', async () =>
+        (await page.getByTestId('badge').getAttribute('data-state')) === 'offline');
+      await page.screenshot({ path: join(SHOTS, '6a-offline.png'), fullPage: true });
+      const published = await api(a.base, '/api/publish', {
+        token: PUBLISH_KEY,
+        body: { userId: alice, eventType: 'orders.shipped', data: { orderId: 43 } },
+      });
+      if (published.status !== 202) throw new Error(`publish answered ${published.status}`);
+      await aliceContext.setOffline(false);
+      await until('the badge to show open again', async () =>
+        (await page.getByTestId('badge').getAttribute('data-state')) === 'open');
+      await until('the event published while offline', async () => (await logCount(page)) === before + 1);
+      await new Promise((r) => setTimeout(r, 300));
+      if ((await logCount(page)) !== before + 1) throw new Error('an event was shown twice');
+    });
   } finally {
     await browser.close().catch(() => {});
     for (const child of [...children]) await stop(child);

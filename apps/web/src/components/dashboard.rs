@@ -10,17 +10,6 @@ use super::{
 };
 use crate::{api, hooks::use_events};
 
-/// The event types the page listens to (EventSource delivers only named events that
-/// have a listener): the system's own, and a few that the README's examples publish.
-const WATCHED: &[&str] = &[
-    event_type::SNAPSHOTS_GENERATED,
-    event_type::STREAM_RESYNC,
-    "orders.shipped",
-    "notifications.sent",
-    "chat.message-posted",
-    "system.announced",
-];
-
 /// How many log lines are kept on the page.
 const LOG_LINES: usize = 200;
 
@@ -48,7 +37,8 @@ pub fn Dashboard(session: Session) -> impl IntoView {
     };
     refresh();
 
-    let events = use_events(WATCHED, session.token, move |event| {
+    // Every event of the user, of any type: the log is the place to see what arrives.
+    let events = use_events(&[], session.token, move |event| {
         if event.event_type == event_type::STREAM_OPENED {
             return;
         }

@@ -12,6 +12,8 @@ pub enum ConnectionState {
     Open,
     /// The connection was lost; a new one is on its way (the browser's or ours).
     Reconnecting,
+    /// The browser is offline: the stream reconnects the moment it is back online.
+    Offline,
     /// Closed on purpose (unmounted or `close()`d): no reconnection.
     Closed,
 }
@@ -22,6 +24,7 @@ impl ConnectionState {
             Self::Connecting => "connecting",
             Self::Open => "open",
             Self::Reconnecting => "reconnecting",
+            Self::Offline => "offline",
             Self::Closed => "closed",
         }
     }
@@ -47,6 +50,10 @@ pub enum Signal {
     ClosedByOwner,
     /// The server ended the user's streams for good (`stream.disconnected`).
     ClosedByServer,
+    /// The browser went offline (`offline` on the window).
+    WentOffline,
+    /// The browser is back online (`online` on the window).
+    CameOnline,
 }
 
 /// The next state, and whether the hook must schedule a new EventSource itself.
@@ -57,6 +64,13 @@ pub fn next_state(current: ConnectionState, signal: Signal) -> (ConnectionState,
             (ConnectionState::Closed, false)
         }
         (_, Signal::Opened) => (ConnectionState::Open, false),
+        (_, Signal::WentOffline) => (ConnectionState::Offline, false),
+        // Back online: reconnect now rather than wait out a backoff.
+        (_, Signal::CameOnline) => (ConnectionState::Reconnecting, true),
+        // Offline, failures are expected: wait for `online` instead of retrying.
+        (ConnectionState::Offline, Signal::Interrupted | Signal::GaveUp) => {
+            (ConnectionState::Offline, false)
+        }
         (_, Signal::Interrupted) => (ConnectionState::Reconnecting, false),
         (_, Signal::GaveUp) => (ConnectionState::Reconnecting, true),
     }
@@ -97,13 +111,17 @@ impl Backoff {
     }
 }
 
-/// The stream's URL: the stream ticket's handle (EventSource cannot send a token in a
-/// header, and a token never goes in a URL; the ticket's secret travels as a cookie) and,
-/// when resuming in a new EventSource, the last event id (which it cannot send as a
-/// header either).
+/// The stream's URL: unnamed frames (every event type reaches one `message` listener),
+/// the stream ticket's handle (EventSource cannot send a token in a header, and a token
+/// never goes in a URL; the ticket's secret travels as a cookie) and, when resuming in a
+/// new EventSource, the last event id (which it cannot send as a header either).
 pub fn events_url(base: &str, ticket: &str, last_event_id: Option<&str>) -> String {
     let separator = if base.contains('?') { '&' } else { '?' };
-    let mut url = format!("{base}{separator}ticket={}", encode_component(ticket));
+    // Unnamed frames, so that events of every type reach the hook's one listener.
+    let mut url = format!(
+        "{base}{separator}unnamed=true&ticket={}",
+        encode_component(ticket)
+    );
     if let Some(id) = last_event_id.filter(|id| !id.is_empty()) {
         url.push_str("&lastEventId=");
         url.push_str(&encode_component(id));
@@ -153,6 +171,24 @@ mod tests {
     }
 
     #[test]
+    fn offline_waits_for_online_then_reconnects_at_once() {
+        use ConnectionState::*;
+        assert_eq!(next_state(Open, Signal::WentOffline), (Offline, false));
+        assert_eq!(
+            next_state(Offline, Signal::GaveUp),
+            (Offline, false),
+            "no retries while offline"
+        );
+        assert_eq!(next_state(Offline, Signal::Interrupted), (Offline, false));
+        assert_eq!(
+            next_state(Offline, Signal::CameOnline),
+            (Reconnecting, true)
+        );
+        assert_eq!(next_state(Offline, Signal::Opened), (Open, false));
+        assert_eq!(next_state(Closed, Signal::CameOnline), (Closed, false));
+    }
+
+    #[test]
     fn backoff_grows_caps_and_jitters_within_bounds() {
         let backoff = Backoff::default();
         assert_eq!(backoff.delay(0, 0.0), Duration::from_millis(250));
@@ -169,13 +205,16 @@ mod tests {
     fn url_carries_the_ticket_and_the_resume_position() {
         assert_eq!(
             events_url("/api/events", "a.b-c_d", None),
-            "/api/events?ticket=a.b-c_d"
+            "/api/events?unnamed=true&ticket=a.b-c_d"
         );
         assert_eq!(
             events_url("/api/events", "t", Some("17-3.0-0")),
-            "/api/events?ticket=t&lastEventId=17-3.0-0"
+            "/api/events?unnamed=true&ticket=t&lastEventId=17-3.0-0"
         );
-        assert_eq!(events_url("/e?x=1", "t", Some("")), "/e?x=1&ticket=t");
+        assert_eq!(
+            events_url("/e?x=1", "t", Some("")),
+            "/e?x=1&unnamed=true&ticket=t"
+        );
         assert_eq!(encode_component("a b+c/=é"), "a%20b%2Bc%2F%3D%C3%A9");
     }
 }

@@ -94,8 +94,11 @@ impl UseEventsReturn {
 }
 
 /// Subscribes to `event_types` on the stream of `token`'s user and calls `on_event` for
-/// each event, like the original `useEvents(['snapshots.generated'], handler)`. The
-/// token is sent in the `Authorization` header for each stream ticket, never in a URL.
+/// each event, like the original `useEvents(['snapshots.generated'], handler)`; an empty
+/// list means every event, of any type, including types the page has never heard of
+/// (the stream is asked for unnamed frames, and the hook filters by the envelope's type).
+/// The stream's own `stream.*` events always reach `on_event`. The token is sent in the
+/// `Authorization` header for each stream ticket, never in a URL.
 pub fn use_events(
     event_types: &[&str],
     token: impl Into<String>,
@@ -119,17 +122,7 @@ pub fn use_events_with_options(
         server_id: RwSignal::new(None),
         last_resync: RwSignal::new(None),
     };
-    let mut types: Vec<String> = event_types.iter().map(|t| t.to_string()).collect();
-    for control in [
-        event_type::STREAM_OPENED,
-        event_type::STREAM_RESYNC,
-        event_type::STREAM_EXPIRED,
-        event_type::STREAM_DISCONNECTED,
-    ] {
-        if !types.iter().any(|t| t == control) {
-            types.push(control.to_string());
-        }
-    }
+    let types: Vec<String> = event_types.iter().map(|t| t.to_string()).collect();
     let connection = Rc::new(Connection {
         options,
         token: token.into(),
@@ -138,11 +131,13 @@ pub fn use_events_with_options(
         signals,
         source: RefCell::new(None),
         listeners: RefCell::new(Vec::new()),
+        network: RefCell::new(Vec::new()),
         retry: RefCell::new(None),
         attempt: Cell::new(0),
         opening: Cell::new(0),
     });
     connection.open();
+    connection.watch_network();
 
     let handle = StoredValue::new(SendWrapper::new(connection.clone()));
     let cleanup = SendWrapper::new(connection);
@@ -181,6 +176,8 @@ struct Connection {
     source: RefCell<Option<EventSource>>,
     /// Kept alive as long as the EventSource may call them.
     listeners: RefCell<Vec<Listener>>,
+    /// The window's `offline` and `online` listeners, removed by `close`.
+    network: RefCell<Vec<(&'static str, Listener)>>,
     retry: RefCell<Option<TimeoutHandle>>,
     /// Failed reconnections in a row, for the backoff.
     attempt: Cell<u32>,
@@ -237,15 +234,43 @@ impl Connection {
         let weak = Rc::downgrade(self);
         listeners.push(listen(&source, "open", weak.clone(), |c, _| c.on_open()));
         listeners.push(listen(&source, "error", weak.clone(), |c, _| c.on_error()));
-        for event_type in &self.types {
-            listeners.push(listen(&source, event_type, weak.clone(), |c, event| {
-                if let Some(message) = event.dyn_ref::<MessageEvent>() {
-                    c.on_message(message);
-                }
-            }));
-        }
+        // Unnamed frames: every event arrives as a `message`, whatever its type.
+        listeners.push(listen(&source, "message", weak.clone(), |c, event| {
+            if let Some(message) = event.dyn_ref::<MessageEvent>() {
+                c.on_message(message);
+            }
+        }));
         *self.listeners.borrow_mut() = listeners;
         *self.source.borrow_mut() = Some(source);
+    }
+
+    /// Follows the browser's `offline` and `online` events: offline, the badge says so
+    /// and nothing is retried; back online, the stream reconnects at once.
+    fn watch_network(self: &Rc<Self>) {
+        let Some(window) = web_sys::window() else {
+            return;
+        };
+        let mut listeners = Vec::new();
+        for (name, signal) in [
+            ("offline", SourceSignal::WentOffline),
+            ("online", SourceSignal::CameOnline),
+        ] {
+            let weak = Rc::downgrade(self);
+            let closure = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
+                let Some(connection) = weak.upgrade() else {
+                    return;
+                };
+                if connection.apply(signal) {
+                    if let Some(timer) = connection.retry.borrow_mut().take() {
+                        timer.clear();
+                    }
+                    connection.open();
+                }
+            });
+            let _ = window.add_event_listener_with_callback(name, closure.as_ref().unchecked_ref());
+            listeners.push((name, closure));
+        }
+        *self.network.borrow_mut() = listeners;
     }
 
     fn on_open(&self) {
@@ -295,7 +320,7 @@ impl Connection {
             }
         };
         let event = ReceivedEvent {
-            event_type: message.type_(),
+            event_type: envelope.event_type.clone(),
             envelope,
             last_event_id: id,
             received_at: js_sys::Date::now(),
@@ -322,6 +347,9 @@ impl Connection {
             }
             _ => {}
         }
+        let wanted = self.types.is_empty()
+            || self.types.contains(&event.event_type)
+            || event.event_type.starts_with("stream.");
         let disconnected = event.event_type == event_type::STREAM_DISCONNECTED;
         let reason = event
             .envelope
@@ -329,6 +357,9 @@ impl Connection {
             .parse::<events::StreamEnded>()
             .ok()
             .map(|ended| ended.reason);
+        if !wanted {
+            return;
+        }
         (self.on_event)(&event);
         self.signals.last_event.set(Some(event));
         if disconnected {
@@ -390,6 +421,12 @@ impl Connection {
         self.opening.set(self.opening.get().wrapping_add(1));
         self.drop_source();
         self.listeners.borrow_mut().clear();
+        if let Some(window) = web_sys::window() {
+            for (name, listener) in self.network.borrow_mut().drain(..) {
+                let _ = window
+                    .remove_event_listener_with_callback(name, listener.as_ref().unchecked_ref());
+            }
+        }
         // The owner may already be gone (unmounting): its signals with it.
         let _ = self.signals.state.try_update(|state| {
             *state = next_state(*state, SourceSignal::ClosedByOwner).0;
