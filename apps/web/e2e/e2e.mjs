@@ -94,7 +94,7 @@ async function startRedis() {
   return { child, url };
 }
 
-async function startBackend(name, port, redisUrl) {
+async function startBackend(name, port, redisUrl, env = {}) {
   const child = start(name, BACKEND, [], {
     HOST: '127.0.0.1',
     PORT: String(port),
@@ -107,6 +107,7 @@ async function startBackend(name, port, redisUrl) {
     SSE_RETRY_MS: '500',
     DEV_TOKENS: 'true',
     RUST_LOG: 'warn',
+    ...env,
   });
   const base = `http://127.0.0.1:${port}`;
   await until(`${name} ready`, async () => (await fetch(`${base}/readyz`)).ok);
@@ -413,6 +414,41 @@ async function main() {
       await until('the event published while offline', async () => (await logCount(page)) === before + 1);
       await new Promise((r) => setTimeout(r, 300));
       if ((await logCount(page)) !== before + 1) throw new Error('an event was shown twice');
+    });
+
+    await test('a credential that expires is renewed through its source and nothing is missed', async () => {
+      // Tokens of this instance live 3 s: the stream ends with stream.expired, and the page
+      // asks its credential source for a fresh token and resumes from its last id.
+      const short = await startBackend('backend-short', await freePort(), redis.url, { TOKEN_TTL_SECS: '3' });
+      const context = await browser.newContext();
+      const erin = await context.newPage();
+      erin.setDefaultTimeout(WAIT_MS);
+      const user = `erin-${suffix}`;
+      const send = async (n) => {
+        const published = await api(short.base, '/api/publish', {
+          token: PUBLISH_KEY,
+          body: { userId: user, eventType: 'orders.shipped', data: { orderId: n } },
+        });
+        if (published.status !== 202) throw new Error(`publish answered ${published.status}`);
+      };
+      const shipped = async () => erin.locator('[data-event-type="orders.shipped"]').count();
+      try {
+        await signIn(erin, short.base, user);
+        await send(1);
+        await until('the first event', async () => (await shipped()) === 1);
+        await until('the stream to expire', async () =>
+          (await erin.locator('[data-event-type="stream.expired"]').count()) >= 1, 10_000);
+        await send(2);
+        await until('the badge open again with a fresh token', async () =>
+          (await erin.getByTestId('badge').getAttribute('data-state')) === 'open');
+        await until('the event published around the expiry', async () => (await shipped()) === 2);
+        await send(3);
+        await until('the next one, live', async () => (await shipped()) === 3);
+        await erin.screenshot({ path: join(SHOTS, '7-credential-renewed.png'), fullPage: true });
+      } finally {
+        await context.close().catch(() => {});
+        await stop(short.child);
+      }
     });
   } finally {
     await browser.close().catch(() => {});

@@ -8,7 +8,10 @@ use super::{
     connection_badge::ConnectionBadge,
     event_log::{EventLog, LogEntry},
 };
-use crate::{api, hooks::use_events};
+use crate::{
+    api,
+    hooks::{Credentials, use_events},
+};
 
 /// How many log lines are kept on the page.
 const LOG_LINES: usize = 200;
@@ -37,8 +40,25 @@ pub fn Dashboard(session: Session) -> impl IntoView {
     };
     refresh();
 
+    // The token the user signed in with, then a fresh one whenever it expires: the
+    // stream resumes from its last id with it, missing nothing.
+    let first = std::cell::Cell::new(Some(session.token.clone()));
+    let user_id = session.user_id.clone();
+    let credentials = Credentials::renewing(move || {
+        let first = first.take();
+        let user_id = user_id.clone();
+        async move {
+            match first {
+                Some(token) => Ok(token),
+                None => api::request_token(&user_id)
+                    .await
+                    .map(|issued| issued.token)
+                    .map_err(|failure| failure.to_string()),
+            }
+        }
+    });
     // Every event of the user, of any type: the log is the place to see what arrives.
-    let events = use_events(&[], session.token, move |event| {
+    let events = use_events(&[], credentials, move |event| {
         if event.event_type == event_type::STREAM_OPENED {
             return;
         }

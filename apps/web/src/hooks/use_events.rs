@@ -21,7 +21,10 @@ use send_wrapper::SendWrapper;
 use wasm_bindgen::{JsCast, closure::Closure};
 use web_sys::{EventSource, MessageEvent};
 
-use super::reconnect::{Backoff, ConnectionState, Signal as SourceSignal, events_url, next_state};
+use super::{
+    credentials::Credentials,
+    reconnect::{Backoff, ConnectionState, Signal as SourceSignal, events_url, next_state},
+};
 
 /// An event as the page received it.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,27 +96,35 @@ impl UseEventsReturn {
     }
 }
 
-/// Subscribes to `event_types` on the stream of `token`'s user and calls `on_event` for
+/// Subscribes to `event_types` on the stream of the credentials' user and calls `on_event` for
 /// each event, like the original `useEvents(['snapshots.generated'], handler)`; an empty
 /// list means every event, of any type, including types the page has never heard of
 /// (the stream is asked for unnamed frames, and the hook filters by the envelope's type).
-/// The stream's own `stream.*` events always reach `on_event`. The token is sent in the
+/// The stream's own `stream.*` events always reach `on_event`. `credentials` is a token
+/// (`String`), or [`Credentials::renewing`], a source the hook asks again whenever the
+/// token expires or is refused, resuming from its last id. The token is sent in the
 /// `Authorization` header for each stream ticket, never in a URL.
 pub fn use_events(
     event_types: &[&str],
-    token: impl Into<String>,
+    credentials: impl Into<Credentials>,
     on_event: impl Fn(&ReceivedEvent) + 'static,
 ) -> UseEventsReturn {
-    use_events_with_options(event_types, token, on_event, UseEventsOptions::default())
+    use_events_with_options(
+        event_types,
+        credentials,
+        on_event,
+        UseEventsOptions::default(),
+    )
 }
 
 /// [`use_events`], with the stream's URLs and reconnection backoff set by `options`.
 pub fn use_events_with_options(
     event_types: &[&str],
-    token: impl Into<String>,
+    credentials: impl Into<Credentials>,
     on_event: impl Fn(&ReceivedEvent) + 'static,
     options: UseEventsOptions,
 ) -> UseEventsReturn {
+    let credentials = credentials.into();
     let signals = Signals {
         state: RwSignal::new(ConnectionState::Connecting),
         last_event: RwSignal::new(None),
@@ -125,7 +136,11 @@ pub fn use_events_with_options(
     let types: Vec<String> = event_types.iter().map(|t| t.to_string()).collect();
     let connection = Rc::new(Connection {
         options,
-        token: token.into(),
+        token: RefCell::new(match &credentials {
+            Credentials::Fixed(token) => Some(token.clone()),
+            Credentials::Renewing(_) => None,
+        }),
+        credentials,
         types,
         on_event: Box::new(on_event),
         signals,
@@ -169,7 +184,9 @@ type Listener = Closure<dyn FnMut(web_sys::Event)>;
 /// The EventSource of one mounted hook and everything that must die with it.
 struct Connection {
     options: UseEventsOptions,
-    token: String,
+    /// The token in hand; `None` once it is known to be dead (expired or refused).
+    token: RefCell<Option<String>>,
+    credentials: Credentials,
     types: Vec<String>,
     on_event: Box<dyn Fn(&ReceivedEvent)>,
     signals: Signals,
@@ -187,25 +204,50 @@ struct Connection {
 }
 
 impl Connection {
-    /// Gets a stream ticket, then opens the EventSource with it.
+    /// Gets a token if it has none, then a stream ticket, then opens the EventSource.
     fn open(self: &Rc<Self>) {
         self.drop_source();
         let attempt = self.opening.get().wrapping_add(1);
         self.opening.set(attempt);
         let weak = Rc::downgrade(self);
-        let (ticket_url, token) = (self.options.ticket_url.clone(), self.token.clone());
+        let ticket_url = self.options.ticket_url.clone();
+        let in_hand = self.token.borrow().clone();
+        let credentials = self.credentials.clone();
+        // Whether this is still the latest `open` of a hook that is not closed.
+        let current = move |connection: &Connection| {
+            connection.opening.get() == attempt
+                && connection.signals.state.get_untracked() != ConnectionState::Closed
+        };
         leptos::task::spawn_local(async move {
-            let ticket = crate::api::stream_ticket(&ticket_url, &token).await;
-            let Some(connection) = weak.upgrade() else {
+            let token = match (in_hand, credentials) {
+                (Some(token), _) => Ok(token),
+                (None, Credentials::Renewing(fetch)) => fetch().await,
+                (None, Credentials::Fixed(_)) => Err("the credential is no longer valid".into()),
+            };
+            let Some(connection) = weak.upgrade().filter(|c| current(c)) else {
                 return;
             };
-            let current = connection.opening.get() == attempt
-                && connection.signals.state.get_untracked() != ConnectionState::Closed;
-            if !current {
+            let token = match token {
+                Ok(token) => token,
+                Err(failure) => {
+                    connection
+                        .signals
+                        .last_error
+                        .set(Some(format!("cannot get a credential: {failure}")));
+                    connection.schedule_reconnect();
+                    return;
+                }
+            };
+            *connection.token.borrow_mut() = Some(token.clone());
+            let ticket = crate::api::stream_ticket(&ticket_url, &token).await;
+            let Some(connection) = weak.upgrade().filter(|c| current(c)) else {
                 return;
-            }
+            };
             match ticket {
                 Ok(ticket) => connection.open_source(&ticket.ticket),
+                Err(failure) if failure.status == 401 => {
+                    connection.credential_dead("the credential was refused");
+                }
                 Err(failure) => {
                     connection
                         .signals
@@ -215,6 +257,33 @@ impl Connection {
                 }
             }
         });
+    }
+
+    /// The token in hand expired or was refused: a renewing source is asked for a fresh
+    /// one (after the backoff, so a source that keeps handing out dead tokens is not
+    /// hammered); a token given once means the stream is over for good.
+    fn credential_dead(self: &Rc<Self>, why: &str) {
+        *self.token.borrow_mut() = None;
+        self.signals.last_error.set(Some(why.to_string()));
+        if self.credentials.renews() {
+            // The browser would retry with a spent ticket: this one resumes instead.
+            self.drop_source();
+            self.signals.state.set(ConnectionState::Reconnecting);
+            self.schedule_reconnect();
+        } else {
+            self.end(SourceSignal::ClosedByServer);
+        }
+    }
+
+    /// Ends the stream for good from inside a listener (not `close`: the listener must
+    /// outlive its own call).
+    fn end(&self, signal: SourceSignal) {
+        if let Some(timer) = self.retry.borrow_mut().take() {
+            timer.clear();
+        }
+        self.opening.set(self.opening.get().wrapping_add(1));
+        self.drop_source();
+        self.apply(signal);
     }
 
     fn open_source(self: &Rc<Self>, ticket: &str) {
@@ -301,7 +370,8 @@ impl Connection {
         }
     }
 
-    fn on_message(&self, message: &MessageEvent) {
+    fn on_message(self: &Rc<Self>, message: &MessageEvent) {
+        let mut expired = false;
         let id = message.last_event_id();
         let id = (!id.is_empty()).then_some(id);
         if id.is_some() {
@@ -340,11 +410,7 @@ impl Connection {
                 let resync = event.envelope.data.parse().ok();
                 self.signals.last_resync.set(resync);
             }
-            event_type::STREAM_EXPIRED => {
-                self.signals
-                    .last_error
-                    .set(Some("the stream's credential expired".into()));
-            }
+            event_type::STREAM_EXPIRED => expired = true,
             _ => {}
         }
         let wanted = self.types.is_empty()
@@ -364,14 +430,10 @@ impl Connection {
         self.signals.last_event.set(Some(event));
         if disconnected {
             // The server ended every stream of this user (a sign-out, say): stay closed.
-            // Not `close`: this runs inside a listener, which must outlive the call.
-            if let Some(timer) = self.retry.borrow_mut().take() {
-                timer.clear();
-            }
-            self.opening.set(self.opening.get().wrapping_add(1));
-            self.drop_source();
-            self.apply(SourceSignal::ClosedByServer);
+            self.end(SourceSignal::ClosedByServer);
             self.signals.last_error.set(reason);
+        } else if expired {
+            self.credential_dead("the stream's credential expired");
         }
     }
 
