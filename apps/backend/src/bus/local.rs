@@ -107,7 +107,9 @@ impl LocalBus {
             ..
         } = &mut *state;
         let ring = rings.get_or_insert_mut(topic, || {
-            let epoch = now.max(*last_epoch + 1);
+            // In microseconds, so that even bursts of new histories stay at the wall
+            // clock: a restarted process never hands out an epoch of the last one.
+            let epoch = now.saturating_mul(1000).max(*last_epoch + 1);
             *last_epoch = epoch;
             Ring::new(epoch)
         });
@@ -222,23 +224,19 @@ impl LocalBus {
             let Some((topic, mut ring)) = state.rings.pop_lru() else {
                 return;
             };
-            let freed = ring.events.iter().map(cost).sum::<usize>()
-                + ring
-                    .keys
-                    .iter()
-                    .map(|(key, _, _)| key_cost(key))
-                    .sum::<usize>();
+            let freed = ring.events.iter().map(cost).sum::<usize>();
             state.bytes = state.bytes.saturating_sub(freed);
             tracing::warn!(
                 ?topic,
                 freed,
-                "history memory bound reached (HISTORY_MAX_MEMORY_MIB): dropped the least \
-                 recently published history"
+                "history memory bound reached (HISTORY_MAX_MEMORY_MIB): dropped the events \
+                 of the least recently published history"
             );
-            if self.has_streams(&topic) {
-                // Its streams' cursors stay meaningful: keep the numbering.
+            // Its streams' cursors stay meaningful while its numbering stays, and a retry
+            // of a recent publish stays a retry while its key does: such a ring loses only
+            // its events (keys are few, and expire within IDEMPOTENCY_TTL anyway).
+            if self.has_streams(&topic) || !ring.keys.is_empty() {
                 ring.events.clear();
-                ring.keys.clear();
                 state.rings.put(topic, ring);
             }
         }
@@ -471,6 +469,23 @@ mod tests {
         assert!(bus.state().bytes <= 10 * one);
         let next = publish(&bus, "user-1");
         assert_eq!(next.id, Some(1), "a new history: a resuming client resyncs");
+
+        // A history with a live idempotency key loses its events, not the key.
+        let keyed = Guard {
+            idempotency_key: Some("k"),
+            ..Guard::default()
+        };
+        let Publication::Published(first) = bus.publish(event("user-9"), keyed) else {
+            panic!("published")
+        };
+        for user in 10..30 {
+            publish(&bus, &format!("user-{user}"));
+        }
+        assert_eq!(kept("user-9"), 0, "evicted");
+        let Publication::Replayed(again) = bus.publish(event("user-9"), keyed) else {
+            panic!("a retry stays a retry after eviction")
+        };
+        assert_eq!((again.id, again.epoch), (first.id, first.epoch));
         let user_0 = bus.read(&Topic::User("user-0".into()), 0, 0).head.epoch;
         assert!(next.epoch > Some(user_0), "with an epoch of its own");
     }

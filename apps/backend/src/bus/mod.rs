@@ -62,6 +62,7 @@ pub struct Guard<'a> {
     pub idempotency_key: Option<&'a str>,
     /// Publish only if no event of the same type in the topic carried this version or a
     /// newer one: an event that reports a state (a count, say) never follows a newer one.
+    /// Below 2^53: Redis compares versions as Lua numbers.
     pub version: Option<u64>,
 }
 
