@@ -33,7 +33,7 @@ e2e: web-build
 # The compose stack for real, under Podman: base images (pulled, or local stand-ins when no
 # registry answers), the backend image from its Dockerfile, then streams, a killed backend
 # and a restarted Redis through nginx. The first run on a machine builds the images
-# (about 12 minutes); later runs reuse them.
+# (about 12 minutes); later runs reuse them and recompile only the workspace (2 minutes).
 compose-test: web-build
     bash .ci/containers/compose-test.sh
 

@@ -59,9 +59,11 @@ token() {
     -d "{\"userId\":\"$1\"}" | jq -r .token
 }
 # publish USER N: publishes {"n": N} to USER through nginx; prints the accepting backend.
+# Idempotent per USER and N, so that retrying a publish whose answer was lost (while a
+# backend or Redis is away) cannot publish it twice.
 publish() {
   curl -sf -m 5 -X POST "$BASE/api/publish" -H "authorization: Bearer $PUBLISH_KEY" \
-    -H 'content-type: application/json' \
+    -H "idempotency-key: $1-$2" -H 'content-type: application/json' \
     -d "{\"userId\":\"$1\",\"eventType\":\"test.counted\",\"data\":{\"n\":$2}}" | jq -r .serverId
 }
 # stream TOKEN FILE SECONDS [LAST_EVENT_ID]: reads a stream through nginx into FILE.
@@ -83,8 +85,11 @@ started=$SECONDS
 compose up -d --build || fail "podman-compose up"
 # Build stages left over by earlier builds of the backend image (about 1.3 GB each).
 podman image prune -f --filter label=org.events.stage=build >/dev/null 2>&1 || true
-until_ok 180 "both backends answer through nginx" \
-  bash -c "curl -sf -m 2 $BASE/healthz | grep -q backend-1 || curl -sf -m 2 $BASE/healthz | grep -q backend-1"
+for backend in backend-1 backend-2; do
+  # nginx alternates between them: within a few tries each has answered.
+  until_ok 180 "$backend answers through nginx" \
+    bash -c "for i in 1 2 3 4; do curl -sf -m 2 $BASE/healthz | grep -q '\"$backend\"' && exit 0; done; exit 1"
+done
 until_ok 60 "both backends ready" bash -c \
   "[ \$(podman ps --filter label=io.podman.compose.project=$PROJECT --filter status=running -q | wc -l) -eq 4 ]"
 say "stack up in $((SECONDS - started)) s; image: $(podman image inspect --format '{{.Size}}' "${PROJECT}_backend-1" | awk '{printf "%.0f MB", $1/1000000}')"
@@ -97,12 +102,14 @@ stream "$alice" "$WORK/alice" 15 &
 reader=$!
 until_ok 20 "alice's stream opens" grep -q '^event: stream.opened' "$WORK/alice"
 holder=$(opened_server "$WORK/alice")
+# Each attempt publishes a new n, so the one that crossed is told apart from the others.
 for attempt in $(seq 1 10); do
-  accepted_by=$(publish alice 1)
+  accepted_by=$(publish alice "$attempt")
   [ "$accepted_by" != "$holder" ] && break
   [ "$attempt" -lt 10 ] || fail "no publish reached the other backend"
 done
-until_ok 10 "alice's stream on $holder gets the event $accepted_by accepted" grep -q '"n":1' "$WORK/alice"
+until_ok 10 "alice's stream on $holder gets the event $accepted_by accepted" \
+  grep -q "\"n\":$attempt}" "$WORK/alice"
 kill $reader 2>/dev/null || true
 say "1. an event published through $accepted_by reached the stream on $holder"
 

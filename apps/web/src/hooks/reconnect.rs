@@ -65,8 +65,10 @@ pub fn next_state(current: ConnectionState, signal: Signal) -> (ConnectionState,
         }
         (_, Signal::Opened) => (ConnectionState::Open, false),
         (_, Signal::WentOffline) => (ConnectionState::Offline, false),
-        // Back online: reconnect now rather than wait out a backoff.
-        (_, Signal::CameOnline) => (ConnectionState::Reconnecting, true),
+        // Back online: reconnect now rather than wait out a backoff. A stream that never
+        // noticed it was offline keeps its connection.
+        (ConnectionState::Offline, Signal::CameOnline) => (ConnectionState::Reconnecting, true),
+        (state, Signal::CameOnline) => (state, false),
         // Offline, failures are expected: wait for `online` instead of retrying.
         (ConnectionState::Offline, Signal::Interrupted | Signal::GaveUp) => {
             (ConnectionState::Offline, false)
@@ -186,6 +188,11 @@ mod tests {
         );
         assert_eq!(next_state(Offline, Signal::Opened), (Open, false));
         assert_eq!(next_state(Closed, Signal::CameOnline), (Closed, false));
+        assert_eq!(
+            next_state(Open, Signal::CameOnline),
+            (Open, false),
+            "a healthy stream is kept"
+        );
     }
 
     #[test]

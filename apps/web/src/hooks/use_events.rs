@@ -445,6 +445,10 @@ impl Connection {
     }
 
     fn schedule_reconnect(self: &Rc<Self>) {
+        // Offline, a retry can only fail: `online` reopens the stream.
+        if self.signals.state.get_untracked() == ConnectionState::Offline {
+            return;
+        }
         let delay = self
             .options
             .reconnect
@@ -454,7 +458,10 @@ impl Connection {
         let handle = set_timeout_with_handle(
             move || {
                 if let Some(connection) = weak.upgrade()
-                    && connection.signals.state.get_untracked() != ConnectionState::Closed
+                    && !matches!(
+                        connection.signals.state.get_untracked(),
+                        ConnectionState::Closed | ConnectionState::Offline
+                    )
                 {
                     connection.open();
                 }
