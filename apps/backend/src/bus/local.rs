@@ -241,11 +241,6 @@ impl LocalBus {
             }
         }
     }
-
-    /// How many histories are held, for tests and metrics.
-    pub fn histories(&self) -> usize {
-        self.state().rings.len()
-    }
 }
 
 impl Ring {
