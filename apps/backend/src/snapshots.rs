@@ -115,7 +115,22 @@ impl SnapshotService {
                 taken_at: taken_at.clone(),
             })
             .collect();
-        self.store.insert_snapshots(user_id, &snapshots).await?;
+        // Accounts are only ever added, so the count orders the generations: one that
+        // read fewer accounts (on another instance, or a retried request's) is neither
+        // kept on top of a newer one nor reported after it.
+        let version = snapshots.len() as u64;
+        if !self
+            .store
+            .insert_snapshots(user_id, &snapshots, version)
+            .await?
+        {
+            tracing::debug!(
+                user_id,
+                version,
+                "a newer generation of snapshots was kept already"
+            );
+            return Ok(snapshots.len());
+        }
 
         let generated = SnapshotsGenerated {
             snapshot_count: snapshots.len() as u64,
@@ -123,11 +138,10 @@ impl SnapshotService {
             server_id: self.server_id.clone(),
         };
         let data = events::Payload::of(&generated)?;
-        // Accounts are only ever added, so the count orders the generations: one that
-        // read fewer accounts (on another instance, say) never reports after one that
-        // read more.
+        // Stored first, then published: the publish is guarded by the same version, as
+        // two kept generations may still publish in either order.
         let guard = Guard {
-            version: Some(generated.snapshot_count),
+            version: Some(version),
             ..Guard::default()
         };
         let event = Envelope::new(user_id, event_type::SNAPSHOTS_GENERATED, data);

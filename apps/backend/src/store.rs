@@ -49,6 +49,25 @@ pub enum Insertion {
     Replayed(Account),
 }
 
+/// Keeps one generation of a user's snapshots unless a generation of this version (its
+/// snapshot count) or a newer one was kept already, atomically, so that racing
+/// generations never put an older state on top. KEYS[1]: the user's snapshot list.
+/// KEYS[2]: the version of the newest generation kept. ARGV[1]: this generation's
+/// version. ARGV[2]: how many snapshots are kept. ARGV[3..]: the snapshots' JSON, oldest
+/// first (at most ARGV[2] of them). Returns 1 when kept, 0 when superseded.
+const INSERT_SNAPSHOTS_SCRIPT: &str = r#"
+local newest = redis.call('GET', KEYS[2])
+if newest and tonumber(ARGV[1]) <= tonumber(newest) then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[1])
+if #ARGV > 2 then
+  redis.call('LPUSH', KEYS[1], unpack(ARGV, 3))
+  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+end
+return 1
+"#;
+
 /// How many snapshots are kept per user, newest first.
 pub const SNAPSHOTS_KEPT: usize = 100;
 
@@ -95,18 +114,20 @@ impl Store {
         Ok(accounts)
     }
 
-    /// Keeps `snapshots` (all of one user), dropping the oldest beyond [`SNAPSHOTS_KEPT`].
+    /// Keeps `snapshots` (one generation, all of one user), dropping the oldest beyond
+    /// [`SNAPSHOTS_KEPT`], unless a generation of `version` or newer was kept already
+    /// (another instance's, racing this one). Returns whether they were kept.
     pub async fn insert_snapshots(
         &self,
         user_id: &str,
         snapshots: &[Snapshot],
-    ) -> Result<(), StoreError> {
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        // Only the newest SNAPSHOTS_KEPT can stay.
+        let snapshots = &snapshots[snapshots.len().saturating_sub(SNAPSHOTS_KEPT)..];
         match self {
-            Self::Memory(store) => {
-                store.insert_snapshots(user_id, snapshots);
-                Ok(())
-            }
-            Self::Redis(store) => store.insert_snapshots(user_id, snapshots).await,
+            Self::Memory(store) => Ok(store.insert_snapshots(user_id, snapshots, version)),
+            Self::Redis(store) => store.insert_snapshots(user_id, snapshots, version).await,
         }
     }
 
@@ -122,8 +143,8 @@ impl Store {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     accounts: Mutex<HashMap<String, Owned>>,
-    /// Newest first.
-    snapshots: Mutex<HashMap<String, Vec<Snapshot>>>,
+    /// The version of the newest generation kept, and the snapshots, newest first.
+    snapshots: Mutex<HashMap<String, (u64, Vec<Snapshot>)>>,
 }
 
 /// One user's accounts, and the idempotency keys that created some of them (with when,
@@ -174,14 +195,19 @@ impl MemoryStore {
             .unwrap_or_default()
     }
 
-    fn insert_snapshots(&self, user_id: &str, snapshots: &[Snapshot]) {
+    fn insert_snapshots(&self, user_id: &str, snapshots: &[Snapshot], version: u64) -> bool {
         let mut all = self
             .snapshots
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let kept = all.entry(user_id.to_string()).or_default();
+        let (newest, kept) = all.entry(user_id.to_string()).or_default();
+        if !kept.is_empty() && version <= *newest {
+            return false;
+        }
+        *newest = version;
         kept.splice(0..0, snapshots.iter().rev().cloned());
         kept.truncate(SNAPSHOTS_KEPT);
+        true
     }
 
     fn snapshots(&self, user_id: &str) -> Vec<Snapshot> {
@@ -189,7 +215,9 @@ impl MemoryStore {
             .snapshots
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        all.get(user_id).cloned().unwrap_or_default()
+        all.get(user_id)
+            .map(|(_, kept)| kept.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -199,6 +227,7 @@ impl MemoryStore {
 pub struct RedisStore {
     client: Client,
     insert_account: Script,
+    insert_snapshots: Script,
 }
 
 impl RedisStore {
@@ -206,6 +235,7 @@ impl RedisStore {
         Self {
             client,
             insert_account: Script::from_lua(INSERT_ACCOUNT_SCRIPT),
+            insert_snapshots: Script::from_lua(INSERT_SNAPSHOTS_SCRIPT),
         }
     }
 
@@ -257,21 +287,22 @@ impl RedisStore {
         &self,
         user_id: &str,
         snapshots: &[Snapshot],
-    ) -> Result<(), StoreError> {
-        if snapshots.is_empty() {
-            return Ok(());
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        let mut args = vec![version.to_string(), SNAPSHOTS_KEPT.to_string()];
+        for snapshot in snapshots {
+            args.push(serde_json::to_string(snapshot)?);
         }
-        let values = snapshots
-            .iter()
-            .map(serde_json::to_string)
-            .collect::<Result<Vec<_>, _>>()?;
         let key = snapshots_key(user_id);
-        let _: i64 = self.client.lpush(&key, values).await?;
-        let _: () = self
-            .client
-            .ltrim(&key, 0, SNAPSHOTS_KEPT as i64 - 1)
+        let kept: i64 = self
+            .insert_snapshots
+            .evalsha_with_reload(
+                &self.client,
+                vec![key.clone(), format!("{key}:version")],
+                args,
+            )
             .await?;
-        Ok(())
+        Ok(kept == 1)
     }
 
     async fn snapshots(&self, user_id: &str) -> Result<Vec<Snapshot>, StoreError> {
@@ -347,13 +378,17 @@ mod tests {
     #[test]
     fn memory_snapshots_are_newest_first_and_capped() {
         let store = MemoryStore::default();
-        store.insert_snapshots("u", &[snapshot(1), snapshot(2)]);
-        store.insert_snapshots("u", &[snapshot(3)]);
+        assert!(store.insert_snapshots("u", &[snapshot(1), snapshot(2)], 2));
+        assert!(store.insert_snapshots("u", &[snapshot(3)], 3));
+        assert!(
+            !store.insert_snapshots("u", &[snapshot(9)], 3),
+            "a generation no newer than the last is not kept"
+        );
         let ids: Vec<_> = store.snapshots("u").into_iter().map(|s| s.id).collect();
         assert_eq!(ids, ["3", "2", "1"]);
 
         for n in 0..(SNAPSHOTS_KEPT as u32 + 10) {
-            store.insert_snapshots("u", &[snapshot(n)]);
+            store.insert_snapshots("u", &[snapshot(n)], u64::from(n) + 4);
         }
         assert_eq!(store.snapshots("u").len(), SNAPSHOTS_KEPT);
     }

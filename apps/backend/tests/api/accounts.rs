@@ -1,6 +1,6 @@
 //! Bad input gets its status and the shared error body, and nothing is stored or published.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use serde_json::{Value, json};
 
@@ -288,4 +288,16 @@ async fn snapshot_counts_never_go_backwards_across_instances() {
         "counts only grow: {counts:?}"
     );
     stream.expect_no_event(Duration::from_millis(500)).await;
+
+    // And the stored snapshots: the newest generation is on top, whole, not an older one
+    // that finished later.
+    let snapshots = a.list("/api/snapshots", &token).await;
+    let newest = &snapshots[..ACCOUNTS];
+    let taken: HashSet<_> = newest.iter().map(|s| s["takenAt"].clone()).collect();
+    let accounts: HashSet<_> = newest.iter().map(|s| s["accountId"].clone()).collect();
+    assert_eq!(
+        (taken.len(), accounts.len()),
+        (1, ACCOUNTS),
+        "one generation of every account on top"
+    );
 }
