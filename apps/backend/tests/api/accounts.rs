@@ -250,6 +250,14 @@ async fn an_account_retry_with_the_same_idempotency_key_creates_it_once() {
         201
     );
     assert_eq!(app.list("/api/accounts", &token).await.len(), 3);
+    assert_eq!(stream.next_event().await.json()["data"]["snapshotCount"], 3);
+
+    // Another replay asks for snapshots again; a generation that adds nothing new is
+    // neither kept nor sent: 1 + 2 + 3 snapshots, not 3 more copies.
+    let again = create("open-savings").await.expect("answered");
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    stream.expect_no_event(Duration::from_millis(500)).await;
+    assert_eq!(app.list("/api/snapshots", &token).await.len(), 6);
 }
 
 /// Correctness finding 7: with account creations racing through two instances, a user's
