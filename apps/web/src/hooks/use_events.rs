@@ -371,6 +371,8 @@ impl Connection {
     }
 
     fn on_message(self: &Rc<Self>, message: &MessageEvent) {
+        // How the server ends the stream, if this frame does: disconnected (with why).
+        let mut disconnected = None;
         let mut expired = false;
         let id = message.last_event_id();
         let id = (!id.is_empty()).then_some(id);
@@ -411,24 +413,21 @@ impl Connection {
                 self.signals.last_resync.set(resync);
             }
             event_type::STREAM_EXPIRED => expired = true,
+            event_type::STREAM_DISCONNECTED => {
+                let ended = event.envelope.data.parse::<events::StreamEnded>();
+                disconnected = Some(ended.ok().map(|ended| ended.reason));
+            }
             _ => {}
         }
         let wanted = self.types.is_empty()
             || self.types.contains(&event.event_type)
             || event.event_type.starts_with("stream.");
-        let disconnected = event.event_type == event_type::STREAM_DISCONNECTED;
-        let reason = event
-            .envelope
-            .data
-            .parse::<events::StreamEnded>()
-            .ok()
-            .map(|ended| ended.reason);
         if !wanted {
             return;
         }
         (self.on_event)(&event);
         self.signals.last_event.set(Some(event));
-        if disconnected {
+        if let Some(reason) = disconnected {
             // The server ended every stream of this user (a sign-out, say): stay closed.
             self.end(SourceSignal::ClosedByServer);
             self.signals.last_error.set(reason);
