@@ -189,6 +189,12 @@ async function startNginx(backends) {
   return { child, base };
 }
 
+// Publishes an event to userId through base, as another service would; fails unless 202.
+async function publish(base, userId, eventType, data) {
+  const published = await api(base, '/api/publish', { token: PUBLISH_KEY, body: { userId, eventType, data } });
+  if (published.status !== 202) throw new Error(`publish answered ${published.status}`);
+}
+
 async function signIn(page, base, userId) {
   await page.goto(base);
   await page.getByTestId('user-id').fill(userId);
@@ -286,11 +292,7 @@ async function main() {
       await until('the badge to show reconnecting', async () =>
         (await page.getByTestId('badge').getAttribute('data-state')) === 'reconnecting');
       await page.screenshot({ path: join(SHOTS, '3a-reconnecting.png'), fullPage: true });
-      const published = await api(b.base, '/api/publish', {
-        token: PUBLISH_KEY,
-        body: { userId: alice, eventType: 'orders.shipped', data: { orderId: 42 } },
-      });
-      if (published.status !== 202) throw new Error(`publish answered ${published.status}`);
+      await publish(b.base, alice, 'orders.shipped', { orderId: 42 });
       a = await startBackend('backend-a', portA, redis.url);
       await until('the badge to show open again', async () =>
         (await page.getByTestId('badge').getAttribute('data-state')) === 'open', 20_000);
@@ -310,11 +312,7 @@ async function main() {
         await until('the badge to report the refusal', async () =>
           /refused/.test(await carolPage.getByTestId('badge').textContent()));
         await carolPage.screenshot({ path: join(SHOTS, '3c-refused-during-deploy.png'), fullPage: true });
-        const published = await api(b.base, '/api/publish', {
-          token: PUBLISH_KEY,
-          body: { userId: carol, eventType: 'notifications.sent', data: { text: 'deployed' } },
-        });
-        if (published.status !== 202) throw new Error(`publish answered ${published.status}`);
+        await publish(b.base, carol, 'notifications.sent', { text: 'deployed' });
         proxy.accept();
         await until('the event published during the deploy', async () =>
           (await carolPage.locator('[data-event-type="notifications.sent"]').count()) === 1, 25_000);
@@ -378,11 +376,7 @@ async function main() {
     });
 
     await test('an event of a type the page never heard of appears, opens to show its data, and the filter finds it', async () => {
-      const published = await api(a.base, '/api/publish', {
-        token: PUBLISH_KEY,
-        body: { userId: alice, eventType: 'inventory.restocked', data: { sku: 'tea-42', count: 7 } },
-      });
-      if (published.status !== 202) throw new Error(`publish answered ${published.status}`);
+      await publish(a.base, alice, 'inventory.restocked', { sku: 'tea-42', count: 7 });
       const row = page.locator('[data-event-type="inventory.restocked"]');
       await until('the new type in the log', async () => (await row.count()) === 1);
       await row.locator('tr.summary').click();
@@ -403,11 +397,7 @@ async function main() {
       await until('the badge to say offline', async () =>
         (await page.getByTestId('badge').getAttribute('data-state')) === 'offline');
       await page.screenshot({ path: join(SHOTS, '6a-offline.png'), fullPage: true });
-      const published = await api(a.base, '/api/publish', {
-        token: PUBLISH_KEY,
-        body: { userId: alice, eventType: 'orders.shipped', data: { orderId: 43 } },
-      });
-      if (published.status !== 202) throw new Error(`publish answered ${published.status}`);
+      await publish(a.base, alice, 'orders.shipped', { orderId: 43 });
       await aliceContext.setOffline(false);
       await until('the badge to show open again', async () =>
         (await page.getByTestId('badge').getAttribute('data-state')) === 'open');
@@ -424,13 +414,7 @@ async function main() {
       const erin = await context.newPage();
       erin.setDefaultTimeout(WAIT_MS);
       const user = `erin-${suffix}`;
-      const send = async (n) => {
-        const published = await api(short.base, '/api/publish', {
-          token: PUBLISH_KEY,
-          body: { userId: user, eventType: 'orders.shipped', data: { orderId: n } },
-        });
-        if (published.status !== 202) throw new Error(`publish answered ${published.status}`);
-      };
+      const send = (n) => publish(short.base, user, 'orders.shipped', { orderId: n });
       const shipped = async () => erin.locator('[data-event-type="orders.shipped"]').count();
       try {
         await signIn(erin, short.base, user);
