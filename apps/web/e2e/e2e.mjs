@@ -207,6 +207,24 @@ async function logCount(page) {
   return Number(await page.getByTestId('event-count').textContent());
 }
 
+// The ids of the events of `eventType` a page's log shows, oldest first.
+async function loggedIds(page, eventType) {
+  const ids = await page.$$eval(
+    `tbody.event[data-event-type="${eventType}"] tr.summary td:nth-child(3)`,
+    (cells) => cells.map((cell) => Number(cell.textContent)),
+  );
+  return ids.reverse();
+}
+
+// The value of an unlabelled metric of a backend, from its /metrics.
+async function metric(base, name) {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line === undefined ? undefined : Number(line.split(' ')[1]);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
 async function main() {
   for (const [what, path] of [['the web build (trunk build --release)', join(DIST, 'index.html')], ['the backend binary (cargo build -p backend)', BACKEND], ['Chromium', CHROMIUM]]) {
     if (!existsSync(path)) throw new Error(`missing ${what}: ${path}`);
@@ -404,6 +422,85 @@ async function main() {
       await until('the event published while offline', async () => (await logCount(page)) === before + 1);
       await new Promise((r) => setTimeout(r, 300));
       if ((await logCount(page)) !== before + 1) throw new Error('an event was shown twice');
+    });
+
+    await test('three tabs of one user share one stream; closing or freezing its holder hands it over with no gap and no duplicate', async () => {
+      const shared = await startBackend('backend-tabs', await freePort(), redis.url);
+      const context = await browser.newContext();
+      const user = `fay-${suffix}`;
+      const tabs = [];
+      const holders = () => Promise.all(tabs.map((tab) =>
+        tab.getByTestId('stream-holder').getAttribute('data-holder')));
+      const expected = (n) => Array.from({ length: n }, (_, i) => i + 1);
+      const showsAll = async (tab, n) => JSON.stringify(await loggedIds(tab, 'tabs.tick')) === JSON.stringify(expected(n));
+      try {
+        for (let i = 0; i < 3; i++) {
+          const tab = await context.newPage();
+          tab.setDefaultTimeout(WAIT_MS);
+          tab.on('pageerror', (error) => console.log(`[tab ${i}] ${error.message}`));
+          await signIn(tab, shared.base, user);
+          tabs.push(tab);
+        }
+        await until('one tab holding the stream and two shown it by that tab', async () => {
+          const seen = await holders();
+          return seen.filter((h) => h === 'this tab').length === 1 && seen.filter((h) => h === 'another tab').length === 2;
+        });
+        const open = await metric(shared.base, 'sse_streams_open');
+        if (open !== 1) throw new Error(`the server holds ${open} streams for three tabs`);
+        for (let n = 1; n <= 5; n++) await publish(shared.base, user, 'tabs.tick', { n });
+        for (const [i, tab] of tabs.entries()) {
+          await until(`tab ${i} to show every event once, in order`, () => showsAll(tab, 5));
+        }
+        await tabs[0].screenshot({ path: join(SHOTS, '8a-shared-stream.png'), fullPage: true });
+
+        // Publishing goes on while the holder's tab closes.
+        const holder = tabs[(await holders()).indexOf('this tab')];
+        const others = tabs.filter((tab) => tab !== holder);
+        const total = 40;
+        const sending = (async () => {
+          for (let n = 6; n <= total; n++) {
+            await publish(shared.base, user, 'tabs.tick', { n });
+            await sleep(25);
+          }
+        })();
+        await until('the hand-over to start mid-publishing', async () =>
+          (await loggedIds(others[0], 'tabs.tick')).length >= 12);
+        await holder.close();
+        await sending;
+        for (const [i, tab] of others.entries()) {
+          await until(`remaining tab ${i} to show all ${total} events once, in order`, () => showsAll(tab, total));
+        }
+        const after = await Promise.all(others.map((tab) =>
+          tab.getByTestId('stream-holder').getAttribute('data-holder')));
+        if ([...after].sort().join() !== 'another tab,this tab') throw new Error(`holders after the hand-over: ${after}`);
+        await until('the server to hold one stream again', async () =>
+          (await metric(shared.base, 'sse_streams_open')) === 1);
+        await sleep(300);
+        for (const tab of others) {
+          if (!(await showsAll(tab, total))) throw new Error('an event was shown twice after the hand-over');
+        }
+        await others[0].screenshot({ path: join(SHOTS, '8b-shared-stream-handed-over.png'), fullPage: true });
+
+        // A holder whose page is frozen (a background tab the browser suspends) hands the
+        // stream on. Headless Chromium does not freeze pages through CDP, so the page
+        // lifecycle's own events are dispatched.
+        const [frozen, awake] = after.indexOf('this tab') === 0 ? others : [others[1], others[0]];
+        await frozen.evaluate(() => document.dispatchEvent(new Event('freeze')));
+        await until('the awake tab to hold the stream', async () =>
+          (await awake.getByTestId('stream-holder').getAttribute('data-holder')) === 'this tab');
+        for (let n = total + 1; n <= total + 5; n++) await publish(shared.base, user, 'tabs.tick', { n });
+        await until('the awake tab to show what was published meanwhile', () => showsAll(awake, total + 5));
+        await until('the frozen tab\'s stream to be gone', async () =>
+          (await metric(shared.base, 'sse_streams_open')) === 1);
+        await frozen.evaluate(() => document.dispatchEvent(new Event('resume')));
+        await until('the resumed tab to follow the awake one', async () =>
+          (await frozen.getByTestId('stream-holder').getAttribute('data-holder')) === 'another tab');
+        await publish(shared.base, user, 'tabs.tick', { n: total + 6 });
+        for (const tab of others) await until('every event once in both tabs', () => showsAll(tab, total + 6));
+      } finally {
+        await context.close().catch(() => {});
+        await stop(shared.child);
+      }
     });
 
     await test('a credential that expires is renewed through its source and nothing is missed', async () => {

@@ -79,7 +79,7 @@ pub fn Dashboard(session: Session) -> impl IntoView {
     view! {
         <section class="card status">
             <h2>"Stream"</h2>
-            <ConnectionBadge state=events.state server_id=events.server_id error=events.last_error />
+            <ConnectionBadge state=events.state server_id=events.server_id error=events.last_error holder=events.holder />
             <p class="hint cursor">
                 "Resume position: "
                 <code data-testid="last-event-id">{move || events.last_event_id.get().unwrap_or_else(|| "—".into())}</code>

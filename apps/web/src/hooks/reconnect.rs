@@ -4,7 +4,8 @@
 use std::{fmt, time::Duration};
 
 /// Where an event stream stands, as a person would put it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ConnectionState {
     /// Opening the first connection.
     Connecting,

@@ -1,8 +1,15 @@
 //! `use_events`: a user's event stream as reactive signals.
 //!
-//! One EventSource per mounted hook, closed when the owning component unmounts. Each
-//! EventSource is opened with a fresh single-use stream ticket (`POST /api/stream-tickets`
-//! with the token in a header; the ticket's secret comes back as an HttpOnly cookie), so
+//! The tabs of one browser that show the same user share one stream: they line up for a
+//! Web Lock named after the user, the tab given it holds the EventSource and relays every
+//! frame and state change to the others over a `BroadcastChannel` (see `leadership`).
+//! When that tab closes, the next in line opens the stream from the last id it relayed,
+//! and `sharing::Shown` drops the frames both holders delivered. Without Web Locks (or
+//! with sharing turned off) each hook holds its own stream.
+//!
+//! The stream is closed when the owning component unmounts. Each EventSource is opened
+//! with a fresh single-use stream ticket (`POST /api/stream-tickets` with the token in a
+//! header; the ticket's secret comes back as an HttpOnly cookie), so
 //! the token never appears in a URL. When the EventSource gives up (readyState CLOSED:
 //! a 502 or 503 during a deploy, or a 401 because its ticket was used up by an earlier
 //! connection), the hook gets a new ticket and opens a new EventSource after a backoff
@@ -23,7 +30,9 @@ use web_sys::{EventSource, MessageEvent};
 
 use super::{
     credentials::Credentials,
+    leadership::Leadership,
     reconnect::{Backoff, ConnectionState, Signal as SourceSignal, events_url, next_state},
+    sharing::{Shown, StreamHolder, TabMessage, share_name},
 };
 
 /// An event as the page received it.
@@ -47,6 +56,9 @@ pub struct UseEventsOptions {
     pub ticket_url: String,
     /// Backoff for reconnecting after the browser gave up. Default: [`Backoff::default`].
     pub reconnect: Backoff,
+    /// Whether the tabs of this origin showing the same user share one stream. Default:
+    /// `true`. Needs a token that is a JWT (its `sub` names the user) and Web Locks.
+    pub share: bool,
 }
 
 impl Default for UseEventsOptions {
@@ -55,6 +67,7 @@ impl Default for UseEventsOptions {
             url: "/api/events".into(),
             ticket_url: "/api/stream-tickets".into(),
             reconnect: Backoff::default(),
+            share: true,
         }
     }
 }
@@ -71,6 +84,9 @@ pub struct UseEventsReturn {
     pub server_id: Signal<Option<String>>,
     /// The last `stream.resync`: events may have been missed; refetch derived state.
     pub last_resync: Signal<Option<Resync>>,
+    /// Which tab holds the shared stream, once known; `None` while the stream is not
+    /// shared (sharing off, or unavailable in this browser).
+    pub holder: Signal<Option<StreamHolder>>,
     handle: StoredValue<SendWrapper<Rc<Connection>>>,
 }
 
@@ -90,6 +106,8 @@ impl UseEventsReturn {
 
     /// Opens a new stream now (resuming from the last event id), unless the stream was
     /// closed for good (by [`Self::close`], or by the server's `stream.disconnected`).
+    /// In a tab that does not hold the shared stream it does nothing: its holder
+    /// reconnects.
     pub fn reconnect(&self) {
         self.handle
             .with_value(|connection| connection.reconnect_now());
@@ -117,7 +135,8 @@ pub fn use_events(
     )
 }
 
-/// [`use_events`], with the stream's URLs and reconnection backoff set by `options`.
+/// [`use_events`], with the stream's URLs, reconnection backoff and sharing set by
+/// `options`.
 pub fn use_events_with_options(
     event_types: &[&str],
     credentials: impl Into<Credentials>,
@@ -132,6 +151,7 @@ pub fn use_events_with_options(
         last_error: RwSignal::new(None),
         server_id: RwSignal::new(None),
         last_resync: RwSignal::new(None),
+        holder: RwSignal::new(None),
     };
     let types: Vec<String> = event_types.iter().map(|t| t.to_string()).collect();
     let connection = Rc::new(Connection {
@@ -146,13 +166,30 @@ pub fn use_events_with_options(
         signals,
         source: RefCell::new(None),
         listeners: RefCell::new(Vec::new()),
-        network: RefCell::new(Vec::new()),
+        page: RefCell::new(Vec::new()),
         retry: RefCell::new(None),
         attempt: Cell::new(0),
         opening: Cell::new(0),
+        role: Cell::new(Role::Alone),
+        leadership: RefCell::new(None),
+        shown: RefCell::new(Shown::default()),
     });
-    connection.open();
-    connection.watch_network();
+    connection.start();
+    connection.watch_page();
+
+    // The holder tells the others whenever its connection changes.
+    let weak = SendWrapper::new(Rc::downgrade(&connection));
+    Effect::new(move |_| {
+        let status = TabMessage::Status {
+            state: signals.state.get(),
+            server_id: signals.server_id.get(),
+            error: signals.last_error.get(),
+            last_event_id: signals.last_event_id.get_untracked(),
+        };
+        if let Some(connection) = weak.upgrade() {
+            connection.relay(&status);
+        }
+    });
 
     let handle = StoredValue::new(SendWrapper::new(connection.clone()));
     let cleanup = SendWrapper::new(connection);
@@ -165,6 +202,7 @@ pub fn use_events_with_options(
         last_error: signals.last_error.into(),
         server_id: signals.server_id.into(),
         last_resync: signals.last_resync.into(),
+        holder: signals.holder.into(),
         handle,
     }
 }
@@ -177,11 +215,23 @@ struct Signals {
     last_error: RwSignal<Option<String>>,
     server_id: RwSignal<Option<String>>,
     last_resync: RwSignal<Option<Resync>>,
+    holder: RwSignal<Option<StreamHolder>>,
 }
 
 type Listener = Closure<dyn FnMut(web_sys::Event)>;
 
-/// The EventSource of one mounted hook and everything that must die with it.
+/// This hook's part in its user's shared stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// It holds its own stream (sharing off or unavailable, or closed).
+    Alone,
+    /// It holds the stream and relays it to the other tabs.
+    Holder,
+    /// Another tab holds the stream (or will): this one shows what it relays.
+    Follower,
+}
+
+/// The stream of one mounted hook and everything that must die with it.
 struct Connection {
     options: UseEventsOptions,
     /// The token in hand; `None` once it is known to be dead (expired or refused).
@@ -193,17 +243,166 @@ struct Connection {
     source: RefCell<Option<EventSource>>,
     /// Kept alive as long as the EventSource may call them.
     listeners: RefCell<Vec<Listener>>,
-    /// The window's `offline` and `online` listeners, removed by `close`.
-    network: RefCell<Vec<(&'static str, Listener)>>,
+    /// The window's `offline`/`online` and the document's `freeze`/`resume` listeners,
+    /// removed by `close`.
+    page: RefCell<Vec<(web_sys::EventTarget, &'static str, Listener)>>,
     retry: RefCell<Option<TimeoutHandle>>,
     /// Failed reconnections in a row, for the backoff.
     attempt: Cell<u32>,
     /// Counts calls to `open`, so that a ticket that arrives after a newer `open` (or a
     /// `close`) is dropped.
     opening: Cell<u64>,
+    role: Cell<Role>,
+    /// The seat among the user's tabs, while sharing.
+    leadership: RefCell<Option<Leadership>>,
+    /// What was shown, so that no event is shown twice across a change of holder.
+    shown: RefCell<Shown>,
 }
 
 impl Connection {
+    /// Joins the user's other tabs when sharing (the token names the user), or opens a
+    /// stream of its own.
+    fn start(self: &Rc<Self>) {
+        if !self.options.share {
+            self.open();
+            return;
+        }
+        let weak = Rc::downgrade(self);
+        let in_hand = self.token.borrow().clone();
+        let credentials = self.credentials.clone();
+        leptos::task::spawn_local(async move {
+            let token = match (in_hand, credentials) {
+                (Some(token), _) => Some(token),
+                (None, Credentials::Renewing(fetch)) => fetch().await.ok(),
+                (None, Credentials::Fixed(_)) => None,
+            };
+            let Some(connection) = weak.upgrade().filter(|c| !c.is_closed()) else {
+                return;
+            };
+            if let Some(token) = &token {
+                *connection.token.borrow_mut() = Some(token.clone());
+            }
+            let name = token.and_then(|token| share_name(&connection.options.url, &token));
+            // `open` reports a missing credential, and retries.
+            if !name.is_some_and(|name| connection.join(&name)) {
+                connection.open();
+            }
+        });
+    }
+
+    /// Gets in line for the user's shared stream; `false` where the browser cannot share.
+    fn join(self: &Rc<Self>, name: &str) -> bool {
+        let lead = Rc::downgrade(self);
+        let listen = Rc::downgrade(self);
+        let Some(leadership) = Leadership::join(
+            name,
+            move || {
+                if let Some(connection) = lead.upgrade() {
+                    connection.lead();
+                }
+            },
+            move |message| {
+                if let Some(connection) = listen.upgrade() {
+                    connection.on_tab_message(message);
+                }
+            },
+        ) else {
+            return false;
+        };
+        self.role.set(Role::Follower);
+        leadership.post(&TabMessage::Hello);
+        *self.leadership.borrow_mut() = Some(leadership);
+        true
+    }
+
+    /// This tab was given the stream: it opens it from the last id it showed.
+    fn lead(self: &Rc<Self>) {
+        if self.is_closed() {
+            if let Some(leadership) = self.leadership.borrow().as_ref() {
+                leadership.resign();
+            }
+            return;
+        }
+        self.role.set(Role::Holder);
+        self.signals.holder.set(Some(StreamHolder::ThisTab));
+        if self.signals.state.get_untracked() != ConnectionState::Connecting {
+            self.signals.state.set(ConnectionState::Reconnecting);
+        }
+        self.open();
+    }
+
+    /// Hands the stream to the next tab in line and gets back in line behind it: the
+    /// page is being frozen (a background tab the browser suspends), and a frozen holder
+    /// would silence every tab.
+    fn step_down(&self) {
+        if self.role.get() != Role::Holder {
+            return;
+        }
+        if let Some(timer) = self.retry.borrow_mut().take() {
+            timer.clear();
+        }
+        self.opening.set(self.opening.get().wrapping_add(1));
+        self.drop_source();
+        self.role.set(Role::Follower);
+        self.signals.holder.set(None);
+        if let Some(leadership) = self.leadership.borrow().as_ref() {
+            leadership.resign();
+            leadership.get_in_line();
+        }
+    }
+
+    /// What another tab of the user posted.
+    fn on_tab_message(self: &Rc<Self>, message: TabMessage) {
+        match (self.role.get(), message) {
+            (Role::Holder, TabMessage::Hello) => self.relay(&TabMessage::Status {
+                state: self.signals.state.get_untracked(),
+                server_id: self.signals.server_id.get_untracked(),
+                error: self.signals.last_error.get_untracked(),
+                last_event_id: self.signals.last_event_id.get_untracked(),
+            }),
+            (Role::Follower, TabMessage::Frame { id, data }) => {
+                self.signals.holder.set(Some(StreamHolder::AnotherTab));
+                self.on_frame(id, &data);
+            }
+            (
+                Role::Follower,
+                TabMessage::Status {
+                    state,
+                    server_id,
+                    error,
+                    last_event_id,
+                },
+            ) => {
+                self.signals.holder.set(Some(StreamHolder::AnotherTab));
+                self.signals.state.set(state);
+                self.signals.server_id.set(server_id);
+                self.signals.last_error.set(error);
+                if last_event_id.is_some() {
+                    self.signals.last_event_id.set(last_event_id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Posts `message` to the other tabs, if this one holds the shared stream.
+    fn relay(&self, message: &TabMessage) {
+        if self.role.get() != Role::Holder {
+            return;
+        }
+        if let Some(leadership) = self.leadership.borrow().as_ref() {
+            leadership.post(message);
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        // The owner may be gone (unmounted), its signals with it.
+        self.signals
+            .state
+            .try_get_untracked()
+            .is_none_or(|state| state == ConnectionState::Closed)
+    }
+
     /// Gets a token if it has none, then a stream ticket, then opens the EventSource.
     fn open(self: &Rc<Self>) {
         self.drop_source();
@@ -284,6 +483,14 @@ impl Connection {
         self.opening.set(self.opening.get().wrapping_add(1));
         self.drop_source();
         self.apply(signal);
+        // A follower leaves the line, so that it never reopens what the server ended. The
+        // holder keeps the lock until its page goes, so that no tab that has not yet seen
+        // the end takes the stream over meanwhile.
+        if self.role.get() == Role::Follower
+            && let Some(leadership) = self.leadership.borrow().as_ref()
+        {
+            leadership.leave();
+        }
     }
 
     fn open_source(self: &Rc<Self>, ticket: &str) {
@@ -313,9 +520,10 @@ impl Connection {
         *self.source.borrow_mut() = Some(source);
     }
 
-    /// Follows the browser's `offline` and `online` events: offline, the badge says so
-    /// and nothing is retried; back online, the stream reconnects at once.
-    fn watch_network(self: &Rc<Self>) {
+    /// Follows the browser's `offline` and `online` events (offline, the badge says so
+    /// and nothing is retried; back online, the stream reconnects at once), and the page's
+    /// `freeze` (see `step_down`) and `resume`.
+    fn watch_page(self: &Rc<Self>) {
         let Some(window) = web_sys::window() else {
             return;
         };
@@ -325,21 +533,37 @@ impl Connection {
             ("online", SourceSignal::CameOnline),
         ] {
             let weak = Rc::downgrade(self);
-            let closure = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
+            listeners.push(listen_on(&window, name, move |_| {
                 let Some(connection) = weak.upgrade() else {
                     return;
                 };
-                if connection.apply(signal) {
+                // A follower's state is its holder's.
+                if connection.role.get() != Role::Follower && connection.apply(signal) {
                     if let Some(timer) = connection.retry.borrow_mut().take() {
                         timer.clear();
                     }
                     connection.open();
                 }
-            });
-            let _ = window.add_event_listener_with_callback(name, closure.as_ref().unchecked_ref());
-            listeners.push((name, closure));
+            }));
         }
-        *self.network.borrow_mut() = listeners;
+        if let Some(document) = window.document() {
+            let weak = Rc::downgrade(self);
+            listeners.push(listen_on(&document, "freeze", move |_| {
+                if let Some(connection) = weak.upgrade() {
+                    connection.step_down();
+                }
+            }));
+            let weak = Rc::downgrade(self);
+            listeners.push(listen_on(&document, "resume", move |_| {
+                if let Some(connection) = weak.upgrade()
+                    && connection.role.get() == Role::Follower
+                    && let Some(leadership) = connection.leadership.borrow().as_ref()
+                {
+                    leadership.post(&TabMessage::Hello);
+                }
+            }));
+        }
+        *self.page.borrow_mut() = listeners;
     }
 
     fn on_open(&self) {
@@ -371,26 +595,42 @@ impl Connection {
     }
 
     fn on_message(self: &Rc<Self>, message: &MessageEvent) {
-        // How the server ends the stream, if this frame does: disconnected (with why).
-        let mut disconnected = None;
-        let mut expired = false;
         let id = message.last_event_id();
         let id = (!id.is_empty()).then_some(id);
-        if id.is_some() {
-            self.signals.last_event_id.set(id.clone());
-        }
         let Some(data) = message.data().as_string() else {
             return;
         };
-        let envelope: Envelope = match serde_json::from_str(&data) {
+        // Relayed first: handling the frame may end the stream.
+        self.relay(&TabMessage::Frame {
+            id: id.clone(),
+            data: data.clone(),
+        });
+        self.on_frame(id, &data);
+    }
+
+    /// One frame of the stream, from this tab's EventSource or relayed by the holder.
+    fn on_frame(self: &Rc<Self>, id: Option<String>, data: &str) {
+        // How the server ends the stream, if this frame does: disconnected (with why).
+        let mut disconnected = None;
+        let mut expired = false;
+        let envelope: Envelope = match serde_json::from_str(data) {
             Ok(envelope) => envelope,
             Err(error) => {
+                if id.is_some() {
+                    self.signals.last_event_id.set(id);
+                }
                 self.signals
                     .last_error
                     .set(Some(format!("unreadable event: {error}")));
                 return;
             }
         };
+        if !self.shown.borrow_mut().first_time(&envelope) {
+            return;
+        }
+        if id.is_some() {
+            self.signals.last_event_id.set(id.clone());
+        }
         let event = ReceivedEvent {
             event_type: envelope.event_type.clone(),
             envelope,
@@ -406,7 +646,9 @@ impl Connection {
                     .ok()
                     .map(|opened| opened.server_id);
                 self.signals.server_id.set(server);
-                self.apply(SourceSignal::Opened);
+                if self.role.get() != Role::Follower {
+                    self.apply(SourceSignal::Opened);
+                }
             }
             event_type::STREAM_RESYNC => {
                 let resync = event.envelope.data.parse().ok();
@@ -428,10 +670,12 @@ impl Connection {
         (self.on_event)(&event);
         self.signals.last_event.set(Some(event));
         if let Some(reason) = disconnected {
-            // The server ended every stream of this user (a sign-out, say): stay closed.
+            // The server ended every stream of this user (a sign-out, say): stay closed,
+            // in every tab.
             self.end(SourceSignal::ClosedByServer);
             self.signals.last_error.set(reason);
-        } else if expired {
+        } else if expired && self.role.get() != Role::Follower {
+            // The holder renews the credential; the other tabs just see it happen.
             self.credential_dead("the stream's credential expired");
         }
     }
@@ -471,7 +715,9 @@ impl Connection {
     }
 
     fn reconnect_now(self: &Rc<Self>) {
-        if self.signals.state.get_untracked() == ConnectionState::Closed {
+        if self.signals.state.get_untracked() == ConnectionState::Closed
+            || self.role.get() == Role::Follower
+        {
             return;
         }
         if let Some(timer) = self.retry.borrow_mut().take() {
@@ -489,11 +735,14 @@ impl Connection {
         self.opening.set(self.opening.get().wrapping_add(1));
         self.drop_source();
         self.listeners.borrow_mut().clear();
-        if let Some(window) = web_sys::window() {
-            for (name, listener) in self.network.borrow_mut().drain(..) {
-                let _ = window
-                    .remove_event_listener_with_callback(name, listener.as_ref().unchecked_ref());
-            }
+        // The next tab in line takes the stream over; this one's last state is not relayed.
+        if let Some(leadership) = self.leadership.borrow_mut().take() {
+            leadership.leave();
+        }
+        self.role.set(Role::Alone);
+        for (target, name, listener) in self.page.borrow_mut().drain(..) {
+            let _ =
+                target.remove_event_listener_with_callback(name, listener.as_ref().unchecked_ref());
         }
         // The owner may already be gone (unmounting): its signals with it.
         let _ = self.signals.state.try_update(|state| {
@@ -508,6 +757,17 @@ impl Connection {
             source.close();
         }
     }
+}
+
+/// Adds `handler` as the `event_type` listener of `target`, which keeps it until `close`.
+fn listen_on(
+    target: &web_sys::EventTarget,
+    event_type: &'static str,
+    handler: impl FnMut(web_sys::Event) + 'static,
+) -> (web_sys::EventTarget, &'static str, Listener) {
+    let closure = Closure::<dyn FnMut(web_sys::Event)>::new(handler);
+    let _ = target.add_event_listener_with_callback(event_type, closure.as_ref().unchecked_ref());
+    (target.clone(), event_type, closure)
 }
 
 fn listen(
