@@ -272,6 +272,77 @@ async function main() {
     }
   }
 
+  // Three tabs of `user` on a backend of their own: the server holds one stream, every
+  // tab shows every event once, in order; then the holder's tab closes while events are
+  // being published and the other two go on with no gap and no duplicate. Returns what
+  // is left for more; the caller closes `context` and stops `shared`.
+  async function tabsShareOneStream(user, { withoutLocks = false, shots }) {
+    const shared = await startBackend(`backend-tabs-${shots}`, await freePort(), redis.url);
+    const context = await browser.newContext();
+    if (withoutLocks) {
+      await context.addInitScript(() => { delete Navigator.prototype.locks; });
+    }
+    const tabs = [];
+    const holders = (of) => Promise.all(of.map((tab) =>
+      tab.getByTestId('stream-holder').getAttribute('data-holder')));
+    const expected = (n) => Array.from({ length: n }, (_, i) => i + 1);
+    const showsAll = async (tab, n) => JSON.stringify(await loggedIds(tab, 'tabs.tick')) === JSON.stringify(expected(n));
+    const oneHolder = async (of) => {
+      const seen = await holders(of);
+      return seen.filter((h) => h === 'this tab').length === 1 && seen.filter((h) => h === 'another tab').length === of.length - 1;
+    };
+    try {
+      for (let i = 0; i < 3; i++) {
+        const tab = await context.newPage();
+        tab.setDefaultTimeout(WAIT_MS);
+        tab.on('pageerror', (error) => console.log(`[tab ${i}] ${error.message}`));
+        await signIn(tab, shared.base, user);
+        tabs.push(tab);
+      }
+      if (withoutLocks && (await tabs[0].evaluate(() => 'locks' in navigator))) throw new Error('Web Locks still there');
+      await until('one tab holding the stream and two shown it by that tab', () => oneHolder(tabs));
+      await until('the server to hold one stream for three tabs', async () =>
+        (await metric(shared.base, 'sse_streams_open')) === 1);
+      for (let n = 1; n <= 5; n++) await publish(shared.base, user, 'tabs.tick', { n });
+      for (const [i, tab] of tabs.entries()) {
+        await until(`tab ${i} to show every event once, in order`, () => showsAll(tab, 5));
+      }
+      if ((await metric(shared.base, 'sse_streams_open')) !== 1) throw new Error('more than one stream');
+      await tabs[0].screenshot({ path: join(SHOTS, `${shots}a-shared-stream.png`), fullPage: true });
+
+      // Publishing goes on while the holder's tab closes.
+      const holder = tabs[(await holders(tabs)).indexOf('this tab')];
+      const others = tabs.filter((tab) => tab !== holder);
+      const total = 40;
+      const sending = (async () => {
+        for (let n = 6; n <= total; n++) {
+          await publish(shared.base, user, 'tabs.tick', { n });
+          await sleep(25);
+        }
+      })();
+      await until('the hand-over to start mid-publishing', async () =>
+        (await loggedIds(others[0], 'tabs.tick')).length >= 12);
+      await holder.close();
+      await sending;
+      for (const [i, tab] of others.entries()) {
+        await until(`remaining tab ${i} to show all ${total} events once, in order`, () => showsAll(tab, total));
+      }
+      await until('one of the two to hold the stream', () => oneHolder(others));
+      await until('the server to hold one stream again', async () =>
+        (await metric(shared.base, 'sse_streams_open')) === 1);
+      await sleep(300);
+      for (const tab of others) {
+        if (!(await showsAll(tab, total))) throw new Error('an event was shown twice after the hand-over');
+      }
+      await others[0].screenshot({ path: join(SHOTS, `${shots}b-shared-stream-handed-over.png`), fullPage: true });
+      return { shared, context, others, after: await holders(others), total, showsAll };
+    } catch (error) {
+      await context.close().catch(() => {});
+      await stop(shared.child);
+      throw error;
+    }
+  }
+
   try {
     await test('creating an account shows snapshots.generated, the account and its snapshot', async () => {
       await signIn(page, a.base, alice);
@@ -425,62 +496,9 @@ async function main() {
     });
 
     await test('three tabs of one user share one stream; closing or freezing its holder hands it over with no gap and no duplicate', async () => {
-      const shared = await startBackend('backend-tabs', await freePort(), redis.url);
-      const context = await browser.newContext();
+      const { shared, context, others, after, total, showsAll } = await tabsShareOneStream(`fay-${suffix}`, { shots: '8' });
       const user = `fay-${suffix}`;
-      const tabs = [];
-      const holders = () => Promise.all(tabs.map((tab) =>
-        tab.getByTestId('stream-holder').getAttribute('data-holder')));
-      const expected = (n) => Array.from({ length: n }, (_, i) => i + 1);
-      const showsAll = async (tab, n) => JSON.stringify(await loggedIds(tab, 'tabs.tick')) === JSON.stringify(expected(n));
       try {
-        for (let i = 0; i < 3; i++) {
-          const tab = await context.newPage();
-          tab.setDefaultTimeout(WAIT_MS);
-          tab.on('pageerror', (error) => console.log(`[tab ${i}] ${error.message}`));
-          await signIn(tab, shared.base, user);
-          tabs.push(tab);
-        }
-        await until('one tab holding the stream and two shown it by that tab', async () => {
-          const seen = await holders();
-          return seen.filter((h) => h === 'this tab').length === 1 && seen.filter((h) => h === 'another tab').length === 2;
-        });
-        const open = await metric(shared.base, 'sse_streams_open');
-        if (open !== 1) throw new Error(`the server holds ${open} streams for three tabs`);
-        for (let n = 1; n <= 5; n++) await publish(shared.base, user, 'tabs.tick', { n });
-        for (const [i, tab] of tabs.entries()) {
-          await until(`tab ${i} to show every event once, in order`, () => showsAll(tab, 5));
-        }
-        await tabs[0].screenshot({ path: join(SHOTS, '8a-shared-stream.png'), fullPage: true });
-
-        // Publishing goes on while the holder's tab closes.
-        const holder = tabs[(await holders()).indexOf('this tab')];
-        const others = tabs.filter((tab) => tab !== holder);
-        const total = 40;
-        const sending = (async () => {
-          for (let n = 6; n <= total; n++) {
-            await publish(shared.base, user, 'tabs.tick', { n });
-            await sleep(25);
-          }
-        })();
-        await until('the hand-over to start mid-publishing', async () =>
-          (await loggedIds(others[0], 'tabs.tick')).length >= 12);
-        await holder.close();
-        await sending;
-        for (const [i, tab] of others.entries()) {
-          await until(`remaining tab ${i} to show all ${total} events once, in order`, () => showsAll(tab, total));
-        }
-        const after = await Promise.all(others.map((tab) =>
-          tab.getByTestId('stream-holder').getAttribute('data-holder')));
-        if ([...after].sort().join() !== 'another tab,this tab') throw new Error(`holders after the hand-over: ${after}`);
-        await until('the server to hold one stream again', async () =>
-          (await metric(shared.base, 'sse_streams_open')) === 1);
-        await sleep(300);
-        for (const tab of others) {
-          if (!(await showsAll(tab, total))) throw new Error('an event was shown twice after the hand-over');
-        }
-        await others[0].screenshot({ path: join(SHOTS, '8b-shared-stream-handed-over.png'), fullPage: true });
-
         // A holder whose page is frozen (a background tab the browser suspends) hands the
         // stream on. Headless Chromium does not freeze pages through CDP, so the page
         // lifecycle's own events are dispatched.
@@ -501,6 +519,12 @@ async function main() {
         await context.close().catch(() => {});
         await stop(shared.child);
       }
+    });
+
+    await test('without Web Locks (plain http away from localhost) the tabs elect a holder over their channel, with the same guarantees', async () => {
+      const { shared, context } = await tabsShareOneStream(`gus-${suffix}`, { withoutLocks: true, shots: '9' });
+      await context.close().catch(() => {});
+      await stop(shared.child);
     });
 
     await test('a credential that expires is renewed through its source and nothing is missed', async () => {

@@ -44,6 +44,11 @@ pub enum TabMessage {
         error: Option<String>,
         last_event_id: Option<String>,
     },
+    /// The fallback election (see [`Election`]): `tab` holds the stream, since `since`
+    /// (milliseconds since the Unix epoch). Repeated as a heartbeat.
+    Claim { tab: u64, since: f64 },
+    /// The fallback election: `tab` gives the stream up (its page is going away).
+    Resign { tab: u64 },
 }
 
 impl TabMessage {
@@ -77,6 +82,128 @@ pub fn share_name(url: &str, token: &str) -> Option<String> {
     let claims = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let subject: Subject = serde_json::from_slice(&claims).ok()?;
     (!subject.sub.is_empty()).then(|| format!("use-events {url} {}", subject.sub))
+}
+
+/// How often a holder elected by [`Election`] repeats its claim, in milliseconds.
+pub const HEARTBEAT_MS: f64 = 1_000.0;
+/// How long without a claim before a waiting tab takes the stream, in milliseconds:
+/// long enough for a holder in a background tab, whose timers the browser slows to
+/// once a second.
+pub const SILENCE_MS: f64 = 3_500.0;
+/// How long a tab that just joined listens for a holder before taking the stream.
+pub const JOIN_WAIT_MS: f64 = 500.0;
+
+/// What the fallback election asks of its tab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Wait,
+    /// Take the stream.
+    Lead,
+    /// Another tab holds the stream: give it up.
+    StepDown,
+}
+
+/// The election of the tab that holds the stream, for browsers without Web Locks,
+/// carried by the tabs' channel: the holder repeats a [`TabMessage::Claim`]; a tab that
+/// hears none for [`SILENCE_MS`] (the holder crashed, or its page was frozen) or hears
+/// a [`TabMessage::Resign`] takes the stream. When two tabs hold it at once (both took
+/// it in the same moment, or a holder throttled in the background was taken over), the
+/// newer claim wins and the other steps down: a holder that was replaced stays replaced.
+/// A step down costs a reconnection that resumes from the last id, never an event.
+#[derive(Debug)]
+pub struct Election {
+    tab: u64,
+    /// Since when this tab holds the stream.
+    holding_since: Option<f64>,
+    /// When this tab last heard another's claim, or joined.
+    last_heard: f64,
+    /// Whether any claim was heard since joining.
+    heard_any: bool,
+    last_claimed: f64,
+}
+
+impl Election {
+    pub fn new(tab: u64, now: f64) -> Self {
+        Self {
+            tab,
+            holding_since: None,
+            last_heard: now,
+            heard_any: false,
+            last_claimed: f64::MIN,
+        }
+    }
+
+    pub fn holds(&self) -> bool {
+        self.holding_since.is_some()
+    }
+
+    /// Another tab's message.
+    pub fn heard(&mut self, message: &TabMessage, now: f64) -> Verdict {
+        match *message {
+            TabMessage::Claim { tab, since } if tab != self.tab => {
+                self.last_heard = now;
+                self.heard_any = true;
+                match self.holding_since {
+                    Some(ours) if (since, tab) > (ours, self.tab) => {
+                        self.holding_since = None;
+                        Verdict::StepDown
+                    }
+                    _ => Verdict::Wait,
+                }
+            }
+            TabMessage::Resign { tab } if tab != self.tab && !self.holds() => self.take(now),
+            _ => Verdict::Wait,
+        }
+    }
+
+    /// Time passed: a waiting tab takes the stream if no holder spoke for too long.
+    pub fn tick(&mut self, now: f64) -> Verdict {
+        let patience = if self.heard_any {
+            SILENCE_MS
+        } else {
+            JOIN_WAIT_MS
+        };
+        if !self.holds() && now - self.last_heard >= patience {
+            return self.take(now);
+        }
+        Verdict::Wait
+    }
+
+    /// The claim this tab should post now, if it holds the stream and its last claim is
+    /// a heartbeat old.
+    pub fn claim(&mut self, now: f64) -> Option<TabMessage> {
+        let since = self.holding_since?;
+        if now - self.last_claimed < HEARTBEAT_MS {
+            return None;
+        }
+        self.last_claimed = now;
+        Some(TabMessage::Claim {
+            tab: self.tab,
+            since,
+        })
+    }
+
+    /// A tab that just joined said hello: the holder claims at once, before the newcomer's
+    /// [`JOIN_WAIT_MS`] run out.
+    pub fn answer_hello(&mut self, now: f64) -> Option<TabMessage> {
+        self.last_claimed = f64::MIN;
+        self.claim(now)
+    }
+
+    /// Gives the stream up (the page is going away, or frozen); the message to post.
+    pub fn resign(&mut self, now: f64) -> Option<TabMessage> {
+        self.holding_since.take()?;
+        // Give the others their turn before this tab would take it back.
+        self.last_heard = now;
+        self.heard_any = true;
+        Some(TabMessage::Resign { tab: self.tab })
+    }
+
+    fn take(&mut self, now: f64) -> Verdict {
+        self.holding_since = Some(now);
+        self.last_claimed = f64::MIN;
+        Verdict::Lead
+    }
 }
 
 /// How many histories [`Shown`] remembers: a stream carries its user's and the
@@ -168,12 +295,118 @@ mod tests {
                 error: None,
                 last_event_id: Some("7-1.0-0".into()),
             },
+            TabMessage::Claim {
+                tab: u64::MAX,
+                since: 1.5e12,
+            },
+            TabMessage::Resign { tab: 7 },
         ];
         for message in messages {
             assert_eq!(TabMessage::decode(&message.encode()), Some(message));
         }
         assert_eq!(TabMessage::decode(r#"{"kind":"takeover"}"#), None);
         assert_eq!(TabMessage::decode("not json"), None);
+    }
+
+    #[test]
+    fn a_lone_tab_takes_the_stream_after_listening_briefly() {
+        let mut election = Election::new(1, 0.0);
+        assert_eq!(election.tick(JOIN_WAIT_MS - 1.0), Verdict::Wait);
+        assert_eq!(election.tick(JOIN_WAIT_MS), Verdict::Lead);
+        assert!(election.holds());
+        assert_eq!(
+            election.claim(JOIN_WAIT_MS),
+            Some(TabMessage::Claim {
+                tab: 1,
+                since: JOIN_WAIT_MS
+            }),
+            "claims at once"
+        );
+        assert_eq!(
+            election.claim(JOIN_WAIT_MS + 10.0),
+            None,
+            "then per heartbeat"
+        );
+        assert!(election.claim(JOIN_WAIT_MS + HEARTBEAT_MS).is_some());
+        assert_eq!(election.tick(1e9), Verdict::Wait, "a holder stays");
+    }
+
+    #[test]
+    fn a_tab_waits_while_the_holder_speaks_and_takes_over_when_it_falls_silent() {
+        let mut election = Election::new(2, 0.0);
+        let claim = TabMessage::Claim {
+            tab: 1,
+            since: -5.0,
+        };
+        assert_eq!(election.heard(&claim, 100.0), Verdict::Wait);
+        assert_eq!(election.tick(100.0 + SILENCE_MS - 1.0), Verdict::Wait);
+        assert_eq!(election.heard(&claim, 1_000.0), Verdict::Wait);
+        assert_eq!(election.tick(1_000.0 + SILENCE_MS - 1.0), Verdict::Wait);
+        assert_eq!(
+            election.tick(1_000.0 + SILENCE_MS),
+            Verdict::Lead,
+            "silent holder"
+        );
+    }
+
+    #[test]
+    fn a_resignation_hands_the_stream_on_at_once() {
+        let mut waiting = Election::new(2, 0.0);
+        let mut holder = Election::new(1, 0.0);
+        assert_eq!(holder.tick(JOIN_WAIT_MS), Verdict::Lead);
+        let claim = holder.claim(JOIN_WAIT_MS).expect("a claim");
+        assert_eq!(waiting.heard(&claim, JOIN_WAIT_MS), Verdict::Wait);
+        let resignation = holder.resign(500.0).expect("it held the stream");
+        assert!(!holder.holds());
+        assert_eq!(waiting.heard(&resignation, 501.0), Verdict::Lead);
+        assert_eq!(holder.resign(600.0), None, "nothing left to resign");
+        assert_eq!(
+            holder.tick(700.0),
+            Verdict::Wait,
+            "the resigned tab waits its turn"
+        );
+    }
+
+    #[test]
+    fn the_holder_answers_a_newcomer_before_it_would_take_the_stream() {
+        let mut holder = Election::new(1, 0.0);
+        holder.tick(JOIN_WAIT_MS);
+        let _ = holder.claim(JOIN_WAIT_MS);
+        let mut newcomer = Election::new(2, 600.0);
+        let answer = holder
+            .answer_hello(601.0)
+            .expect("the holder claims at once");
+        assert_eq!(newcomer.heard(&answer, 602.0), Verdict::Wait);
+        assert_eq!(newcomer.tick(600.0 + JOIN_WAIT_MS), Verdict::Wait);
+        assert_eq!(
+            Election::new(3, 0.0).answer_hello(1.0),
+            None,
+            "only a holder answers"
+        );
+    }
+
+    #[test]
+    fn of_two_holders_the_newer_claim_wins_in_both_tabs() {
+        let (mut old, mut new) = (Election::new(9, 0.0), Election::new(3, 0.0));
+        assert_eq!(old.tick(JOIN_WAIT_MS), Verdict::Lead);
+        assert_eq!(new.tick(JOIN_WAIT_MS + 1.0), Verdict::Lead);
+        let (from_old, from_new) = (
+            old.claim(400.0).expect("claim"),
+            new.claim(400.0).expect("claim"),
+        );
+        assert_eq!(new.heard(&from_old, 401.0), Verdict::Wait);
+        assert_eq!(old.heard(&from_new, 401.0), Verdict::StepDown);
+        assert!(new.holds() && !old.holds());
+        // The same moment: the tab ids decide, the same way in both tabs.
+        let (mut a, mut b) = (Election::new(1, 0.0), Election::new(2, 0.0));
+        a.tick(JOIN_WAIT_MS);
+        b.tick(JOIN_WAIT_MS);
+        let (from_a, from_b) = (
+            a.claim(400.0).expect("claim"),
+            b.claim(400.0).expect("claim"),
+        );
+        assert_eq!(a.heard(&from_b, 401.0), Verdict::StepDown);
+        assert_eq!(b.heard(&from_a, 401.0), Verdict::Wait);
     }
 
     fn envelope(user: &str, epoch: u64, id: Option<u64>) -> Envelope {

@@ -1,11 +1,12 @@
 //! `use_events`: a user's event stream as reactive signals.
 //!
-//! The tabs of one browser that show the same user share one stream: they line up for a
-//! Web Lock named after the user, the tab given it holds the EventSource and relays every
-//! frame and state change to the others over a `BroadcastChannel` (see `leadership`).
-//! When that tab closes, the next in line opens the stream from the last id it relayed,
-//! and `sharing::Shown` drops the frames both holders delivered. Without Web Locks (or
-//! with sharing turned off) each hook holds its own stream.
+//! The tabs of one browser that show the same user share one stream: they elect one (a
+//! Web Lock named after the user, or an election on their channel where the browser has
+//! no Web Locks), which holds the EventSource and relays every frame and state change to
+//! the others over a `BroadcastChannel` (see `leadership`). When that tab goes, the next
+//! opens the stream from the last id it was relayed, and `sharing::Shown` drops the
+//! frames both holders delivered. With sharing turned off, or a token that is not a JWT,
+//! each hook holds its own stream.
 //!
 //! The stream is closed when the owning component unmounts. Each EventSource is opened
 //! with a fresh single-use stream ticket (`POST /api/stream-tickets` with the token in a
@@ -57,7 +58,7 @@ pub struct UseEventsOptions {
     /// Backoff for reconnecting after the browser gave up. Default: [`Backoff::default`].
     pub reconnect: Backoff,
     /// Whether the tabs of this origin showing the same user share one stream. Default:
-    /// `true`. Needs a token that is a JWT (its `sub` names the user) and Web Locks.
+    /// `true`. Needs a token that is a JWT (its `sub` names the user).
     pub share: bool,
 }
 
@@ -293,12 +294,18 @@ impl Connection {
     /// Gets in line for the user's shared stream; `false` where the browser cannot share.
     fn join(self: &Rc<Self>, name: &str) -> bool {
         let lead = Rc::downgrade(self);
+        let step_down = Rc::downgrade(self);
         let listen = Rc::downgrade(self);
         let Some(leadership) = Leadership::join(
             name,
             move || {
                 if let Some(connection) = lead.upgrade() {
                     connection.lead();
+                }
+            },
+            move || {
+                if let Some(connection) = step_down.upgrade() {
+                    connection.step_down();
                 }
             },
             move |message| {
@@ -333,7 +340,7 @@ impl Connection {
 
     /// Hands the stream to the next tab in line and gets back in line behind it: the
     /// page is being frozen (a background tab the browser suspends), and a frozen holder
-    /// would silence every tab.
+    /// would silence every tab; or, in the fallback election, another tab took over.
     fn step_down(&self) {
         if self.role.get() != Role::Holder {
             return;
