@@ -56,6 +56,8 @@ dev: setup web-build
     until redis-cli -p {{redis_port}} ping >/dev/null 2>&1; do sleep 0.1; done
     # Development only: anyone may mint a token for any user (the backends log it loudly).
     export REDIS_URL=redis://127.0.0.1:{{redis_port}} PUBLISH_KEY=${PUBLISH_KEY:-dev-publish-key} DEV_TOKENS=true
+    # Other services may still PUBLISH to the original design's user-events channel.
+    export LEGACY_CHANNELS=true
     PORT={{backend_1_port}} SERVER_ID=backend-1 target/debug/backend 2>&1 | prefix 36 backend-1 &
     PORT={{backend_2_port}} SERVER_ID=backend-2 target/debug/backend 2>&1 | prefix 35 backend-2 &
     # The repo's nginx.conf, rendered for this machine.

@@ -128,8 +128,11 @@ impl Application {
                         hub.clone(),
                         readiness.clone(),
                         metrics.clone(),
-                        &server_id,
-                        settings.max_event_bytes,
+                        bus::Listening {
+                            server_id: &server_id,
+                            legacy_channels: settings.legacy_channels,
+                            max_event_bytes: settings.max_event_bytes,
+                        },
                         shutdown.clone(),
                     )
                     .await?,

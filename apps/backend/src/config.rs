@@ -38,10 +38,17 @@ pub struct Settings {
     #[arg(long, env = "SERVER_ID")]
     pub server_id: Option<String>,
 
-    /// Redis to fan out through and store in, e.g. redis://127.0.0.1:6379 or rediss://...
-    /// Absent: single node, in-process bus and in-memory store.
+    /// Redis to fan out through and store in: one node (redis://127.0.0.1:6379,
+    /// rediss://...) or a Redis Cluster (redis-cluster://host:port?node=host2:port2, any
+    /// of its nodes as seeds). Absent: single node, in-process bus and in-memory store.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<Secret>,
+
+    /// Also deliver what other services publish the original design's way (`PUBLISH
+    /// user-events` / `system-events` with an envelope): live only, without an id, and
+    /// received by every instance whether it serves the user or not.
+    #[arg(long, env = "LEGACY_CHANNELS", default_value_t = false, action = ArgAction::Set)]
+    pub legacy_channels: bool,
 
     /// HS256 secret that verifies (and, for dev tokens, signs) tokens, 32+ bytes. With dev
     /// tokens off, this or a public key (file or JWKS) is required.
@@ -195,7 +202,7 @@ pub enum SettingsError {
     DevSecretInProduction,
     #[error("JWT_PUBLIC_KEY_FILE needs JWT_ALGORITHM (RS256, ES256 or EdDSA)")]
     MissingKeyAlgorithm,
-    #[error("REDIS_URL must start with redis:// or rediss://")]
+    #[error("REDIS_URL must start with redis://, rediss://, redis-cluster:// or rediss-cluster://")]
     BadRedisUrl,
     #[error("SERVER_ID must be 1 to {MAX_SERVER_ID_CHARS} characters from A-Z a-z 0-9 _ - . : @")]
     BadServerId,
@@ -256,7 +263,9 @@ impl Settings {
             }
         }
         if let Some(url) = &self.redis_url
-            && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
+            && !REDIS_SCHEMES
+                .iter()
+                .any(|scheme| url.expose().starts_with(scheme))
         {
             return Err(SettingsError::BadRedisUrl);
         }
@@ -299,10 +308,14 @@ impl Settings {
             found.push("METRICS_ADDR unset: /metrics is served on the public port");
         }
         if let Some(url) = &self.redis_url
-            && url.expose().starts_with("redis://")
-            && !redis_host_is_loopback(url.expose())
+            && (url.expose().starts_with("redis://")
+                || url.expose().starts_with("redis-cluster://"))
+            && !redis_hosts_are_loopback(url.expose())
         {
-            found.push("REDIS_URL is plain redis:// to another host: use rediss:// (TLS)");
+            found.push(
+                "REDIS_URL is plain redis:// to another host: use rediss:// (TLS), or \
+                 rediss-cluster://",
+            );
         }
         found
     }
@@ -392,13 +405,30 @@ fn shown(value: Option<String>) -> String {
 }
 
 /// Whether a `redis://` URL names this machine.
-fn redis_host_is_loopback(url: &str) -> bool {
+/// The URL schemes fred takes: one node, or a cluster (its seeds in `node=` parameters).
+const REDIS_SCHEMES: [&str; 4] = [
+    "redis://",
+    "rediss://",
+    "redis-cluster://",
+    "rediss-cluster://",
+];
+
+/// Whether every host a Redis URL names (a cluster's seeds included) is this machine.
+fn redis_hosts_are_loopback(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let host_port = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let host = host_port.split(['/', '?']).next().unwrap_or_default();
-    let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    let (address, query) = host_port.split_once('?').unwrap_or((host_port, ""));
+    let first = address.split('/').next().unwrap_or_default();
+    let seeds = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("node="));
+    std::iter::once(first).chain(seeds).all(|host_port| {
+        let host = host_port
+            .rsplit_once(':')
+            .map_or(host_port, |(host, _)| host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    })
 }
 
 /// Hides the password of `scheme://user:password@host/...`.
@@ -562,6 +592,9 @@ mod tests {
             ("redis://:pw@localhost:6379/0", false),
             ("redis://redis:6379", true),
             ("rediss://redis:6379", false),
+            ("redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001", false),
+            ("redis-cluster://127.0.0.1:7000?node=redis-2:7001", true),
+            ("rediss-cluster://redis-1:7000?node=redis-2:7001", false),
         ] {
             let settings = parse_from(["backend", "--dev-tokens", "true", "--redis-url", url]);
             let found = settings

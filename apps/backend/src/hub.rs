@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     pin::Pin,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, OnceLock,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -79,6 +79,8 @@ struct Shared {
     alive: AtomicUsize,
     /// Set at shutdown: streams opened from then on end at once.
     closing: AtomicBool,
+    /// Told each user who gets their first stream here (see [`Hub::watch_arrivals`]).
+    arrivals: OnceLock<mpsc::UnboundedSender<String>>,
     metrics: Arc<Metrics>,
 }
 
@@ -99,6 +101,7 @@ impl Hub {
                 total: capacity.total.max(1),
                 alive: AtomicUsize::new(0),
                 closing: AtomicBool::new(false),
+                arrivals: OnceLock::new(),
                 metrics,
             }),
         }
@@ -119,7 +122,7 @@ impl Hub {
     pub fn open(&self, user_id: &str) -> Result<EventStream, Refused> {
         let id = self.shared.next_stream_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.shared.queue_size);
-        {
+        let arrived = {
             let mut streams = self.streams();
             let alive = self.shared.alive.load(Ordering::Acquire);
             if alive >= self.shared.total {
@@ -129,13 +132,18 @@ impl Hub {
             if entries.len() >= self.shared.per_user {
                 return Err(Refused::UserLimit(entries.len()));
             }
+            let first = entries.is_empty();
             // Checked under the lock that close_all takes, so no stream slips in after it.
             if !self.shared.closing.load(Ordering::Acquire) {
                 entries.push(Entry { id, tx });
-            } else if entries.is_empty() {
+            } else if first {
                 streams.remove(user_id);
             }
             self.shared.alive.fetch_add(1, Ordering::AcqRel);
+            first
+        };
+        if arrived && let Some(arrivals) = self.shared.arrivals.get() {
+            let _ = arrivals.send(user_id.to_string());
         }
         self.shared.metrics.streams_opened.inc();
         self.shared.metrics.streams_open.inc();
@@ -148,6 +156,15 @@ impl Hub {
                 id,
             },
         })
+    }
+
+    /// From now on, the id of each user who opens a stream here while holding none (the
+    /// first of their streams, or the first since their last closed), so that the bus can
+    /// subscribe to their events. Unbounded, but one message per arrival, which the
+    /// per-instance stream limit bounds. Only the first call gets a receiver.
+    pub fn watch_arrivals(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared.arrivals.set(tx).ok().map(|()| rx)
     }
 
     /// Whether the instance holds as many streams as it may (and so is not ready for more).
@@ -201,6 +218,23 @@ impl Hub {
             delivered: Some(counter),
             ..Published::new(envelope)
         }))
+    }
+
+    /// Tells every stream of `user_id` to catch up from history (their events may have
+    /// been published before this instance was subscribed to them).
+    pub fn catch_up(&self, user_id: &str) {
+        let mut streams = self.streams();
+        if let Some(entries) = streams.get_mut(user_id)
+            && !self.offer(user_id, entries, &Notice::CatchUp)
+        {
+            streams.remove(user_id);
+        }
+    }
+
+    /// Which of `users` hold no stream here.
+    pub fn absent<'a>(&self, users: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+        let streams = self.streams();
+        users.filter(|user| !streams.contains_key(*user)).collect()
     }
 
     /// Tells every stream to catch up from history.

@@ -61,6 +61,16 @@ pub struct CarrierLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub command: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
     /// The route pattern, never the raw path (which could carry ids or tokens).
@@ -90,6 +100,14 @@ pub struct Metrics {
     pub streams_refused: Family<ReasonLabels, Counter>,
     /// Streams that started, by the HTTP layer that carries them.
     pub streams_carried: Family<CarrierLabels, Counter>,
+    /// Messages the relay received from Redis, by kind (see `bus::redis::Relay`).
+    pub relay_received: Family<KindLabels, Counter>,
+    /// Users whose shard channel this instance is subscribed to.
+    pub subscriptions: Gauge,
+    /// `SSUBSCRIBE` and `SUNSUBSCRIBE` commands sent, by command.
+    pub subscription_commands: Family<CommandLabels, Counter>,
+    /// Batches of arrivals subscribed (at most one per `subscriptions::BATCH_WINDOW`).
+    pub subscription_batches: Counter,
     seen_event_types: Mutex<HashSet<String>>,
 }
 
@@ -119,6 +137,10 @@ impl Metrics {
             relay_rejected: Family::default(),
             streams_refused: Family::default(),
             streams_carried: Family::default(),
+            relay_received: Family::default(),
+            subscriptions: Gauge::default(),
+            subscription_commands: Family::default(),
+            subscription_batches: Counter::default(),
             seen_event_types: Mutex::new(HashSet::new()),
         };
         let r = &mut metrics.registry;
@@ -193,7 +215,40 @@ impl Metrics {
              actix: ~20 KiB, a stream asked for on a kept-alive connection)",
             metrics.streams_carried.clone(),
         );
+        r.register(
+            "relay_messages_received",
+            "Messages received from Redis, by kind (user: a user's shard channel; broadcast; \
+             legacy: the original design's user-events and system-events; control; probe)",
+            metrics.relay_received.clone(),
+        );
+        r.register(
+            "redis_subscriptions",
+            "Users whose shard channel this instance is subscribed to",
+            metrics.subscriptions.clone(),
+        );
+        r.register(
+            "redis_subscription_commands",
+            "SSUBSCRIBE and SUNSUBSCRIBE commands sent (each covers a batch of users)",
+            metrics.subscription_commands.clone(),
+        );
+        r.register(
+            "redis_subscription_batches",
+            "Batches of arriving users subscribed (at most one per 50 ms)",
+            metrics.subscription_batches.clone(),
+        );
         metrics
+    }
+
+    pub fn relay_received(&self, kind: &'static str) {
+        self.relay_received
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub fn subscription_command(&self, command: &'static str) {
+        self.subscription_commands
+            .get_or_create(&CommandLabels { command })
+            .inc();
     }
 
     pub fn stream_carried(&self, carrier: Carrier) {

@@ -1,12 +1,14 @@
 //! Carries events from the instance that accepts them to every instance holding a stream
 //! of their user, and keeps each history so a stream can replay what it missed.
 //!
-//! Two implementations behind one interface: Redis (Streams for history, Pub/Sub for
-//! fan-out) when Redis is configured, and an in-process one on a single node. Nothing
+//! Two implementations behind one interface: Redis (Streams for history, sharded Pub/Sub
+//! for fan-out, a single node or a Cluster) when Redis is configured, and an in-process one on a single node. Nothing
 //! above the bus knows which one runs.
 
+mod keys;
 mod local;
 mod redis;
+mod subscriptions;
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,7 +19,7 @@ use crate::{clock::now_millis, metrics::Metrics};
 
 pub use self::{
     local::LocalBus,
-    redis::{Admission, RedisBus, Rejection, start_relay},
+    redis::{Admission, Listening, RedisBus, Rejection, start_relay},
 };
 
 /// The Redis Pub/Sub channel on which instances tell each other to act on streams

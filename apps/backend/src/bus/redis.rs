@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     BusError, CONTROL_CHANNEL, Control, Guard, HistoryRead, IDEMPOTENCY_TTL, Publication,
-    Retention, Topic,
+    Retention, Topic, keys, subscriptions::Subscriptions,
 };
 use crate::{
     hub::Hub,
@@ -28,7 +28,8 @@ use crate::{
 ///
 /// KEYS[1]: the topic's meta hash (`epoch`, `seq`). KEYS[2]: its history stream, whose
 /// entry ids are `<seq>-0` with fields `e` (the envelope) and `t` (Redis time, ms).
-/// ARGV[1]: the envelope as JSON, without `id` and `epoch`. ARGV[2]: the channel.
+/// ARGV[1]: the envelope as JSON, without `id` and `epoch`. ARGV[2]: the topic's shard
+/// channel (in the keys' slot, see `keys`), published to with `SPUBLISH`.
 /// ARGV[3]: most entries kept. ARGV[4]: longest age kept, ms. ARGV[5]: meta TTL, ms.
 ///
 /// KEYS[3], when given: the record of an idempotency key (`<seq> <epoch>` of the event it
@@ -85,7 +86,7 @@ if keep_from then
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PUBLISH', ARGV[2], message)
+redis.call('SPUBLISH', ARGV[2], message)
 if KEYS[3] then
   redis.call('SET', KEYS[3], seq .. ' ' .. epoch, 'PX', ARGV[6])
 end
@@ -146,15 +147,11 @@ impl RedisBus {
         guard: Guard<'_>,
     ) -> Result<Publication, BusError> {
         let topic = Topic::of(&envelope);
-        let channel = match topic {
-            Topic::User(_) => USER_EVENTS_CHANNEL,
-            Topic::Broadcast => SYSTEM_EVENTS_CHANNEL,
-        };
         let json = serde_json::to_string(&envelope).map_err(|e| BusError::Reply(e.to_string()))?;
         let max_age_ms = self.retention.max_age.as_millis().max(1);
-        let mut keys = keys(&topic);
+        let mut keys = Vec::from(keys::history(&topic));
         if let Some(key) = guard.idempotency_key {
-            keys.push(format!("ev:{{{}}}:idem:{key}", topic.user_id()));
+            keys.push(keys::idempotency(&topic, key));
         }
         let (version_field, version) = match guard.version {
             Some(version) => (format!("v:{}", envelope.event_type), version.to_string()),
@@ -167,7 +164,7 @@ impl RedisBus {
                 keys,
                 vec![
                     json,
-                    channel.to_string(),
+                    keys::channel(&topic),
                     self.retention.max_len.to_string(),
                     max_age_ms.to_string(),
                     u128::from(META_TTL_MS).max(max_age_ms).to_string(),
@@ -219,7 +216,11 @@ impl RedisBus {
         };
         let reply: Vec<Value> = self
             .read_script
-            .evalsha_with_reload(&self.client, keys(topic), vec![from, limit.to_string()])
+            .evalsha_with_reload(
+                &self.client,
+                Vec::from(keys::history(topic)),
+                vec![from, limit.to_string()],
+            )
             .await?;
         let number = |i: usize| -> Result<u64, BusError> {
             reply
@@ -245,53 +246,62 @@ impl RedisBus {
     }
 }
 
-/// The meta hash and history stream of a topic. The braces are a hash tag, keeping both
-/// keys of a topic on one Redis Cluster slot as the scripts require.
-fn keys(topic: &Topic) -> Vec<String> {
-    let tag = topic.user_id();
-    vec![format!("ev:{{{tag}}}:meta"), format!("ev:{{{tag}}}:log")]
-}
-
 /// The channel only this instance subscribes to, for its liveness probe.
 fn probe_channel(server_id: &str) -> String {
     format!("probe:{server_id}")
 }
 
-/// Subscribes to the event channels, the control channel and this instance's probe
-/// channel, then starts the relay (every message to the hub) and the probe. Returns once
-/// the subscriptions are confirmed, so no event published after this returns can be missed.
+/// What the relay listens to besides the shard channels of this instance's users.
+#[derive(Debug, Clone)]
+pub struct Listening<'a> {
+    pub server_id: &'a str,
+    /// Deliver what other services publish the original design's way (`PUBLISH
+    /// user-events` and `system-events`): live only, and every instance receives all of it.
+    pub legacy_channels: bool,
+    pub max_event_bytes: u64,
+}
+
+/// Subscribes to the broadcast's shard channel, the control channel, this instance's
+/// probe channel (and the original design's channels if asked), then starts the relay
+/// (every message to the hub), the subscriptions of users' channels as their streams
+/// arrive, and the probe. Returns once the subscriptions are confirmed, so no broadcast
+/// published after this returns can be missed.
 pub async fn start_relay(
     redis: &Redis,
     hub: Hub,
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
-    server_id: &str,
-    max_event_bytes: u64,
+    listening: Listening<'_>,
     shutdown: CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, BusError> {
-    let probe = probe_channel(server_id);
+    let probe = probe_channel(listening.server_id);
     // Taken before subscribing, so the first message cannot slip past.
     let messages = redis.subscriber.message_rx();
     let reconnects = redis.subscriber.reconnect_rx();
+    let mut channels = vec![CONTROL_CHANNEL, probe.as_str()];
+    if listening.legacy_channels {
+        channels.extend([USER_EVENTS_CHANNEL, SYSTEM_EVENTS_CHANNEL]);
+    }
+    redis.subscriber.subscribe(channels).await?;
     redis
         .subscriber
-        .subscribe(vec![
-            USER_EVENTS_CHANNEL,
-            SYSTEM_EVENTS_CHANNEL,
-            CONTROL_CHANNEL,
-            probe.as_str(),
-        ])
+        .ssubscribe(keys::channel(&Topic::Broadcast))
         .await?;
+    let arrivals = hub
+        .watch_arrivals()
+        .ok_or_else(|| BusError::Reply("the hub is watched already".into()))?;
+    let subscriptions = Subscriptions::new(redis.subscriber.clone(), hub.clone(), metrics.clone());
     let relay = Relay {
         subscriber: redis.subscriber.clone(),
         hub,
         readiness: readiness.clone(),
-        admission: Admission::new(metrics.clone(), max_event_bytes),
+        admission: Admission::new(metrics.clone(), listening.max_event_bytes),
         metrics,
         probe: probe.clone(),
     };
     Ok(vec![
         tokio::spawn(relay.run(messages, reconnects, shutdown.clone())),
+        tokio::spawn(subscriptions.run(arrivals, shutdown.clone())),
         tokio::spawn(send_probes(
             redis.client.clone(),
             probe,
@@ -351,6 +361,7 @@ impl Relay {
     }
 
     fn relay(&mut self, message: &Message) {
+        self.metrics.relay_received(kind(&message.channel));
         if *message.channel == *self.probe {
             let sent_at = message.value.as_u64().unwrap_or(0);
             if self.readiness.probe_returned(sent_at) {
@@ -373,6 +384,21 @@ impl Relay {
         if let Some(envelope) = self.admission.admit(bytes) {
             self.hub.deliver(&envelope);
         }
+    }
+}
+
+/// The kind of channel a message came on, for `relay_messages_received_total`.
+fn kind(channel: &str) -> &'static str {
+    if channel == CONTROL_CHANNEL {
+        "control"
+    } else if channel.starts_with("probe:") {
+        "probe"
+    } else if channel == USER_EVENTS_CHANNEL || channel == SYSTEM_EVENTS_CHANNEL {
+        "legacy"
+    } else if channel == keys::channel(&Topic::Broadcast) {
+        "broadcast"
+    } else {
+        "user"
     }
 }
 

@@ -111,7 +111,11 @@ async fn users_never_see_each_others_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_in_the_original_shape_published_with_plain_redis_is_delivered() {
     let redis = RedisServer::start().await;
-    let a = spawn_app(Some(&redis)).await;
+    let a = spawn_app_with(Settings {
+        legacy_channels: true,
+        ..settings(Some(&redis))
+    })
+    .await;
     let token = a.token("123").await;
     let mut stream = a.open_stream(&token).await;
 

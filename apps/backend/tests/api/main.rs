@@ -3,6 +3,7 @@
 
 mod accounts;
 mod carriers;
+mod cluster;
 mod delivery;
 mod helpers;
 mod no_loss;

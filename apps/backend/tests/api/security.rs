@@ -614,7 +614,11 @@ async fn metrics_can_live_on_an_internal_listener_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_messages_that_break_the_rules_are_dropped_and_every_stream_survives() {
     let redis = RedisServer::start().await;
-    let app = spawn_app(Some(&redis)).await;
+    let app = spawn_app_with(Settings {
+        legacy_channels: true,
+        ..settings(Some(&redis))
+    })
+    .await;
     let mut alice = app.open_stream(&app.token("alice").await).await;
     let mut bob = app.open_stream(&app.token("bob").await).await;
     let hostile = [

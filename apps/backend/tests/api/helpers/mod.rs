@@ -14,11 +14,13 @@ mod wait;
 
 use std::time::Duration;
 
+pub use backend::Settings;
+
 pub use self::{
     api::{Api, metric_value},
     instance::{TestApp, settings, spawn_app, spawn_app_with},
     process::{BackendProcess, readiness_becomes},
-    redis::{RedisServer, free_port},
+    redis::{RedisCluster, RedisServer, free_port},
     sse::{FrameJson, SseStream},
     tokens::{epoch_secs, sign},
     traffic::{Received, counted, follow, publish_counted},

@@ -2,7 +2,9 @@
 
 use std::{
     net::TcpListener,
+    path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
 };
 
 use tokio::{
@@ -16,13 +18,20 @@ use super::{PATIENCE, eventually};
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// Arguments beyond the port and persistence (a cluster node's).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
+        Self::start_with(Vec::new()).await
+    }
+
+    async fn start_with(extra: Vec<String>) -> Self {
         let mut server = Self {
             child: None,
             port: free_port(),
+            extra,
         };
         server.restart().await;
         server
@@ -34,6 +43,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed: run `bash .ci/setup`");
@@ -86,6 +96,100 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A private Redis Cluster on free loopback ports: masters, each with its replicas,
+/// slots spread evenly by `redis-cli --cluster create`; every node killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    pub async fn start(masters: usize, replicas_per_master: usize) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "events-test-cluster-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("a directory for the cluster's node files");
+        let mut nodes = Vec::new();
+        for _ in 0..masters * (1 + replicas_per_master) {
+            let port = free_port();
+            // The bus port would be port + 10000 (past 65535 for many free ports).
+            let bus = free_port();
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+                "--cluster-config-file",
+                &format!("nodes-{port}.conf"),
+                "--cluster-node-timeout",
+                "2000",
+                "--dir",
+                &dir.to_string_lossy(),
+            ];
+            let mut node = RedisServer {
+                child: None,
+                port,
+                extra: extra.iter().map(|a| a.to_string()).collect(),
+            };
+            node.restart().await;
+            nodes.push(node);
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let created = create
+            .args(["--cluster-replicas", &replicas_per_master.to_string()])
+            .arg("--cluster-yes")
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli must be installed: run `bash .ci/setup`");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let cluster = Self { nodes, dir };
+        for node in &cluster.nodes {
+            eventually("every node sees the cluster ok", PATIENCE, || async {
+                let info = cli(node.port, &["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok").then_some(())
+            })
+            .await;
+        }
+        cluster
+    }
+
+    /// fred's URL for the cluster, every node a seed.
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port);
+        for (i, node) in self.nodes.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{}", node.port));
+        }
+        url
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `redis-cli -p port args...`, its whole output.
+fn cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed: run `bash .ci/setup`");
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 pub fn free_port() -> u16 {

@@ -1,0 +1,193 @@
+//! Sharded delivery, on a real Redis Cluster and on one Redis: each instance subscribes
+//! to the shard channels of the users it serves and receives nothing of anyone else's.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// Two instances, six users, three streams on each: every stream gets its user's events
+/// exactly once and in order whichever instance publishes, and each instance receives
+/// (counted by the relay) exactly the events of its own three users.
+async fn each_instance_receives_only_its_users_events(redis_url: String) {
+    let instance = |url: String| {
+        let mut settings = settings(None);
+        settings.redis_url = Some(backend::config::Secret::new(url));
+        spawn_app_with(settings)
+    };
+    let a = instance(redis_url.clone()).await;
+    let b = instance(redis_url).await;
+    let users: Vec<String> = (0..6).map(|n| format!("spread-{n}")).collect();
+    let mut streams = Vec::new();
+    for (n, user) in users.iter().enumerate() {
+        let on = if n.is_multiple_of(2) { &a } else { &b };
+        streams.push(on.open_stream(&on.token(user).await).await);
+    }
+    // Exact counts below need every subscription confirmed first (an event published
+    // before is read from history instead, and not counted as received).
+    for instance in [&a, &b] {
+        eventually("three users subscribed", PATIENCE, || async {
+            (instance.metric_value("redis_subscriptions").await == Some(3.0)).then_some(())
+        })
+        .await;
+    }
+    const EVENTS: u64 = 5;
+    for n in 1..=EVENTS {
+        for (i, user) in users.iter().enumerate() {
+            let by = if (i + n as usize).is_multiple_of(2) {
+                &a
+            } else {
+                &b
+            };
+            by.publish(user, "test.counted", json!({ "n": n })).await;
+        }
+    }
+    for (user, stream) in users.iter().zip(&mut streams) {
+        for n in 1..=EVENTS {
+            let event = stream.next_event().await;
+            let envelope = event.json();
+            assert_eq!(envelope["userId"], user.as_str());
+            assert_eq!(envelope["data"]["n"], n, "{user}'s events in order");
+            assert_eq!(envelope["id"], n);
+        }
+    }
+    for stream in &mut streams {
+        stream.expect_no_event(Duration::from_millis(300)).await;
+    }
+    let received = r#"relay_messages_received_total{kind="user"}"#;
+    for (name, instance) in [("a", &a), ("b", &b)] {
+        assert_eq!(
+            instance.metric_value(received).await,
+            Some(3.0 * EVENTS as f64),
+            "instance {name} receives its three users' events and no one else's"
+        );
+        assert_eq!(
+            instance.metric_value("redis_subscriptions").await,
+            Some(3.0)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_each_instance_receives_only_its_users_events() {
+    let cluster = RedisCluster::start(3, 0).await;
+    each_instance_receives_only_its_users_events(cluster.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_redis_each_instance_receives_only_its_users_events() {
+    let redis = RedisServer::start().await;
+    each_instance_receives_only_its_users_events(redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_and_accounts_work_on_a_cluster() {
+    let cluster = RedisCluster::start(3, 0).await;
+    let mut settings = settings(None);
+    settings.redis_url = Some(backend::config::Secret::new(cluster.url()));
+    let a = spawn_app_with(settings.clone()).await;
+    let b = spawn_app_with(settings).await;
+    let token = a.token("carol").await;
+    let mut on_a = a.open_stream(&token).await;
+    let mut on_b = b.open_stream(&b.token("dave").await).await;
+    let broadcast = json!({"broadcast": true, "eventType": "maintenance.scheduled", "data": {}});
+    let accepted = a
+        .post_json("/api/publish", Some(PUBLISH_KEY), &broadcast)
+        .await;
+    assert_eq!(accepted.status(), 202);
+    for stream in [&mut on_a, &mut on_b] {
+        let event = stream.next_event().await;
+        assert_eq!(event.event.as_deref(), Some("maintenance.scheduled"));
+    }
+    let account = b.create_account(&token, "Savings", 1250).await;
+    assert_eq!(account["name"], "Savings");
+    let snapshots = on_a.next_event().await;
+    assert_eq!(snapshots.event.as_deref(), Some("snapshots.generated"));
+    assert_eq!(a.list("/api/accounts", &token).await.len(), 1);
+    assert_eq!(
+        b.metric_value(r#"relay_messages_received_total{kind="broadcast"}"#)
+            .await,
+        Some(1.0)
+    );
+}
+
+/// Streams of many new users at once: their subscriptions go out in batches (at most one
+/// per 50 ms window, one command per partition in each), not one command per stream, and
+/// every stream gets the event published once it is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_subscribes_in_batches() {
+    const STREAMS: usize = 2_000;
+    let redis = RedisServer::start().await;
+    let app = spawn_app(Some(&redis)).await;
+    let address = app
+        .address
+        .trim_start_matches("http://")
+        .parse()
+        .expect("a socket address");
+    let started = Instant::now();
+    let opening = (0..STREAMS).map(|n| {
+        let token = sign(
+            JWT_SECRET,
+            &backend::auth::Claims {
+                sub: format!("storm-{n}"),
+                exp: epoch_secs() + 600,
+                iat: epoch_secs(),
+                ..Default::default()
+            },
+        );
+        async move {
+            raw_sse::open_stream([127, 0, 0, 1].into(), address, "/api/events", &token)
+                .await
+                .expect("the stream opens")
+        }
+    });
+    let mut bodies = futures_util::future::join_all(opening).await;
+    let elapsed = started.elapsed();
+    eventually("every user subscribed", PATIENCE, || async {
+        (app.metric_value("redis_subscriptions").await == Some(STREAMS as f64)).then_some(())
+    })
+    .await;
+    let commands = app
+        .metric_value(r#"redis_subscription_commands_total{command="ssubscribe"}"#)
+        .await
+        .unwrap_or_default();
+    let batches = app
+        .metric_value("redis_subscription_batches_total")
+        .await
+        .unwrap_or_default();
+    println!(
+        "{STREAMS} streams opened in {elapsed:?}: {batches} batches, {commands} SSUBSCRIBE commands"
+    );
+    assert!(
+        commands <= batches * 128.0,
+        "one command per partition per batch"
+    );
+    let windows = elapsed.as_millis() as f64 / 50.0 + 2.0;
+    assert!(
+        batches <= windows,
+        "{batches} batches in {elapsed:?}: at most one per 50 ms window"
+    );
+    assert!(commands < STREAMS as f64, "batched: {commands} commands");
+
+    for n in (0..STREAMS).step_by(97) {
+        app.publish(&format!("storm-{n}"), "test.counted", json!({ "n": n }))
+            .await;
+    }
+    for n in (0..STREAMS).step_by(97) {
+        let body = &mut bodies[n];
+        let event = loop {
+            let data = tokio::time::timeout(PATIENCE, body.next_data())
+                .await
+                .expect("an event in time")
+                .expect("the stream reads")
+                .expect("the stream is open");
+            let envelope: serde_json::Value =
+                serde_json::from_slice(&data).expect("the data is JSON");
+            if envelope["eventType"] == "test.counted" {
+                break envelope;
+            }
+        };
+        assert_eq!(event["data"]["n"], n);
+    }
+}
