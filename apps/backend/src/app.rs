@@ -119,7 +119,7 @@ impl Application {
         let readiness = Arc::new(Readiness::new(settings.redis_url.is_some()));
         let (bus, store, tickets, redis) = match &settings.redis_url {
             Some(url) => {
-                let redis = Redis::connect(url.expose())
+                let redis = Redis::connect(url.expose(), settings.publish_replicas > 0)
                     .await
                     .context("could not connect to Redis (is REDIS_URL right and Redis up?)")?;
                 tasks.extend(
@@ -137,7 +137,11 @@ impl Application {
                     )
                     .await?,
                 );
-                let bus = Engine::Redis(RedisBus::new(&redis, settings.retention()));
+                let bus = Engine::Redis(RedisBus::new(
+                    &redis,
+                    settings.retention(),
+                    settings.publish_replicas,
+                ));
                 let store = Store::Redis(RedisStore::new(redis.client.clone()));
                 let tickets = Tickets::Redis(RedisTickets::new(redis.client.clone()));
                 (bus, store, tickets, Some(redis))

@@ -44,6 +44,12 @@ pub struct Settings {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<Secret>,
 
+    /// Replicas that must hold an event (Redis `WAIT`) before it is published and the
+    /// publish answered 202, so that an accepted event survives the loss of its master.
+    /// 0: acknowledged once the master has it.
+    #[arg(long, env = "PUBLISH_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=16))]
+    pub publish_replicas: u64,
+
     /// Also deliver what other services publish the original design's way (`PUBLISH
     /// user-events` / `system-events` with an envelope): live only, without an id, and
     /// received by every instance whether it serves the user or not.

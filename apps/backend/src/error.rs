@@ -179,6 +179,10 @@ impl From<BusError> for ApiError {
         match &err {
             BusError::Redis(redis) => Self::from_redis(redis, &err),
             BusError::Reply(_) => Self::internal(&err),
+            BusError::NotReplicated { .. } => {
+                tracing::warn!(error = %err, "publish not acknowledged by enough replicas");
+                Self::Unavailable("the event could not be stored durably now; retry")
+            }
         }
     }
 }

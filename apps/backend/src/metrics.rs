@@ -108,6 +108,8 @@ pub struct Metrics {
     pub subscription_commands: Family<CommandLabels, Counter>,
     /// Batches of arrivals subscribed (at most one per `subscriptions::BATCH_WINDOW`).
     pub subscription_batches: Counter,
+    /// Times the Redis Cluster's slots were seen to have moved (reshard, failover).
+    pub slots_moved: Counter,
     seen_event_types: Mutex<HashSet<String>>,
 }
 
@@ -141,6 +143,7 @@ impl Metrics {
             subscriptions: Gauge::default(),
             subscription_commands: Family::default(),
             subscription_batches: Counter::default(),
+            slots_moved: Counter::default(),
             seen_event_types: Mutex::new(HashSet::new()),
         };
         let r = &mut metrics.registry;
@@ -235,6 +238,12 @@ impl Metrics {
             "redis_subscription_batches",
             "Batches of arriving users subscribed (at most one per 50 ms)",
             metrics.subscription_batches.clone(),
+        );
+        r.register(
+            "redis_slots_moved",
+            "Times the Redis Cluster's slots were seen to have moved (reshard, failover): \
+             subscriptions renewed and streams caught up",
+            metrics.slots_moved.clone(),
         );
         metrics
     }

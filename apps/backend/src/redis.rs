@@ -20,14 +20,18 @@ const EVENT_BUFFER: usize = 4096;
 #[derive(Clone, Debug)]
 pub struct Redis {
     pub client: Client,
+    /// Publishes events: `client` itself, or, when publishes wait for replicas
+    /// (`WAIT` holds up every command behind it on its connection), a client of its own.
+    pub publisher: Client,
     pub subscriber: SubscriberClient,
 }
 
 impl Redis {
-    /// Connects both clients. Fails if Redis cannot be reached now; once connected, both
+    /// Connects the clients. Fails if Redis cannot be reached now; once connected, they
     /// reconnect forever with exponential backoff (100 ms doubling to 2 s). The bus's
     /// relay re-subscribes after every reconnection (and then catches streams up).
-    pub async fn connect(url: &str) -> Result<Self, Error> {
+    /// `url` names one Redis or, with `redis-cluster://`, a cluster.
+    pub async fn connect(url: &str, separate_publisher: bool) -> Result<Self, Error> {
         let mut builder = Builder::from_config(Config::from_url(url)?);
         builder
             .with_connection_config(|c| {
@@ -44,15 +48,28 @@ impl Redis {
         let subscriber = builder.build_subscriber_client()?;
         client.init().await?;
         subscriber.init().await?;
+        let publisher = if separate_publisher {
+            let publisher = builder.build()?;
+            publisher.init().await?;
+            log_connection_events("publisher", &publisher);
+            publisher
+        } else {
+            client.clone()
+        };
 
         log_connection_events("commands", &client);
         log_connection_events("subscriber", &subscriber);
-        Ok(Self { client, subscriber })
+        Ok(Self {
+            client,
+            publisher,
+            subscriber,
+        })
     }
 
-    /// Closes both connections.
+    /// Closes every connection.
     pub async fn quit(&self) {
         let _ = self.subscriber.quit().await;
+        let _ = self.publisher.quit().await;
         let _ = self.client.quit().await;
     }
 }

@@ -130,6 +130,10 @@ pub enum BusError {
     Redis(#[from] fred::error::Error),
     #[error("redis returned an unexpected reply: {0}")]
     Reply(String),
+    /// `PUBLISH_REPLICAS` asked for more replicas to acknowledge the write than did in
+    /// time: the event was not published, and may or may not survive a failover.
+    #[error("{acknowledged} of {wanted} replicas acknowledged the write in time")]
+    NotReplicated { acknowledged: u64, wanted: u64 },
 }
 
 impl Bus {

@@ -1,12 +1,13 @@
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use std::collections::HashSet;
 
 use events::{Envelope, Position, SYSTEM_EVENTS_CHANNEL, USER_EVENTS_CHANNEL, event_type};
 use fred::{
     clients::{Client, SubscriberClient},
-    interfaces::{EventInterface, PubsubInterface},
-    types::{Message, Value, scripts::Script},
+    interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface, ServerInterface},
+    types::{ClusterHash, Message, Value, config::Options, scripts::Script},
+    util::redis_keyslot,
 };
 use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +40,9 @@ use crate::{
 /// ARGV[7], unless empty: a field of the meta hash holding the newest version published
 /// of this event type, and ARGV[8] this event's version. Unless it is newer, nothing is
 /// published and the reply is `{0}` (no event has sequence number 0).
+///
+/// ARGV[9]: `1` to publish from the script; `0` when the caller publishes once replicas
+/// have acknowledged the write (`PUBLISH_REPLICAS`).
 ///
 /// A new epoch starts whenever the meta hash is missing (never published, expired, or
 /// Redis lost its data); the history of an earlier epoch is dropped with it. The id and
@@ -86,7 +90,9 @@ if keep_from then
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('SPUBLISH', ARGV[2], message)
+if ARGV[9] == '1' then
+  redis.call('SPUBLISH', ARGV[2], message)
+end
 if KEYS[3] then
   redis.call('SET', KEYS[3], seq .. ' ' .. epoch, 'PX', ARGV[6])
 end
@@ -118,19 +124,30 @@ return reply
 /// user's epoch (and so the meaning of their cursors) outlives their history.
 const META_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
-/// The multi-instance bus: per-topic Redis Streams for history, Pub/Sub for fan-out.
+/// How long a publish waits for `PUBLISH_REPLICAS` replicas to acknowledge its write.
+pub const REPLICA_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The multi-instance bus: per-topic Redis Streams for history, sharded Pub/Sub for
+/// fan-out.
 #[derive(Debug)]
 pub struct RedisBus {
     client: Client,
+    /// Runs the publish script and its `WAIT` when publishes wait for replicas: a
+    /// connection of its own, since `WAIT` holds up every command behind it.
+    publisher: Client,
+    /// Replicas that must acknowledge an event before it is published and accepted.
+    replicas: u64,
     retention: Retention,
     publish_script: Script,
     read_script: Script,
 }
 
 impl RedisBus {
-    pub fn new(redis: &Redis, retention: Retention) -> Self {
+    pub fn new(redis: &Redis, retention: Retention, replicas: u64) -> Self {
         Self {
             client: redis.client.clone(),
+            publisher: redis.publisher.clone(),
+            replicas,
             retention,
             publish_script: Script::from_lua(PUBLISH_SCRIPT),
             read_script: Script::from_lua(READ_SCRIPT),
@@ -157,13 +174,15 @@ impl RedisBus {
             Some(version) => (format!("v:{}", envelope.event_type), version.to_string()),
             None => (String::new(), String::new()),
         };
+        let durable = self.replicas > 0;
+        let slot = redis_keyslot(keys[0].as_bytes());
         let reply: Vec<Value> = self
             .publish_script
             .evalsha_with_reload(
-                &self.client,
+                &self.publisher,
                 keys,
                 vec![
-                    json,
+                    json.clone(),
                     keys::channel(&topic),
                     self.retention.max_len.to_string(),
                     max_age_ms.to_string(),
@@ -171,6 +190,7 @@ impl RedisBus {
                     IDEMPOTENCY_TTL.as_millis().to_string(),
                     version_field,
                     version,
+                    if durable { "0" } else { "1" }.to_string(),
                 ],
             )
             .await?;
@@ -187,13 +207,66 @@ impl RedisBus {
         envelope.id = Some(seq);
         envelope.epoch = Some(number(1)?);
         let Some(first) = reply.get(2) else {
+            if durable {
+                self.publish_once_replicated(&topic, slot, seq, number(1)?, &json)
+                    .await?;
+            }
             return Ok(Publication::Published(envelope));
         };
         // A repeated key: the first publish's event, as delivered, when still kept.
         let kept = first
             .as_bytes()
             .and_then(|bytes| serde_json::from_slice::<Envelope>(bytes).ok());
+        if durable && let Some(kept) = &kept {
+            // The first attempt may have failed waiting for replicas, and so never have
+            // published it: publish it now (streams drop what they have seen).
+            let json = serde_json::to_string(&Envelope {
+                id: None,
+                epoch: None,
+                ..kept.clone()
+            })
+            .map_err(|e| BusError::Reply(e.to_string()))?;
+            self.publish_once_replicated(&topic, slot, seq, number(1)?, &json)
+                .await?;
+        }
         Ok(Publication::Replayed(kept.unwrap_or(envelope)))
+    }
+
+    /// Waits until `replicas` replicas hold the write just made on this connection, then
+    /// publishes the event (as the script would have). Published only once durable, an
+    /// event a failover loses was never delivered either, so its id, given again by the
+    /// promoted replica, cannot be mistaken for one a stream has seen. Out of order with
+    /// another publisher's event at worst, which streams repair from history.
+    async fn publish_once_replicated(
+        &self,
+        topic: &Topic,
+        slot: u16,
+        seq: u64,
+        epoch: u64,
+        json: &str,
+    ) -> Result<(), BusError> {
+        // On the master that ran the script: the slot's.
+        let on_master = self.publisher.with_options(&Options {
+            cluster_hash: Some(ClusterHash::Custom(slot)),
+            ..Options::default()
+        });
+        let timeout = i64::try_from(REPLICA_ACK_TIMEOUT.as_millis()).unwrap_or(i64::MAX);
+        let acknowledged: i64 = on_master
+            .wait(i64::try_from(self.replicas).unwrap_or(i64::MAX), timeout)
+            .await?;
+        let acknowledged = u64::try_from(acknowledged).unwrap_or(0);
+        if acknowledged < self.replicas {
+            return Err(BusError::NotReplicated {
+                acknowledged,
+                wanted: self.replicas,
+            });
+        }
+        let message = format!(r#"{{"id":{seq},"epoch":{epoch},{}"#, &json[1..]);
+        let _: i64 = self
+            .publisher
+            .spublish(keys::channel(topic), message)
+            .await?;
+        Ok(())
     }
 
     /// Asks every instance (this one included) to carry out `control`.
@@ -320,6 +393,10 @@ struct Relay {
     probe: String,
 }
 
+/// How often an instance on a Redis Cluster compares the cluster's slots with what its
+/// subscriptions were made for.
+const TOPOLOGY_CHECK: Duration = Duration::from_secs(2);
+
 impl Relay {
     async fn run(
         mut self,
@@ -327,10 +404,14 @@ impl Relay {
         mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
         shutdown: CancellationToken,
     ) {
+        let mut topology = tokio::time::interval(TOPOLOGY_CHECK);
+        topology.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let clustered = self.subscriber.is_clustered();
         loop {
             tokio::select! {
                 // Shutdown was requested: stop relaying.
                 () = shutdown.cancelled() => break,
+                _ = topology.tick(), if clustered => self.follow_slots().await,
                 received = messages.recv() => match received {
                     Ok(message) => self.relay(&message),
                     // We fell behind fred's buffer and messages were dropped: the streams
@@ -358,6 +439,33 @@ impl Relay {
             }
         }
         tracing::info!("relay stopped");
+    }
+
+    /// When slots moved (a reshard, a failover), the masters that gave them up dropped
+    /// this instance's subscriptions to their channels without a word (fred drops the
+    /// `sunsubscribe` Redis sends): subscribe again where the slots are now, and have
+    /// every stream catch up on what was published in between.
+    async fn follow_slots(&mut self) {
+        let before = self.subscriber.cached_cluster_state();
+        if let Err(error) = self.subscriber.sync_cluster().await {
+            tracing::debug!(%error, "could not read the cluster's slots");
+            return;
+        }
+        let after = self.subscriber.cached_cluster_state();
+        let moved = match (&before, &after) {
+            (Some(before), Some(after)) => before.slots() != after.slots(),
+            _ => false,
+        };
+        if moved {
+            tracing::warn!(
+                "cluster slots moved; resubscribing and catching streams up from history"
+            );
+            self.metrics.slots_moved.inc();
+            if let Err(error) = self.subscriber.resubscribe_all().await {
+                tracing::error!(%error, "could not resubscribe after slots moved");
+            }
+            self.hub.catch_up_all();
+        }
     }
 
     fn relay(&mut self, message: &Message) {

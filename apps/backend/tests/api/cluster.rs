@@ -191,3 +191,169 @@ async fn a_reconnect_storm_subscribes_in_batches() {
         assert_eq!(event["data"]["n"], n);
     }
 }
+
+/// `PUBLISH_REPLICAS=1`: the master holding a user's history is killed (`kill -9`) while
+/// events are being published. Its replica takes over; publishes in between are refused
+/// (503) and retried with their idempotency key; every accepted event reaches the
+/// user's stream exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_events_survive_the_loss_of_their_master() {
+    const EVENTS: u64 = 60;
+    let mut cluster = RedisCluster::start(3, 1).await;
+    let mut settings = settings(None);
+    settings.redis_url = Some(backend::config::Secret::new(cluster.url()));
+    settings.publish_replicas = 1;
+    let app = spawn_app_with(settings).await;
+    let user = "failover-1";
+    let token = app.token(user).await;
+    let follower = tokio::spawn(follow(
+        vec![app.address.clone()],
+        token,
+        Duration::from_secs(60),
+        |received| counted(received).len() >= EVENTS as usize,
+    ));
+    // A stream without a cursor starts where its user's history stands when it opens.
+    eventually("the stream to open", PATIENCE, || async {
+        (app.metric_value("sse_streams_open").await == Some(1.0)).then_some(())
+    })
+    .await;
+    publish_counted(vec![app.address.clone()], user.into(), 1, 1, Duration::ZERO).await;
+    let masters = cluster.master_ports();
+    let master = *masters
+        .iter()
+        .find(|port| {
+            !cli(
+                **port,
+                &["--scan", "--pattern", &format!("ev:*:meta:{user}")],
+            )
+            .trim()
+            .is_empty()
+        })
+        .expect("a master holds the user's history");
+
+    let publisher = tokio::spawn(publish_counted(
+        vec![app.address.clone()],
+        user.into(),
+        2,
+        EVENTS - 1,
+        Duration::from_millis(20),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let node = cluster
+        .nodes
+        .iter_mut()
+        .find(|node| node.port == master)
+        .expect("the master is one of ours");
+    node.signal("KILL");
+    let survivor = *masters
+        .iter()
+        .find(|port| **port != master)
+        .expect("another master");
+    eventually(
+        "a replica to take over",
+        Duration::from_secs(20),
+        || async {
+            let now = cli(survivor, &["CLUSTER", "NODES"]);
+            let masters = now
+                .lines()
+                .filter(|line| line.contains("master") && !line.contains("fail"))
+                .count();
+            (masters == 3 && cli(survivor, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                .then_some(())
+        },
+    )
+    .await;
+    // Back as the new master's replica: until then, nothing can be made durable.
+    node.restart().await;
+
+    let accepted = publisher.await.expect("the publisher finishes");
+    assert_eq!(accepted, (2..=EVENTS).collect::<Vec<_>>());
+    let (received, _) = follower.await.expect("the follower finishes");
+    assert_eq!(
+        counted(&received),
+        (1..=EVENTS).collect::<Vec<_>>(),
+        "every accepted event exactly once, in order"
+    );
+    let refused = app
+        .metric_value(r#"http_requests_total{method="POST",route="/api/publish",status="503"}"#)
+        .await;
+    assert!(
+        refused.is_some_and(|n| n >= 1.0),
+        "publishes during the failover were refused: {refused:?}"
+    );
+}
+
+/// The slot holding a user's history and channel moves to another master while the
+/// user's stream is open on one instance and events are published through another (so
+/// the stream's instance gets no redirection of its own to notice by): the instance
+/// sees the slots move, subscribes where the slot is now, and the stream misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_misses_nothing_while_its_users_slot_moves() {
+    const EVENTS: u64 = 40;
+    let cluster = RedisCluster::start(3, 0).await;
+    let mut settings = settings(None);
+    settings.redis_url = Some(backend::config::Secret::new(cluster.url()));
+    let serving = spawn_app_with(settings.clone()).await;
+    let publishing = spawn_app_with(settings).await;
+    let user = "moving-1";
+    let follower = tokio::spawn(follow(
+        vec![serving.address.clone()],
+        serving.token(user).await,
+        Duration::from_secs(30),
+        |received| counted(received).len() >= EVENTS as usize,
+    ));
+    eventually("the stream to open", PATIENCE, || async {
+        (serving.metric_value("sse_streams_open").await == Some(1.0)).then_some(())
+    })
+    .await;
+    let addresses = vec![publishing.address.clone()];
+    publish_counted(addresses.clone(), user.into(), 1, 1, Duration::ZERO).await;
+    let masters = cluster.master_ports();
+    let pattern = format!("ev:*:meta:{user}");
+    let from = *masters
+        .iter()
+        .find(|port| {
+            !cli(**port, &["--scan", "--pattern", &pattern])
+                .trim()
+                .is_empty()
+        })
+        .expect("a master holds the user's history");
+    let to = *masters
+        .iter()
+        .find(|port| **port != from)
+        .expect("another master");
+    let key = cli(from, &["--scan", "--pattern", &pattern]);
+    let slot: u16 = cli(from, &["CLUSTER", "KEYSLOT", key.trim()])
+        .trim()
+        .parse()
+        .expect("a slot number");
+
+    let publisher = tokio::spawn(publish_counted(
+        addresses,
+        user.into(),
+        2,
+        EVENTS - 1,
+        Duration::from_millis(25),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.move_slot(slot, from, to);
+    assert_eq!(
+        publisher.await.expect("the publisher finishes").len() as u64,
+        EVENTS - 1
+    );
+    let (received, connections) = follower.await.expect("the follower finishes");
+    assert_eq!(
+        counted(&received),
+        (1..=EVENTS).collect::<Vec<_>>(),
+        "every event exactly once, in order"
+    );
+    assert_eq!(connections, 1, "on the stream it had, without reconnecting");
+    assert!(
+        cli(to, &["--scan", "--pattern", &pattern]).contains(user),
+        "the history moved"
+    );
+    assert_eq!(
+        serving.metric_value("redis_slots_moved_total").await,
+        Some(1.0)
+    );
+}

@@ -241,10 +241,10 @@ async fn nginx_in_front_of_two_backends_delivers_survives_a_dead_backend_and_rep
     assert_eq!(delivered, Some(9.0), "3 events to 3 streams");
     let at_least = |value: Option<f64>, floor: f64| value.is_some_and(|v| v >= floor);
     assert!(at_least(metric("sse_streams_open").await, 3.0));
-    assert!(at_least(
-        metric("event_delivery_latency_seconds_count").await,
-        9.0
-    ));
+    // Only events delivered live have a latency; those a stream read from history (an
+    // event published as bob's channel was being subscribed to) do not.
+    let latencies = metric("event_delivery_latency_seconds_count").await;
+    assert!(at_least(latencies, 1.0), "{latencies:?}");
     let requests =
         metric("http_requests_total{method=\"POST\",route=\"/api/publish\",status=\"202\"}").await;
     assert!(at_least(requests, 3.0), "{requests:?}");

@@ -20,7 +20,7 @@ pub use self::{
     api::{Api, metric_value},
     instance::{TestApp, settings, spawn_app, spawn_app_with},
     process::{BackendProcess, readiness_becomes},
-    redis::{RedisCluster, RedisServer, free_port},
+    redis::{RedisCluster, RedisServer, cli, free_port},
     sse::{FrameJson, SseStream},
     tokens::{epoch_secs, sign},
     traffic::{Received, counted, follow, publish_counted},

@@ -171,6 +171,42 @@ impl RedisCluster {
         }
         url
     }
+
+    /// The ports of the masters, as the cluster sees them now.
+    pub fn master_ports(&self) -> Vec<u16> {
+        cli(self.nodes[0].port, &["CLUSTER", "NODES"])
+            .lines()
+            .filter(|line| line.contains("master") && !line.contains("fail"))
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .filter_map(|address| address.split(['@', ':']).nth(1)?.parse().ok())
+            .collect()
+    }
+}
+
+impl RedisCluster {
+    /// Moves hash slot `slot` from the master on `from` to the master on `to`, keys and
+    /// all, the way `redis-cli --cluster reshard` moves each slot.
+    pub fn move_slot(&self, slot: u16, from: u16, to: u16) {
+        let id = |port: u16| cli(port, &["CLUSTER", "MYID"]).trim().to_string();
+        let (from_id, to_id) = (id(from), id(to));
+        let slot = slot.to_string();
+        assert!(cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]).contains("OK"));
+        assert!(cli(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]).contains("OK"));
+        loop {
+            let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys: Vec<&str> = keys.split_whitespace().collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            migrate.extend(keys);
+            assert!(cli(from, &migrate).contains("OK"), "MIGRATE");
+        }
+        for node in &self.nodes {
+            cli(node.port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
+    }
 }
 
 impl Drop for RedisCluster {
@@ -183,7 +219,7 @@ impl Drop for RedisCluster {
 }
 
 /// `redis-cli -p port args...`, its whole output.
-fn cli(port: u16, args: &[&str]) -> String {
+pub fn cli(port: u16, args: &[&str]) -> String {
     let output = Command::new("redis-cli")
         .args(["-p", &port.to_string()])
         .args(args)

@@ -84,7 +84,8 @@ pub async fn follow(
 
 /// Publishes `count` events `{"n": first..}` of type `test.counted` to `user_id`, in
 /// order, through `addresses` in turn, retrying each until it is accepted (a 503 while
-/// Redis is away is expected). Returns the `n`s accepted, in order.
+/// Redis is away is expected), with an `Idempotency-Key` so that a retry of a write Redis
+/// made after all publishes nothing twice. Returns the `n`s accepted, in order.
 pub async fn publish_counted(
     addresses: Vec<String>,
     user_id: String,
@@ -105,6 +106,7 @@ pub async fn publish_counted(
             let response = client
                 .post(format!("{address}/api/publish"))
                 .bearer_auth(PUBLISH_KEY)
+                .header("Idempotency-Key", format!("counted-{n}"))
                 .json(&json!({"userId": user_id, "eventType": "test.counted", "data": {"n": n}}))
                 .send()
                 .await;
