@@ -229,6 +229,22 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_on_the_move_is_a_503() {
+        use fred::error::{Error, ErrorKind};
+        for moving in [
+            Error::new(ErrorKind::Unknown, "Too many failed write attempts."),
+            Error::new(
+                ErrorKind::Unknown,
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+            ),
+            Error::new(ErrorKind::Routing, "Too many redirections."),
+        ] {
+            let error = ApiError::from(BusError::Redis(moving));
+            assert_eq!(error.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+    }
+
+    #[test]
     fn a_script_error_is_a_500_with_a_request_id_and_no_redis_words() {
         let script = fred::error::Error::new(
             fred::error::ErrorKind::Unknown,

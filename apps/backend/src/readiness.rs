@@ -1,17 +1,23 @@
-//! Whether this instance should receive traffic: not while draining, and not while its
-//! Redis subscription is deaf.
+//! Whether this instance should receive traffic: not while draining, and not while a
+//! Redis subscription it depends on is deaf.
 //!
 //! A TCP connection can look healthy while the subscription behind it delivers nothing
 //! (a proxy dropped it, the server was restarted and the client has not noticed yet).
-//! So each instance publishes a probe to a channel only it subscribes to, every
-//! [`PROBE_INTERVAL`]; the instance is ready only while the probe keeps coming back.
+//! So each instance publishes probes, every [`PROBE_INTERVAL`], to shard channels only it
+//! subscribes to: one per Redis master that owns users' partitions (one in all on a
+//! single Redis), each keyed by a partition that master owns. The instance is ready only
+//! while every probe keeps coming back.
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    collections::HashMap,
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-/// How often the probe is published.
+/// How often the probes are published.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How long without a returning probe before the instance reports itself not ready.
@@ -20,24 +26,25 @@ pub const PROBE_STALE_AFTER: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Readiness {
     draining: AtomicBool,
-    /// Whether the subscription probe applies (Redis mode).
+    /// Whether the subscription probes apply (Redis mode).
     probed: bool,
     started: Instant,
-    /// When a probe last came back, in milliseconds since `started`.
-    probe_returned_at: AtomicU64,
+    /// The partition each probe is keyed by (one per master), and when it last came
+    /// back, in milliseconds since `started`.
+    probes: Mutex<HashMap<u16, u64>>,
     /// The last probe's round trip, in microseconds.
     probe_round_trip_us: AtomicU64,
 }
 
 impl Readiness {
     /// Readiness for a single node (always ready until draining) or, with `probed`, for
-    /// an instance whose subscription must prove itself alive.
+    /// an instance whose subscriptions must prove themselves alive.
     pub fn new(probed: bool) -> Self {
         Self {
             draining: AtomicBool::new(false),
             probed,
             started: Instant::now(),
-            probe_returned_at: AtomicU64::new(0),
+            probes: Mutex::new(HashMap::new()),
             probe_round_trip_us: AtomicU64::new(0),
         }
     }
@@ -47,8 +54,12 @@ impl Readiness {
         if self.draining.load(Ordering::Acquire) {
             return Err("draining: shutting down");
         }
-        if self.probed && self.since_probe_returned() > PROBE_STALE_AFTER {
-            return Err("redis subscription probe is not coming back");
+        let now = self.now_ms();
+        let stale = self.probes().values().any(|returned| {
+            Duration::from_millis(now.saturating_sub(*returned)) > PROBE_STALE_AFTER
+        });
+        if self.probed && stale {
+            return Err("a redis subscription probe is not coming back");
         }
         Ok(())
     }
@@ -61,13 +72,35 @@ impl Readiness {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// A probe sent at `sent_at` (milliseconds since start, as given by
-    /// [`Readiness::now_ms`]) came back. Returns whether the probe had gone stale before,
-    /// i.e. whether the subscription may have missed messages.
-    pub fn probe_returned(&self, sent_at: u64) -> bool {
-        let was_stale = self.since_probe_returned() > PROBE_STALE_AFTER;
+    /// From now on, probes keyed by `partitions` (one per master); each new one has
+    /// [`PROBE_STALE_AFTER`] to come back a first time.
+    pub fn probe(&self, partitions: &[u16]) {
         let now = self.now_ms();
-        self.probe_returned_at.store(now, Ordering::Release);
+        let mut probes = self.probes();
+        probes.retain(|partition, _| partitions.contains(partition));
+        for partition in partitions {
+            probes.entry(*partition).or_insert(now);
+        }
+    }
+
+    /// The partitions probes are keyed by.
+    pub fn probed_partitions(&self) -> Vec<u16> {
+        let mut partitions: Vec<u16> = self.probes().keys().copied().collect();
+        partitions.sort_unstable();
+        partitions
+    }
+
+    /// The probe keyed by `partition`, sent at `sent_at` (milliseconds since start, as
+    /// given by [`Readiness::now_ms`]), came back. Returns whether it had gone stale,
+    /// i.e. whether that subscription may have missed messages.
+    pub fn probe_returned(&self, partition: u16, sent_at: u64) -> bool {
+        let now = self.now_ms();
+        let mut probes = self.probes();
+        let Some(returned) = probes.get_mut(&partition) else {
+            return false;
+        };
+        let was_stale = Duration::from_millis(now.saturating_sub(*returned)) > PROBE_STALE_AFTER;
+        *returned = now;
         self.probe_round_trip_us
             .store(now.saturating_sub(sent_at) * 1000, Ordering::Relaxed);
         was_stale
@@ -81,9 +114,9 @@ impl Readiness {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn since_probe_returned(&self) -> Duration {
-        let returned = self.probe_returned_at.load(Ordering::Acquire);
-        Duration::from_millis(self.now_ms().saturating_sub(returned))
+    fn probes(&self) -> std::sync::MutexGuard<'_, HashMap<u16, u64>> {
+        // Each critical section is one read or one small update: a poisoned lock is usable.
+        self.probes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -100,19 +133,25 @@ mod tests {
     }
 
     #[test]
-    fn a_probed_instance_is_ready_while_probes_return() {
+    fn a_probed_instance_is_ready_while_every_probe_returns() {
         let readiness = Readiness::new(true);
+        readiness.probe(&[3, 70]);
         assert_eq!(readiness.check(), Ok(()), "ready at start");
-        readiness.probe_returned(readiness.now_ms());
-        assert_eq!(readiness.check(), Ok(()));
-        // Pretend the last probe came back long ago.
-        readiness.probe_returned_at.store(0, Ordering::Release);
+        assert!(!readiness.probe_returned(3, readiness.now_ms()));
+        assert!(!readiness.probe_returned(99, 0), "not a probe of ours");
+        // Both go quiet, then only shard 3's probe comes back.
         std::thread::sleep(PROBE_STALE_AFTER + Duration::from_millis(50));
         assert!(readiness.check().is_err());
+        assert!(readiness.probe_returned(3, readiness.now_ms()));
+        assert!(readiness.check().is_err(), "one shard is still deaf");
         assert!(
-            readiness.probe_returned(readiness.now_ms()),
+            readiness.probe_returned(70, readiness.now_ms()),
             "recovery is reported"
         );
+        assert_eq!(readiness.check(), Ok(()));
+        // Slots moved: another master, another probe.
+        readiness.probe(&[70, 12]);
+        assert_eq!(readiness.probed_partitions(), [12, 70]);
         assert_eq!(readiness.check(), Ok(()));
     }
 }

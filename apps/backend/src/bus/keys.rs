@@ -48,6 +48,26 @@ pub fn channel(topic: &Topic) -> String {
     format!("ev:{}:ch:{}", tag(topic), topic.user_id())
 }
 
+/// The hash slot of a partition's keys and channels.
+pub fn slot(partition: u16) -> u16 {
+    redis_keyslot(format!("{{p{partition}}}").as_bytes())
+}
+
+/// The shard channel through which `server_id` probes its subscription to the master
+/// that owns `partition`.
+pub fn probe_channel(partition: u16, server_id: &str) -> String {
+    format!("ev:{{p{partition}}}:probe:{server_id}")
+}
+
+/// The partition of a probe channel of `server_id`'s; `None` for any other channel.
+pub fn probe_partition(channel: &str, server_id: &str) -> Option<u16> {
+    let rest = channel.strip_prefix("ev:{p")?;
+    let (partition, rest) = rest.split_once('}')?;
+    (rest.strip_prefix(":probe:")? == server_id)
+        .then(|| partition.parse().ok())
+        .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +89,20 @@ mod tests {
                 "one channel per user"
             );
         }
+    }
+
+    #[test]
+    fn a_probe_channel_names_its_partition_and_instance() {
+        let channel = probe_channel(17, "backend-1");
+        assert_eq!(redis_keyslot(channel.as_bytes()), slot(17));
+        assert_eq!(probe_partition(&channel, "backend-1"), Some(17));
+        assert_eq!(probe_partition(&channel, "backend-2"), None);
+        let user = super::channel(&Topic::User("alice".into()));
+        assert_eq!(probe_partition(&user, "backend-1"), None);
+        assert_eq!(
+            probe_partition("ev:{px}:probe:backend-1", "backend-1"),
+            None
+        );
     }
 
     #[test]

@@ -1,12 +1,12 @@
 use std::{sync::Arc, time::Duration};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use events::{Envelope, Position, SYSTEM_EVENTS_CHANNEL, USER_EVENTS_CHANNEL, event_type};
 use fred::{
     clients::{Client, SubscriberClient},
     interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface, ServerInterface},
-    types::{ClusterHash, Message, Value, config::Options, scripts::Script},
+    types::{ClusterHash, Message, Value, cluster::SlotRange, config::Options, scripts::Script},
     util::redis_keyslot,
 };
 use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     BusError, CONTROL_CHANNEL, Control, Guard, HistoryRead, IDEMPOTENCY_TTL, Publication,
-    Retention, Topic, keys, subscriptions::Subscriptions,
+    Retention, Topic,
+    keys::{self, PARTITIONS},
+    subscriptions::Subscriptions,
 };
 use crate::{
     hub::Hub,
@@ -319,9 +321,45 @@ impl RedisBus {
     }
 }
 
-/// The channel only this instance subscribes to, for its liveness probe.
-fn probe_channel(server_id: &str) -> String {
-    format!("probe:{server_id}")
+/// The partitions to key probes by: on a cluster, one owned by each master that owns
+/// any (the first in order); on a single Redis, partition 0.
+fn probed_partitions(subscriber: &SubscriberClient) -> Vec<u16> {
+    let Some(state) = subscriber.cached_cluster_state() else {
+        return vec![0];
+    };
+    let mut by_master: HashMap<String, u16> = HashMap::new();
+    for partition in 0..PARTITIONS {
+        if let Some(master) = state.get_server(keys::slot(partition)) {
+            by_master.entry(master.to_string()).or_insert(partition);
+        }
+    }
+    let mut partitions: Vec<u16> = by_master.into_values().collect();
+    partitions.sort_unstable();
+    partitions
+}
+
+/// Subscribes to the probe channels of `partitions` (each in its own slot: a command
+/// each) and has readiness expect them; unsubscribes from those of `previous` left out.
+async fn subscribe_probes(
+    subscriber: &SubscriberClient,
+    readiness: &Readiness,
+    server_id: &str,
+    previous: &[u16],
+    partitions: &[u16],
+) -> Result<(), fred::error::Error> {
+    for partition in partitions.iter().filter(|p| !previous.contains(p)) {
+        subscriber
+            .ssubscribe(keys::probe_channel(*partition, server_id))
+            .await?;
+    }
+    readiness.probe(partitions);
+    for partition in previous.iter().filter(|p| !partitions.contains(p)) {
+        // Best effort: a stale probe subscription costs only the odd dropped message.
+        let _ = subscriber
+            .sunsubscribe(keys::probe_channel(*partition, server_id))
+            .await;
+    }
+    Ok(())
 }
 
 /// What the relay listens to besides the shard channels of this instance's users.
@@ -347,11 +385,11 @@ pub async fn start_relay(
     listening: Listening<'_>,
     shutdown: CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, BusError> {
-    let probe = probe_channel(listening.server_id);
+    let server_id = listening.server_id.to_string();
     // Taken before subscribing, so the first message cannot slip past.
     let messages = redis.subscriber.message_rx();
     let reconnects = redis.subscriber.reconnect_rx();
-    let mut channels = vec![CONTROL_CHANNEL, probe.as_str()];
+    let mut channels = vec![CONTROL_CHANNEL];
     if listening.legacy_channels {
         channels.extend([USER_EVENTS_CHANNEL, SYSTEM_EVENTS_CHANNEL]);
     }
@@ -360,6 +398,8 @@ pub async fn start_relay(
         .subscriber
         .ssubscribe(keys::channel(&Topic::Broadcast))
         .await?;
+    let partitions = probed_partitions(&redis.subscriber);
+    subscribe_probes(&redis.subscriber, &readiness, &server_id, &[], &partitions).await?;
     let arrivals = hub
         .watch_arrivals()
         .ok_or_else(|| BusError::Reply("the hub is watched already".into()))?;
@@ -370,14 +410,18 @@ pub async fn start_relay(
         readiness: readiness.clone(),
         admission: Admission::new(metrics.clone(), listening.max_event_bytes),
         metrics,
-        probe: probe.clone(),
+        server_id: server_id.clone(),
+        slots: redis
+            .subscriber
+            .cached_cluster_state()
+            .map(|state| state.slots().to_vec()),
     };
     Ok(vec![
         tokio::spawn(relay.run(messages, reconnects, shutdown.clone())),
         tokio::spawn(subscriptions.run(arrivals, shutdown.clone())),
         tokio::spawn(send_probes(
             redis.client.clone(),
-            probe,
+            server_id,
             readiness,
             shutdown,
         )),
@@ -390,7 +434,9 @@ struct Relay {
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
     admission: Admission,
-    probe: String,
+    server_id: String,
+    /// The cluster's slot map the subscriptions were last made for (`None`: one Redis).
+    slots: Option<Vec<SlotRange>>,
 }
 
 /// How often an instance on a Redis Cluster compares the cluster's slots with what its
@@ -429,7 +475,7 @@ impl Relay {
                     // history (in that order, so nothing falls between the two).
                     Ok(_) | Err(RecvError::Lagged(_)) => {
                         self.metrics.redis_reconnects.inc();
-                        if let Err(error) = self.subscriber.resubscribe_all().await {
+                        if let Err(error) = crate::redis::resubscribe(&self.subscriber).await {
                             tracing::error!(%error, "could not resubscribe after reconnecting");
                         }
                         self.hub.catch_up_all();
@@ -446,23 +492,40 @@ impl Relay {
     /// `sunsubscribe` Redis sends): subscribe again where the slots are now, and have
     /// every stream catch up on what was published in between.
     async fn follow_slots(&mut self) {
-        let before = self.subscriber.cached_cluster_state();
         if let Err(error) = self.subscriber.sync_cluster().await {
             tracing::debug!(%error, "could not read the cluster's slots");
             return;
         }
-        let after = self.subscriber.cached_cluster_state();
-        let moved = match (&before, &after) {
-            (Some(before), Some(after)) => before.slots() != after.slots(),
-            _ => false,
-        };
+        // Compared with the map the subscriptions were made for, not with the one before
+        // this sync: fred also updates its map by itself when it reconnects.
+        let now = self
+            .subscriber
+            .cached_cluster_state()
+            .map(|state| state.slots().to_vec());
+        let moved = self.slots.is_some() && now.is_some() && now != self.slots;
+        if now.is_some() {
+            self.slots = now;
+        }
         if moved {
             tracing::warn!(
                 "cluster slots moved; resubscribing and catching streams up from history"
             );
             self.metrics.slots_moved.inc();
-            if let Err(error) = self.subscriber.resubscribe_all().await {
+            if let Err(error) = crate::redis::resubscribe(&self.subscriber).await {
                 tracing::error!(%error, "could not resubscribe after slots moved");
+            }
+            // A master may have come or gone: probe the masters there are now.
+            let previous = self.readiness.probed_partitions();
+            let partitions = probed_partitions(&self.subscriber);
+            let probed = subscribe_probes(
+                &self.subscriber,
+                &self.readiness,
+                &self.server_id,
+                &previous,
+                &partitions,
+            );
+            if let Err(error) = probed.await {
+                tracing::error!(%error, "could not subscribe to a new master's probe");
             }
             self.hub.catch_up_all();
         }
@@ -470,9 +533,9 @@ impl Relay {
 
     fn relay(&mut self, message: &Message) {
         self.metrics.relay_received(kind(&message.channel));
-        if *message.channel == *self.probe {
+        if let Some(partition) = keys::probe_partition(&message.channel, &self.server_id) {
             let sent_at = message.value.as_u64().unwrap_or(0);
-            if self.readiness.probe_returned(sent_at) {
+            if self.readiness.probe_returned(partition, sent_at) {
                 // The subscription had gone quiet: it may have missed events.
                 tracing::warn!("subscription probe is back; streams will catch up from history");
                 self.hub.catch_up_all();
@@ -499,7 +562,7 @@ impl Relay {
 fn kind(channel: &str) -> &'static str {
     if channel == CONTROL_CHANNEL {
         "control"
-    } else if channel.starts_with("probe:") {
+    } else if channel.contains(":probe:") {
         "probe"
     } else if channel == USER_EVENTS_CHANNEL || channel == SYSTEM_EVENTS_CHANNEL {
         "legacy"
@@ -612,11 +675,12 @@ impl Admission {
     }
 }
 
-/// Publishes a probe every [`PROBE_INTERVAL`] until shutdown. A publish that fails (Redis
-/// unreachable) is simply not answered, which is what makes the instance unready.
+/// Publishes the probes every [`PROBE_INTERVAL`] until shutdown. A publish that fails
+/// (its master unreachable) is simply not answered, which is what makes the instance
+/// unready.
 async fn send_probes(
     client: Client,
-    channel: String,
+    server_id: String,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) {
@@ -627,10 +691,17 @@ async fn send_probes(
             () = shutdown.cancelled() => return,
             _ = interval.tick() => {
                 let sent_at = readiness.now_ms();
-                let published: Result<i64, _> = client.publish(&channel, sent_at).await;
-                if let Err(error) = published {
-                    tracing::debug!(%error, "probe not sent");
-                }
+                let probes = readiness.probed_partitions().into_iter().map(|partition| {
+                    let client = &client;
+                    let channel = keys::probe_channel(partition, &server_id);
+                    async move {
+                        let published: Result<i64, _> = client.spublish(channel, sent_at).await;
+                        if let Err(error) = published {
+                            tracing::debug!(%error, partition, "probe not sent");
+                        }
+                    }
+                });
+                futures_util::future::join_all(probes).await;
             }
         }
     }

@@ -249,21 +249,26 @@ async fn accepted_events_survive_the_loss_of_their_master() {
         .iter()
         .find(|port| **port != master)
         .expect("another master");
+    let dead = format!("127.0.0.1:{master}@");
     eventually(
         "a replica to take over",
         Duration::from_secs(20),
         || async {
             let now = cli(survivor, &["CLUSTER", "NODES"]);
+            let failed = now
+                .lines()
+                .any(|line| line.contains(&dead) && line.contains("fail"));
             let masters = now
                 .lines()
                 .filter(|line| line.contains("master") && !line.contains("fail"))
                 .count();
-            (masters == 3 && cli(survivor, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-                .then_some(())
+            let ok = cli(survivor, &["CLUSTER", "INFO"]).contains("cluster_state:ok");
+            (failed && masters == 3 && ok).then_some(())
         },
     )
     .await;
-    // Back as the new master's replica: until then, nothing can be made durable.
+    // Back (empty: no persistence here) as the new master's replica, only once the
+    // failover is done; until then nothing can be made durable.
     node.restart().await;
 
     let accepted = publisher.await.expect("the publisher finishes");
@@ -356,4 +361,27 @@ async fn a_stream_misses_nothing_while_its_users_slot_moves() {
         serving.metric_value("redis_slots_moved_total").await,
         Some(1.0)
     );
+}
+
+/// Readiness covers every master: one of three stalls (SIGSTOP), and the instance says
+/// it is not ready until that master answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_covers_every_master() {
+    let cluster = RedisCluster::start(3, 0).await;
+    let mut settings = settings(None);
+    settings.redis_url = Some(backend::config::Secret::new(cluster.url()));
+    let app = spawn_app_with(settings).await;
+    assert!(readiness_becomes(&app.address, 200).await, "ready");
+    let masters = cluster.master_ports();
+    assert_eq!(masters.len(), 3);
+    let stalled = cluster
+        .nodes
+        .iter()
+        .find(|node| node.port == masters[2])
+        .expect("one of ours");
+    stalled.signal("STOP");
+    let unready = readiness_becomes(&app.address, 503).await;
+    stalled.signal("CONT");
+    assert!(unready, "not ready while one master is deaf");
+    assert!(readiness_becomes(&app.address, 200).await, "ready again");
 }
