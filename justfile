@@ -2,6 +2,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Ports of the local topology.
 redis_port := "6380"
+cluster_ports := "7001 7002 7003 7004 7005 7006"
 backend_1_port := "3000"
 backend_2_port := "3002"
 web_port := "3001"
@@ -42,8 +43,9 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Run it all locally: Redis, two backends, nginx (8080), trunk serve (3001). Ctrl-C stops all.
-dev: setup web-build
+# Ctrl-C stops all. `just dev cluster` (or `just dev-cluster`) runs a Redis Cluster instead.
+# Run it all locally: Redis, two backends, nginx (8080), trunk serve (3001).
+dev redis="single": setup web-build
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build -p backend
@@ -51,11 +53,33 @@ dev: setup web-build
     # Ctrl-C reaches every process of the group; this also cleans up if one of them dies.
     trap 'trap - EXIT; kill 0 2>/dev/null; wait' INT TERM EXIT
     prefix() { sed -u "s/^/$(printf '\033[%sm%-9s\033[0m ' "$1" "$2")/"; }
-    redis-server --port {{redis_port}} --bind 127.0.0.1 --save "" --appendonly no \
-        --dir target/dev 2>&1 | prefix 33 redis &
-    until redis-cli -p {{redis_port}} ping >/dev/null 2>&1; do sleep 0.1; done
+    if [ "{{redis}}" = cluster ]; then
+        # Three masters with a replica each, a new cluster every time.
+        mkdir -p target/dev/cluster && rm -f target/dev/cluster/nodes-*.conf
+        nodes=()
+        for port in {{cluster_ports}}; do
+            redis-server --port $port --bind 127.0.0.1 --save "" --appendonly no \
+                --cluster-enabled yes --cluster-config-file nodes-$port.conf \
+                --cluster-node-timeout 2000 --dir target/dev/cluster 2>&1 | prefix 33 redis-$port &
+            nodes+=(127.0.0.1:$port)
+        done
+        for port in {{cluster_ports}}; do
+            until redis-cli -p $port ping >/dev/null 2>&1; do sleep 0.1; done
+        done
+        redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
+        for port in {{cluster_ports}}; do
+            until redis-cli -p $port cluster info | grep -q cluster_state:ok; do sleep 0.2; done
+        done
+        seeds=$(printf '&node=%s' "${nodes[@]:1:2}")
+        export REDIS_URL="redis-cluster://${nodes[0]}?${seeds:1}" PUBLISH_REPLICAS=1
+    else
+        redis-server --port {{redis_port}} --bind 127.0.0.1 --save "" --appendonly no \
+            --dir target/dev 2>&1 | prefix 33 redis &
+        until redis-cli -p {{redis_port}} ping >/dev/null 2>&1; do sleep 0.1; done
+        export REDIS_URL=redis://127.0.0.1:{{redis_port}}
+    fi
     # Development only: anyone may mint a token for any user (the backends log it loudly).
-    export REDIS_URL=redis://127.0.0.1:{{redis_port}} PUBLISH_KEY=${PUBLISH_KEY:-dev-publish-key} DEV_TOKENS=true
+    export PUBLISH_KEY=${PUBLISH_KEY:-dev-publish-key} DEV_TOKENS=true
     # Other services may still PUBLISH to the original design's user-events channel.
     export LEGACY_CHANNELS=true
     PORT={{backend_1_port}} SERVER_ID=backend-1 target/debug/backend 2>&1 | prefix 36 backend-1 &
@@ -74,9 +98,12 @@ dev: setup web-build
     printf '\n  open       http://127.0.0.1:{{nginx_port}}   (nginx: both backends, release build)\n'
     printf '             http://127.0.0.1:{{web_port}}   (trunk serve: rebuilds on change, backend-1)\n'
     printf '  backend-1  http://127.0.0.1:{{backend_1_port}}  backend-2  http://127.0.0.1:{{backend_2_port}}\n'
-    printf '  redis      redis://127.0.0.1:{{redis_port}}   metrics: /metrics on each backend\n'
+    printf '  redis      %s   metrics: /metrics on each backend\n' "$REDIS_URL"
     printf '  publish key: %s\n\n' "$PUBLISH_KEY"
     wait -n
+
+# `just dev` on a local Redis Cluster: 3 masters + 3 replicas (7001-7006), PUBLISH_REPLICAS=1.
+dev-cluster: (dev "cluster")
 
 # One backend without Redis (in-process bus, in-memory store) and trunk serve.
 dev-single: setup
