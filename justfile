@@ -125,28 +125,71 @@ dev-single: setup
 bench: (bench-scenario "throughput" "--streams 10000 --users 10000 --mode broadcast --rate 5 --duration 30 --streams-per-worker 5000")
 
 # Any scenario against a fresh topology, e.g. just bench-scenario fanout "--streams 10000 --mode broadcast --rate 1 --duration 10" 1
-bench-scenario name args instances="2":
+bench-scenario name args instances="2" redis="single":
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --release -p backend -p bench
     mkdir -p target/bench
-    redis-server --port 6390 --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
-    redis=$!
+    # One Redis on 6390, or (redis=cluster) three masters on 6391-6393.
+    redis_pids=() redis_ports=()
+    if [ "{{redis}}" = cluster ]; then redis_ports=(6391 6392 6393); else redis_ports=(6390); fi
+    mkdir -p target/bench/cluster && rm -f target/bench/cluster/nodes-*.conf
+    for port in "${redis_ports[@]}"; do
+        cluster=()
+        if [ "{{redis}}" = cluster ]; then
+            cluster=(--cluster-enabled yes --cluster-config-file nodes-$port.conf --dir target/bench/cluster)
+        fi
+        redis-server --port $port --bind 127.0.0.1 --save "" --appendonly no "${cluster[@]}" >/dev/null &
+        redis_pids+=($!)
+    done
     # Backends first, then Redis, so they do not log its disappearance.
-    trap 'trap - EXIT; kill ${pids_only[@]:-} 2>/dev/null; wait ${pids_only[@]:-}; kill $redis; wait' INT TERM EXIT
+    trap 'trap - EXIT; kill ${pids_only[@]:-} 2>/dev/null; wait ${pids_only[@]:-}; kill ${redis_pids[@]}; wait' INT TERM EXIT
     pids_only=()
-    until redis-cli -p 6390 ping >/dev/null 2>&1; do sleep 0.1; done
+    for port in "${redis_ports[@]}"; do
+        until redis-cli -p $port ping >/dev/null 2>&1; do sleep 0.1; done
+    done
+    if [ "{{redis}}" = cluster ]; then
+        redis-cli --cluster create $(printf '127.0.0.1:%s ' "${redis_ports[@]}") --cluster-yes >/dev/null
+        for port in "${redis_ports[@]}"; do
+            until redis-cli -p $port cluster info | grep -q cluster_state:ok; do sleep 0.2; done
+        done
+        redis_url="redis-cluster://127.0.0.1:6391?node=127.0.0.1:6392&node=127.0.0.1:6393"
+    else
+        redis_url=redis://127.0.0.1:6390
+    fi
     export JWT_SECRET=bench-secret-bench-secret-bench-secret PUBLISH_KEY=bench-key RUST_LOG=warn
-    urls=() pids=()
+    urls=() pids=() ports=()
     for i in $(seq 1 {{instances}}); do
         port=$((3100 + 2 * i))
-        REDIS_URL=redis://127.0.0.1:6390 HOST=127.0.0.1 PORT=$port SERVER_ID=bench-$i \
+        REDIS_URL=$redis_url HOST=127.0.0.1 PORT=$port SERVER_ID=bench-$i \
             STREAM_QUEUE_SIZE=1024 MAX_STREAMS_PER_USER=100000 target/release/backend &
-        pids+=(--pid $!) pids_only+=($!) urls+=(--url http://127.0.0.1:$port)
+        pids+=(--pid $!) pids_only+=($!) urls+=(--url http://127.0.0.1:$port) ports+=($port)
         until curl -fs http://127.0.0.1:$port/readyz >/dev/null; do sleep 0.1; done
     done
+    redis_cpu() {
+        for port in "${redis_ports[@]}"; do redis-cli -p $port info cpu; done \
+            | awk -F: '/^used_cpu_(sys|user):/ { total += $2 } END { printf "%.3f", total }'
+    }
+    cpu_before=$(redis_cpu)
     target/release/bench run --name {{name}} "${urls[@]}" "${pids[@]}" {{args}} \
         --json target/bench/{{name}}.json
+    # What Redis and each instance did for it: Redis CPU, and the events each instance
+    # received against those published (1.0 each when every instance gets every event).
+    cpu_after=$(redis_cpu)
+    metric() { curl -fs http://127.0.0.1:$1/metrics | awk -v m="$2" 'index($0, m) == 1 { s += $NF } END { print s + 0 }'; }
+    published=0
+    for port in "${ports[@]}"; do published=$((published + $(metric $port events_published_total))); done
+    {
+        awk -v a=$cpu_after -v b=$cpu_before -v n=$published -v kind={{redis}} -v nodes=${#redis_ports[@]} \
+            'BEGIN { printf "redis %s (%d node(s)): %.2f s CPU for %d events, %.1f us per event\n", kind, nodes, a - b, n, (a - b) * 1e6 / (n > 0 ? n : 1) }'
+        for port in "${ports[@]}"; do
+            received=$(metric $port 'relay_messages_received_total{kind="user"}')
+            awk -v p=$port -v r=$received -v n=$published \
+                -v c=$(metric $port 'redis_subscription_commands_total{command="ssubscribe"}') \
+                -v b=$(metric $port redis_subscription_batches_total) \
+                'BEGIN { printf "instance :%s received %d user events: %.3f per published event; %d SSUBSCRIBEs in %d batches\n", p, r, r / (n > 0 ? n : 1), c, b }'
+        done
+    } | tee target/bench/{{name}}-redis.txt
 
 # The same measurement against `bench floor`, a reference server that does nothing but
 # write each broadcast to every socket: what this machine itself costs. E.g.

@@ -79,7 +79,9 @@ impl Redis {
     /// Closes every connection.
     pub async fn quit(&self) {
         let _ = self.subscriber.quit().await;
-        let _ = self.publisher.quit().await;
+        if self.publisher.id() != self.client.id() {
+            let _ = self.publisher.quit().await;
+        }
         let _ = self.client.quit().await;
     }
 }
