@@ -60,7 +60,8 @@ dev redis="single": setup web-build
         for port in {{cluster_ports}}; do
             redis-server --port $port --bind 127.0.0.1 --save "" --appendonly no \
                 --cluster-enabled yes --cluster-config-file nodes-$port.conf \
-                --cluster-node-timeout 2000 --dir target/dev/cluster 2>&1 | prefix 33 redis-$port &
+                --cluster-node-timeout 2000 --repl-diskless-sync-delay 0 \
+                --dir target/dev/cluster 2>&1 | prefix 33 redis-$port &
             nodes+=(127.0.0.1:$port)
         done
         for port in {{cluster_ports}}; do

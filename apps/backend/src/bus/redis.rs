@@ -47,9 +47,15 @@ use crate::{
 /// have acknowledged the write (`PUBLISH_REPLICAS`).
 ///
 /// A new epoch starts whenever the meta hash is missing (never published, expired, or
-/// Redis lost its data); the history of an earlier epoch is dropped with it. The id and
-/// epoch are spliced in after the opening brace rather than re-encoding with cjson,
-/// which would turn an empty array in `data` into an object.
+/// Redis lost its data), and when the topic was last written under another master run
+/// (`run`: the writer's replication id, which a promoted replica or a restarted master
+/// does not share): a failover can lose the newest events of the old master without a
+/// trace and give their ids again, and a new epoch makes every stream resync rather
+/// than take a new event for one it saw. The history of an earlier epoch is dropped
+/// with it.
+///
+/// The id and epoch are spliced in after the opening brace rather than re-encoding with
+/// cjson, which would turn an empty array in `data` into an object.
 const PUBLISH_SCRIPT: &str = r#"
 if KEYS[3] then
   local seen = redis.call('GET', KEYS[3])
@@ -71,6 +77,12 @@ if ARGV[7] ~= '' then
 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local run = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+local wrote = redis.call('HGET', KEYS[1], 'run')
+if wrote and wrote ~= run then
+  redis.call('HDEL', KEYS[1], 'epoch', 'seq')
+end
+redis.call('HSET', KEYS[1], 'run', run)
 if redis.call('HSETNX', KEYS[1], 'epoch', now) == 1 then
   redis.call('DEL', KEYS[2])
 end

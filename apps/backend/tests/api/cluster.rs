@@ -385,3 +385,61 @@ async fn readiness_covers_every_master() {
     assert!(unready, "not ready while one master is deaf");
     assert!(readiness_becomes(&app.address, 200).await, "ready again");
 }
+
+/// Without `PUBLISH_REPLICAS`, a failover may lose the newest events of the old master
+/// and give their ids again. The history's next write on the promoted replica starts a
+/// new epoch, so the stream is told (`stream.resync`) instead of skipping a new event
+/// under an id it has seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_told_when_its_users_master_changes() {
+    let cluster = RedisCluster::start(3, 1).await;
+    let mut settings = settings(None);
+    settings.redis_url = Some(backend::config::Secret::new(cluster.url()));
+    let app = spawn_app_with(settings).await;
+    let user = "promoted-1";
+    let mut stream = app.open_stream(&app.token(user).await).await;
+    for n in 1..=3 {
+        app.publish(user, "test.counted", json!({ "n": n })).await;
+    }
+    for n in 1..=3 {
+        assert_eq!(stream.next_event().await.json()["data"]["n"], n);
+    }
+    let pattern = format!("ev:*:meta:{user}");
+    let master = *cluster
+        .master_ports()
+        .iter()
+        .find(|port| {
+            !cli(**port, &["--scan", "--pattern", &pattern])
+                .trim()
+                .is_empty()
+        })
+        .expect("a master holds the user's history");
+    let master_id = cli(master, &["CLUSTER", "MYID"]).trim().to_string();
+    let replica = cluster
+        .nodes
+        .iter()
+        .map(|node| node.port)
+        .find(|port| {
+            cli(*port, &["CLUSTER", "NODES"]).lines().any(|line| {
+                line.contains("myself") && line.contains("slave") && line.contains(&master_id)
+            })
+        })
+        .expect("the master has a replica");
+    // This failover loses nothing (the replica is in sync), but the stream cannot know.
+    assert!(cli(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"]).contains("OK"));
+    eventually("the replica to take over", PATIENCE, || async {
+        cli(replica, &["ROLE"]).starts_with("master").then_some(())
+    })
+    .await;
+    app.publish(user, "test.counted", json!({ "n": 4 })).await;
+    let resync = stream.next_event().await;
+    assert_eq!(
+        resync.event.as_deref(),
+        Some("stream.resync"),
+        "{}",
+        stream.raw
+    );
+    let next = stream.next_event().await;
+    assert_eq!(next.json()["data"]["n"], 4);
+    assert_eq!(next.json()["id"], 1, "a new epoch");
+}

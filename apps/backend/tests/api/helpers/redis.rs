@@ -128,6 +128,9 @@ impl RedisCluster {
                 &format!("nodes-{port}.conf"),
                 "--cluster-node-timeout",
                 "2000",
+                // A replica's first sync would otherwise wait 5 s for others to share it.
+                "--repl-diskless-sync-delay",
+                "0",
                 "--dir",
                 &dir.to_string_lossy(),
             ];
@@ -157,6 +160,15 @@ impl RedisCluster {
                 let info = cli(node.port, &["CLUSTER", "INFO"]);
                 info.contains("cluster_state:ok").then_some(())
             })
+            .await;
+            eventually(
+                "every replica in sync with its master",
+                PATIENCE,
+                || async {
+                    let role = cli(node.port, &["ROLE"]);
+                    (role.starts_with("master") || role.contains("\nconnected\n")).then_some(())
+                },
+            )
             .await;
         }
         cluster
