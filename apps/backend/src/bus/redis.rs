@@ -48,11 +48,12 @@ use crate::{
 ///
 /// A new epoch starts whenever the meta hash is missing (never published, expired, or
 /// Redis lost its data), and when the topic was last written under another master run
-/// (`run`: the writer's replication id, which a promoted replica or a restarted master
-/// does not share): a failover can lose the newest events of the old master without a
-/// trace and give their ids again, and a new epoch makes every stream resync rather
-/// than take a new event for one it saw. The history of an earlier epoch is dropped
-/// with it.
+/// (`run`: the writer's replication id) by a node that has since taken over from another
+/// (a promoted replica: its `master_replid2` is set): a failover can lose the newest
+/// events of the old master without a trace and give their ids again, and a new epoch
+/// makes every stream resync rather than take a new event for one it saw. A master
+/// restarted from its own files keeps the epoch. The history of an earlier epoch is
+/// dropped with it.
 ///
 /// The id and epoch are spliced in after the opening brace rather than re-encoding with
 /// cjson, which would turn an empty array in `data` into an object.
@@ -77,9 +78,11 @@ if ARGV[7] ~= '' then
 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local run = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+local replication = redis.call('INFO', 'replication')
+local run = string.match(replication, 'master_replid:(%w+)')
+local took_over = not string.match(replication, 'master_replid2:0+%s')
 local wrote = redis.call('HGET', KEYS[1], 'run')
-if wrote and wrote ~= run then
+if wrote and wrote ~= run and took_over then
   redis.call('HDEL', KEYS[1], 'epoch', 'seq')
 end
 redis.call('HSET', KEYS[1], 'run', run)
