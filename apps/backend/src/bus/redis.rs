@@ -51,9 +51,11 @@ use crate::{
 /// (`run`: the writer's replication id) by a node that has since taken over from another
 /// (a promoted replica: its `master_replid2` is set): a failover can lose the newest
 /// events of the old master without a trace and give their ids again, and a new epoch
-/// makes every stream resync rather than take a new event for one it saw. A master
-/// restarted from its own files keeps the epoch. The history of an earlier epoch is
-/// dropped with it.
+/// makes every stream resync rather than take a new event for one it saw. Not when
+/// publishes wait for replicas (ARGV[9] `0`): nothing is published before a replica
+/// holds it, so no id a stream saw can be given again, and the history the promoted
+/// replica kept is worth keeping. A master restarted from its own files keeps the epoch.
+/// The history of an earlier epoch is dropped with it.
 ///
 /// The id and epoch are spliced in after the opening brace rather than re-encoding with
 /// cjson, which would turn an empty array in `data` into an object.
@@ -82,7 +84,7 @@ local replication = redis.call('INFO', 'replication')
 local run = string.match(replication, 'master_replid:(%w+)')
 local took_over = not string.match(replication, 'master_replid2:0+%s')
 local wrote = redis.call('HGET', KEYS[1], 'run')
-if wrote and wrote ~= run and took_over then
+if ARGV[9] == '1' and wrote and wrote ~= run and took_over then
   redis.call('HDEL', KEYS[1], 'epoch', 'seq')
 end
 redis.call('HSET', KEYS[1], 'run', run)
