@@ -428,6 +428,7 @@ pub async fn start_relay(
         admission: Admission::new(metrics.clone(), listening.max_event_bytes),
         metrics,
         server_id: server_id.clone(),
+        broadcast_channel: keys::channel(&Topic::Broadcast),
         slots: redis
             .subscriber
             .cached_cluster_state()
@@ -452,6 +453,8 @@ struct Relay {
     metrics: Arc<Metrics>,
     admission: Admission,
     server_id: String,
+    /// The broadcasts' shard channel, named once rather than per message.
+    broadcast_channel: String,
     /// The cluster's slot map the subscriptions were last made for (`None`: one Redis).
     slots: Option<Vec<SlotRange>>,
 }
@@ -548,9 +551,26 @@ impl Relay {
         }
     }
 
+    /// The kind of channel a message came on, for `relay_messages_received_total`.
+    fn kind(&self, channel: &str, probe: bool) -> &'static str {
+        if probe {
+            "probe"
+        } else if channel == CONTROL_CHANNEL {
+            "control"
+        } else if channel == USER_EVENTS_CHANNEL || channel == SYSTEM_EVENTS_CHANNEL {
+            "legacy"
+        } else if channel == self.broadcast_channel {
+            "broadcast"
+        } else {
+            "user"
+        }
+    }
+
     fn relay(&mut self, message: &Message) {
-        self.metrics.relay_received(kind(&message.channel));
-        if let Some(partition) = keys::probe_partition(&message.channel, &self.server_id) {
+        let probe = keys::probe_partition(&message.channel, &self.server_id);
+        self.metrics
+            .relay_received(self.kind(&message.channel, probe.is_some()));
+        if let Some(partition) = probe {
             let sent_at = message.value.as_u64().unwrap_or(0);
             if self.readiness.probe_returned(partition, sent_at) {
                 // The subscription had gone quiet: it may have missed events.
@@ -572,21 +592,6 @@ impl Relay {
         if let Some(envelope) = self.admission.admit(bytes) {
             self.hub.deliver(&envelope);
         }
-    }
-}
-
-/// The kind of channel a message came on, for `relay_messages_received_total`.
-fn kind(channel: &str) -> &'static str {
-    if channel == CONTROL_CHANNEL {
-        "control"
-    } else if channel.contains(":probe:") {
-        "probe"
-    } else if channel == USER_EVENTS_CHANNEL || channel == SYSTEM_EVENTS_CHANNEL {
-        "legacy"
-    } else if channel == keys::channel(&Topic::Broadcast) {
-        "broadcast"
-    } else {
-        "user"
     }
 }
 
