@@ -7,17 +7,21 @@ use serde_json::json;
 
 use crate::helpers::*;
 
+/// Waits until `app` holds `count` streams (a stream without a cursor starts where its
+/// user's history stands when it opens).
+async fn streams_open(app: &TestApp, count: usize) {
+    eventually("the streams to open", PATIENCE, || async {
+        (app.metric_value("sse_streams_open").await == Some(count as f64)).then_some(())
+    })
+    .await;
+}
+
 /// Two instances, six users, three streams on each: every stream gets its user's events
 /// exactly once and in order whichever instance publishes, and each instance receives
 /// (counted by the relay) exactly the events of its own three users.
 async fn each_instance_receives_only_its_users_events(redis_url: String) {
-    let instance = |url: String| {
-        let mut settings = settings(None);
-        settings.redis_url = Some(backend::config::Secret::new(url));
-        spawn_app_with(settings)
-    };
-    let a = instance(redis_url.clone()).await;
-    let b = instance(redis_url).await;
+    let a = spawn_app_with(settings_for(&redis_url)).await;
+    let b = spawn_app_with(settings_for(&redis_url)).await;
     let users: Vec<String> = (0..6).map(|n| format!("spread-{n}")).collect();
     let mut streams = Vec::new();
     for (n, user) in users.iter().enumerate() {
@@ -84,8 +88,7 @@ async fn on_one_redis_each_instance_receives_only_its_users_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcasts_and_accounts_work_on_a_cluster() {
     let cluster = RedisCluster::start(3, 0).await;
-    let mut settings = settings(None);
-    settings.redis_url = Some(backend::config::Secret::new(cluster.url()));
+    let settings = settings_for(&cluster.url());
     let a = spawn_app_with(settings.clone()).await;
     let b = spawn_app_with(settings).await;
     let token = a.token("carol").await;
@@ -200,8 +203,7 @@ async fn a_reconnect_storm_subscribes_in_batches() {
 async fn accepted_events_survive_the_loss_of_their_master() {
     const EVENTS: u64 = 60;
     let mut cluster = RedisCluster::start(3, 1).await;
-    let mut settings = settings(None);
-    settings.redis_url = Some(backend::config::Secret::new(cluster.url()));
+    let mut settings = settings_for(&cluster.url());
     settings.publish_replicas = 1;
     let app = spawn_app_with(settings).await;
     let user = "failover-1";
@@ -213,23 +215,10 @@ async fn accepted_events_survive_the_loss_of_their_master() {
         |received| counted(received).len() >= EVENTS as usize,
     ));
     // A stream without a cursor starts where its user's history stands when it opens.
-    eventually("the stream to open", PATIENCE, || async {
-        (app.metric_value("sse_streams_open").await == Some(1.0)).then_some(())
-    })
-    .await;
+    streams_open(&app, 1).await;
     publish_counted(vec![app.address.clone()], user.into(), 1, 1, Duration::ZERO).await;
     let masters = cluster.master_ports();
-    let master = *masters
-        .iter()
-        .find(|port| {
-            !cli(
-                **port,
-                &["--scan", "--pattern", &format!("ev:*:meta:{user}")],
-            )
-            .trim()
-            .is_empty()
-        })
-        .expect("a master holds the user's history");
+    let master = cluster.master_of(user);
 
     let publisher = tokio::spawn(publish_counted(
         vec![app.address.clone()],
@@ -296,8 +285,7 @@ async fn accepted_events_survive_the_loss_of_their_master() {
 async fn a_stream_misses_nothing_while_its_users_slot_moves() {
     const EVENTS: u64 = 40;
     let cluster = RedisCluster::start(3, 0).await;
-    let mut settings = settings(None);
-    settings.redis_url = Some(backend::config::Secret::new(cluster.url()));
+    let settings = settings_for(&cluster.url());
     let serving = spawn_app_with(settings.clone()).await;
     let publishing = spawn_app_with(settings).await;
     let user = "moving-1";
@@ -307,22 +295,12 @@ async fn a_stream_misses_nothing_while_its_users_slot_moves() {
         Duration::from_secs(30),
         |received| counted(received).len() >= EVENTS as usize,
     ));
-    eventually("the stream to open", PATIENCE, || async {
-        (serving.metric_value("sse_streams_open").await == Some(1.0)).then_some(())
-    })
-    .await;
+    streams_open(&serving, 1).await;
     let addresses = vec![publishing.address.clone()];
     publish_counted(addresses.clone(), user.into(), 1, 1, Duration::ZERO).await;
     let masters = cluster.master_ports();
     let pattern = format!("ev:*:meta:{user}");
-    let from = *masters
-        .iter()
-        .find(|port| {
-            !cli(**port, &["--scan", "--pattern", &pattern])
-                .trim()
-                .is_empty()
-        })
-        .expect("a master holds the user's history");
+    let from = cluster.master_of(user);
     let to = *masters
         .iter()
         .find(|port| **port != from)
@@ -368,9 +346,7 @@ async fn a_stream_misses_nothing_while_its_users_slot_moves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_covers_every_master() {
     let cluster = RedisCluster::start(3, 0).await;
-    let mut settings = settings(None);
-    settings.redis_url = Some(backend::config::Secret::new(cluster.url()));
-    let app = spawn_app_with(settings).await;
+    let app = spawn_app_with(settings_for(&cluster.url())).await;
     assert!(readiness_becomes(&app.address, 200).await, "ready");
     let masters = cluster.master_ports();
     assert_eq!(masters.len(), 3);
@@ -393,9 +369,7 @@ async fn readiness_covers_every_master() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_is_told_when_its_users_master_changes() {
     let cluster = RedisCluster::start(3, 1).await;
-    let mut settings = settings(None);
-    settings.redis_url = Some(backend::config::Secret::new(cluster.url()));
-    let app = spawn_app_with(settings).await;
+    let app = spawn_app_with(settings_for(&cluster.url())).await;
     let user = "promoted-1";
     let mut stream = app.open_stream(&app.token(user).await).await;
     for n in 1..=3 {
@@ -404,16 +378,7 @@ async fn a_stream_is_told_when_its_users_master_changes() {
     for n in 1..=3 {
         assert_eq!(stream.next_event().await.json()["data"]["n"], n);
     }
-    let pattern = format!("ev:*:meta:{user}");
-    let master = *cluster
-        .master_ports()
-        .iter()
-        .find(|port| {
-            !cli(**port, &["--scan", "--pattern", &pattern])
-                .trim()
-                .is_empty()
-        })
-        .expect("a master holds the user's history");
+    let master = cluster.master_of(user);
     let master_id = cli(master, &["CLUSTER", "MYID"]).trim().to_string();
     let replica = cluster
         .nodes
@@ -431,7 +396,8 @@ async fn a_stream_is_told_when_its_users_master_changes() {
         cli(replica, &["ROLE"]).starts_with("master").then_some(())
     })
     .await;
-    app.publish(user, "test.counted", json!({ "n": 4 })).await;
+    // Refused (503) while the cluster settles; a client retries.
+    publish_counted(vec![app.address.clone()], user.into(), 4, 1, Duration::ZERO).await;
     let resync = stream.next_event().await;
     assert_eq!(
         resync.event.as_deref(),

@@ -33,6 +33,14 @@ impl Deref for TestApp {
     }
 }
 
+/// [`settings`] for an instance of the Redis (or Redis Cluster) at `url`.
+pub fn settings_for(url: &str) -> Settings {
+    Settings {
+        redis_url: Some(Secret::new(url)),
+        ..settings(None)
+    }
+}
+
 pub async fn spawn_app(redis: Option<&RedisServer>) -> TestApp {
     spawn_app_with(settings(redis)).await
 }

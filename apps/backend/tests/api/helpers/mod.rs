@@ -18,7 +18,7 @@ pub use backend::Settings;
 
 pub use self::{
     api::{Api, metric_value},
-    instance::{TestApp, settings, spawn_app, spawn_app_with},
+    instance::{TestApp, settings, settings_for, spawn_app, spawn_app_with},
     process::{BackendProcess, readiness_becomes},
     redis::{RedisCluster, RedisServer, cli, free_port},
     sse::{FrameJson, SseStream},

@@ -196,6 +196,19 @@ impl RedisCluster {
 }
 
 impl RedisCluster {
+    /// The port of the master holding `user`'s history (it must have one).
+    pub fn master_of(&self, user: &str) -> u16 {
+        let pattern = format!("ev:*:meta:{user}");
+        self.master_ports()
+            .into_iter()
+            .find(|port| {
+                !cli(*port, &["--scan", "--pattern", &pattern])
+                    .trim()
+                    .is_empty()
+            })
+            .expect("a master holds the user's history")
+    }
+
     /// Moves hash slot `slot` from the master on `from` to the master on `to`, keys and
     /// all, the way `redis-cli --cluster reshard` moves each slot.
     pub fn move_slot(&self, slot: u16, from: u16, to: u16) {
