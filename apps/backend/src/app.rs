@@ -33,7 +33,7 @@ use crate::{
     config::Settings,
     direct,
     error::ApiError,
-    hub::{Capacity, Hub},
+    hub::{Capacity, Hub, ShardId},
     metrics::Metrics,
     readiness::Readiness,
     redis::Redis,
@@ -337,10 +337,14 @@ fn http_server(
             let http = http.new_service(());
             let state = state.clone();
             async move {
+                // Built on the worker's own thread: its streams' broadcasts and
+                // keep-alives are written there.
+                let shard = state.hub.start_shard(state.keep_alive);
                 Ok::<_, ()>(Connections {
                     http: Rc::new(http.await?),
                     state,
                     head_timeout,
+                    shard,
                 })
             }
         })
@@ -377,6 +381,8 @@ struct Connections<S> {
     http: Rc<S>,
     state: web::Data<AppState>,
     head_timeout: Duration,
+    /// This worker's shard of the hub.
+    shard: ShardId,
 }
 
 impl<S> Service<TcpStream> for Connections<S>
@@ -393,6 +399,7 @@ where
         let http = self.http.clone();
         let state = self.state.clone();
         let head_timeout = self.head_timeout;
+        let shard = self.shard;
         Box::pin(async move {
             // Events and API answers are small and latency is the point, on either
             // carrier: no Nagle delay behind an unacknowledged write.
@@ -401,7 +408,7 @@ where
             // the connection lives, so it stays a few hundred bytes.
             match Box::pin(direct::stream_request(&io, head_timeout)).await {
                 direct::Peeked::Stream(request) => {
-                    if let Some(stream) = Box::pin(direct::open(io, request, state)).await {
+                    if let Some(stream) = Box::pin(direct::open(io, request, state, shard)).await {
                         stream.await;
                     }
                     Ok(())

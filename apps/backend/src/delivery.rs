@@ -23,7 +23,7 @@ use crate::{
     bus::{Bus, BusError, HistoryRead, Topic},
     clock::now_millis,
     error::ApiError,
-    hub::{EventStream, Frame, Notice, Published, Refused},
+    hub::{CarrierEnd, Direct, EventStream, Frame, Notice, Published, Refused, ShardId, Socket},
     metrics::{Metrics, ResumeOutcome},
     state::AppState,
 };
@@ -66,6 +66,10 @@ impl Naming {
         }
     }
 
+    fn is_named(self) -> bool {
+        self == Self::Named
+    }
+
     fn apply(self, frame: Frame) -> Frame {
         match self {
             Self::Named => frame,
@@ -82,13 +86,17 @@ impl Naming {
 /// expires or a publisher disconnects the user, a frame that says so. Fails while the
 /// instance drains or is full, when the user holds too many streams, or when history
 /// cannot be read.
+///
+/// A stream served straight off its `socket` (with its worker's shard) is also written
+/// to directly while at rest; its carrier then reports to the returned [`CarrierEnd`].
 #[tracing::instrument(skip_all, fields(user_id = %credential.user_id))]
 pub async fn open(
     state: &AppState,
     credential: Credential,
     resume_from: Option<Result<Cursor, BadCursor>>,
     naming: Naming,
-) -> Result<impl Stream<Item = Frame> + use<>, ApiError> {
+    socket: Option<(Arc<tokio::net::TcpStream>, ShardId)>,
+) -> Result<(impl Stream<Item = Frame> + use<>, CarrierEnd), ApiError> {
     if state.readiness.is_draining() {
         return Err(ApiError::Unavailable(
             "this instance is shutting down; reconnect",
@@ -99,7 +107,17 @@ pub async fn open(
         expires_at,
     } = credential;
     // Registered before history is read, so nothing published in between is missed.
-    let notices = state.hub.open(&user_id).map_err(|refused| {
+    let registered = match socket {
+        Some((io, shard)) => {
+            let socket = Socket {
+                io,
+                named: naming.is_named(),
+            };
+            state.hub.open_direct(&user_id, Direct { socket, shard })
+        }
+        None => state.hub.open(&user_id),
+    };
+    let notices = registered.map_err(|refused| {
         let (reason, error) = match refused {
             Refused::UserLimit(_) => (
                 "user_limit",
@@ -165,9 +183,11 @@ pub async fn open(
     };
     let opened = Published::new(&opened).frame(Some(opened_at.to_string()));
     let lifetime = Duration::from_secs(expires_at.saturating_sub(now_millis() / 1000));
-    Ok(stream::iter(std::iter::once(opened).chain(opening))
+    let carrier = notices.carrier();
+    let frames = stream::iter(std::iter::once(opened).chain(opening))
         .chain(context.live(notices, cursor, lifetime))
-        .map(move |frame| naming.apply(frame)))
+        .map(move |frame| naming.apply(frame));
+    Ok((frames, carrier))
 }
 
 /// Where a stream starts, from what its client asked.
@@ -285,22 +305,6 @@ impl StreamContext {
             .inc();
     }
 
-    /// Counts a live event on its way to the connection, with its delivery latency.
-    fn delivered_live(&self, published: &Published) {
-        match &published.delivered {
-            Some(counter) => {
-                counter.inc();
-            }
-            None => self.delivered(&published.event_type),
-        }
-        if let Some(at) = published.published_at {
-            let latency_ms = now_millis().saturating_sub(at);
-            self.metrics
-                .delivery_latency
-                .observe(latency_ms as f64 / 1000.0);
-        }
-    }
-
     /// The head of `scope`'s history: where a stream that asks for nothing starts.
     pub async fn head(&self, scope: ResyncScope) -> Result<Position, BusError> {
         Ok(self.bus.read(&self.topic(scope), u64::MAX, 0).await?.head)
@@ -350,6 +354,10 @@ impl StreamContext {
     /// needed but cannot be read (the client then resumes from its last id), or, with a
     /// last frame that says why, when `lifetime` (the credential's) is over or the user
     /// is disconnected.
+    ///
+    /// While it waits for a notice, the hub may write events to the stream directly
+    /// (`hub::outlet`), moving the cursor it keeps for the stream: so the cursor is taken
+    /// back from the hub after each wait and handed to it before the next.
     pub fn live(
         self,
         mut notices: EventStream,
@@ -362,6 +370,7 @@ impl StreamContext {
             Expired,
         }
         async_stream::stream! {
+            notices.set_cursor(cursor);
             // Boxed: a timer is not small, and the stream keeps it for as long as it lives.
             let mut expiry = Box::pin(tokio::time::sleep(lifetime));
             loop {
@@ -370,6 +379,7 @@ impl StreamContext {
                     notice = notices.next() => notice.map_or(Next::Closed, Next::Notice),
                     () = &mut expiry => Next::Expired,
                 };
+                cursor = notices.hold();
                 let notice = match next {
                     Next::Notice(notice) => notice,
                     Next::Closed => return,
@@ -385,29 +395,17 @@ impl StreamContext {
                         return;
                     }
                     Notice::CatchUp => vec![ResyncScope::User, ResyncScope::Broadcast],
-                    Notice::Event(published) => {
-                        let scope = if published.broadcast { ResyncScope::Broadcast } else { ResyncScope::User };
-                        match published.position {
-                            // Bypassed the backend: no position, delivered as it is.
-                            None => {
-                                self.delivered_live(published);
-                                yield published.frame(None);
-                                continue;
-                            }
-                            Some(p) => match arrival(position(&cursor, scope), p) {
-                                // Already sent (from history, at the seam).
-                                Arrival::Duplicate => continue,
-                                Arrival::Next => {
-                                    *position_mut(&mut cursor, scope) = p;
-                                    self.delivered_live(published);
-                                    yield published.frame(Some(cursor.to_string()));
-                                    continue;
-                                }
-                                // History has what is missing, this event included.
-                                Arrival::Gap => vec![scope],
-                            },
+                    Notice::CatchUpUser => vec![ResyncScope::User],
+                    Notice::Event(published) => match live_step(&mut cursor, published) {
+                        LiveStep::Skip => continue,
+                        LiveStep::Send { with_id } => {
+                            notices.set_cursor(cursor);
+                            count_delivered(&self.metrics, published);
+                            yield published.frame(with_id.then(|| cursor.to_string()));
+                            continue;
                         }
-                    }
+                        LiveStep::Repair(scope) => vec![scope],
+                    },
                 };
                 for scope in scopes {
                     // Boxed: its reads are large futures, and a stream keeps its state
@@ -420,8 +418,63 @@ impl StreamContext {
                         }
                     }
                 }
+                notices.set_cursor(cursor);
             }
         }
+    }
+}
+
+/// What a stream does with a live event, given where it stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LiveStep {
+    /// Send it, with the cursor (already moved past it) as its `id:`, or without an id
+    /// for a message that bypassed the backend and so has no position.
+    Send { with_id: bool },
+    /// Sent already (from history, at the seam).
+    Skip,
+    /// Events are missing before it, or its history restarted: catch up from that
+    /// history first (which has this event too).
+    Repair(ResyncScope),
+}
+
+/// Decides what a stream at `cursor` does with `published`, moving the cursor past it
+/// when it is sent. The one rule for every live event, whether the stream's task
+/// handles it or the hub writes it directly.
+pub(crate) fn live_step(cursor: &mut Cursor, published: &Published) -> LiveStep {
+    let scope = if published.broadcast {
+        ResyncScope::Broadcast
+    } else {
+        ResyncScope::User
+    };
+    let Some(p) = published.position else {
+        return LiveStep::Send { with_id: false };
+    };
+    match arrival(position(cursor, scope), p) {
+        Arrival::Duplicate => LiveStep::Skip,
+        Arrival::Next => {
+            *position_mut(cursor, scope) = p;
+            LiveStep::Send { with_id: true }
+        }
+        Arrival::Gap => LiveStep::Repair(scope),
+    }
+}
+
+/// Counts a live event on its way to a connection, with its delivery latency.
+pub(crate) fn count_delivered(metrics: &Metrics, published: &Published) {
+    match &published.delivered {
+        Some(counter) => {
+            counter.inc();
+        }
+        None => {
+            metrics
+                .events_delivered
+                .get_or_create(&metrics.event_labels(&published.event_type))
+                .inc();
+        }
+    }
+    if let Some(at) = published.published_at {
+        let latency_ms = now_millis().saturating_sub(at);
+        metrics.delivery_latency.observe(latency_ms as f64 / 1000.0);
     }
 }
 

@@ -19,11 +19,17 @@
 //! [`ApiError`]'s responses and encode frames with the same SSE encoder (russe, which
 //! actix-web-lab uses). This one ends the body by closing the connection instead of
 //! chunking it: a stream's connection is never reused anyway.
+//!
+//! Its streams join their worker's shard of the hub, which writes events to the socket
+//! directly while the stream is at rest, and sends its keep-alives (`hub::outlet`). This
+//! carrier writes the rest (the opening frames, what a catch-up sends, what a direct
+//! write left unwritten) and tells the hub when it has written all it was given.
 
 use std::{
-    future::Future,
+    future::{Future, poll_fn},
     io,
     pin::{Pin, pin},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -34,12 +40,18 @@ use russe::Encoder;
 use std::time::Duration as StdDuration;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpStream, tcp::WriteHalf},
+    net::TcpStream,
 };
 use tokio_util::codec::Encoder as _;
 
 use crate::{
-    delivery, error::ApiError, frame::Frame, metrics::Carrier, state::AppState, telemetry, tickets,
+    delivery,
+    error::ApiError,
+    frame::Frame,
+    hub::{CarrierEnd, ShardId},
+    metrics::Carrier,
+    state::AppState,
+    telemetry, tickets,
 };
 
 /// The path this module serves.
@@ -192,22 +204,24 @@ pub type Serving = Pin<Box<dyn Future<Output = ()>>>;
 /// Answers `request` on `io`: with an error response, or with the stream's head and
 /// opening frames, returning the stream to drive until it ends (the hub closes it at
 /// shutdown or for a full queue, the client goes away, or the client takes nothing for
-/// two keep-alive periods).
+/// two keep-alive periods). The stream joins `shard`, its worker's.
 pub async fn open(
     mut io: TcpStream,
     request: StreamRequest,
     state: web::Data<AppState>,
+    shard: ShardId,
 ) -> Option<Serving> {
     let started = Instant::now();
     discard(&mut io, request.head_len).await.ok()?;
-    let opened = open_frames(&state, &request).await;
+    let io = Arc::new(io);
+    let opened = open_frames(&state, &request, (io.clone(), shard)).await;
     let status = match &opened {
         Ok(_) => 200,
         Err(error) => error.status_code().as_u16(),
     };
     telemetry::request_served(&state.metrics, "GET", PATH, PATH, status, started.elapsed());
     match opened {
-        Ok(frames) => {
+        Ok((frames, carrier)) => {
             state.metrics.stream_carried(Carrier::direct);
             let mut out = BytesMut::from(STREAM_HEAD);
             out.extend_from_slice(date_line().as_bytes());
@@ -215,11 +229,14 @@ pub async fn open(
             encode(russe::Event::Retry(state.sse_retry), &mut out);
             let keep_alive = state.keep_alive;
             Some(Box::pin(async move {
-                let _ = stream(io, frames, out, keep_alive).await;
+                let _ = stream(&io, frames, carrier, out, keep_alive).await;
             }))
         }
         Err(error) => {
-            let _ = respond_with_error(&mut io, &error).await;
+            // Refused streams never registered: the socket is ours alone again.
+            if let Ok(mut io) = Arc::try_unwrap(io) {
+                let _ = respond_with_error(&mut io, &error).await;
+            }
             None
         }
     }
@@ -229,7 +246,8 @@ pub async fn open(
 async fn open_frames(
     state: &AppState,
     request: &StreamRequest,
-) -> Result<impl Stream<Item = Frame> + use<>, ApiError> {
+    socket: (Arc<TcpStream>, ShardId),
+) -> Result<(impl Stream<Item = Frame> + use<>, CarrierEnd), ApiError> {
     let credential = tickets::authenticate_stream(
         state,
         request.authorization.as_deref(),
@@ -239,7 +257,7 @@ async fn open_frames(
     .await?;
     let resume_from = delivery::resume_point(request.last_event_id.as_deref(), &request.query);
     let naming = delivery::Naming::from_query(&request.query);
-    delivery::open(state, credential, resume_from, naming).await
+    delivery::open(state, credential, resume_from, naming, Some(socket)).await
 }
 
 /// Reads and drops the `len` bytes of the request head, which were only peeked at.
@@ -248,30 +266,38 @@ async fn discard(io: &mut TcpStream, len: usize) -> io::Result<()> {
     io.read_exact(&mut head).await.map(drop)
 }
 
-/// Writes `frames` as they come, then ends. Between writes nothing is buffered.
+/// Writes `frames` as they come, and what direct writes leave unwritten, then ends.
+/// Between writes nothing is buffered. Keep-alives come from the worker's shard.
 async fn stream(
-    mut io: TcpStream,
+    io: &TcpStream,
     frames: impl Stream<Item = Frame>,
+    carrier: CarrierEnd,
     mut out: BytesMut,
     keep_alive: Duration,
 ) -> io::Result<()> {
     let mut frames = pin!(frames);
-    let (mut reader, mut writer) = io.split();
-    // One timer, moved only when it fires: a busy stream pays nothing per frame for it.
-    let mut last_write = tokio::time::Instant::now();
-    let idle = tokio::time::sleep(keep_alive);
-    let mut idle = pin!(idle);
     let mut scratch = [0u8; 64];
     loop {
-        if !out.is_empty() {
-            write_out(&mut writer, &mut out, 2 * keep_alive).await?;
+        // A direct write's leftovers came before anything taken since.
+        let unwritten = carrier.take_unwritten();
+        if !unwritten.is_empty() {
+            let mut all = BytesMut::from(&unwritten[..]);
+            all.extend_from_slice(&out);
+            out = all;
+        }
+        let wrote = !out.is_empty();
+        if wrote {
+            write_out(io, &mut out, 2 * keep_alive).await?;
             out = BytesMut::new();
-            last_write = tokio::time::Instant::now();
+        }
+        if !carrier.flushed(wrote) {
+            continue;
         }
         tokio::select! {
             biased;
             frame = frames.next() => {
                 let Some(frame) = frame else { return Ok(()) };
+                carrier.busy();
                 frame.encode(&mut out);
                 // Whatever else is already queued goes in the same write.
                 while out.len() < BATCH_BYTES {
@@ -283,19 +309,17 @@ async fn stream(
                     }
                 }
             }
-            () = &mut idle => {
-                let due = last_write + keep_alive;
-                if tokio::time::Instant::now() >= due {
-                    encode(russe::Event::Comment("keep-alive".into()), &mut out);
-                    idle.as_mut().reset(tokio::time::Instant::now() + keep_alive);
-                } else {
-                    idle.as_mut().reset(due);
-                }
-            }
+            () = poll_fn(|cx| carrier.poll_unwritten(cx)) => {}
             // The client sends nothing after its request; end of input means it left.
-            read = reader.read(&mut scratch) => {
-                if matches!(read, Ok(0) | Err(_)) {
+            read = io.readable() => {
+                if read.is_err() {
                     return Ok(());
+                }
+                match io.try_read(&mut scratch) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Ok(()),
                 }
             }
         }
@@ -303,15 +327,19 @@ async fn stream(
 }
 
 /// Writes all of `out`, failing if the client takes nothing for `stall`.
-async fn write_out(
-    writer: &mut WriteHalf<'_>,
-    out: &mut BytesMut,
-    stall: Duration,
-) -> io::Result<()> {
+async fn write_out(io: &TcpStream, out: &mut BytesMut, stall: Duration) -> io::Result<()> {
     while !out.is_empty() {
-        let written = tokio::time::timeout(stall, writer.write(out))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
+        let written = tokio::time::timeout(stall, async {
+            loop {
+                io.writable().await?;
+                match io.try_write(out) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                    result => return result,
+                }
+            }
+        })
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }

@@ -1,7 +1,9 @@
 //! SSE frames: one message of a stream before a carrier writes it, and an event as the
 //! hub fans it out, its `event:` and `data:` encoded once for every stream it reaches.
 
-use bytes::BytesMut;
+use std::sync::OnceLock;
+
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use events::{Envelope, Position};
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +23,10 @@ pub struct Published {
     /// The `events_delivered` counter of its type, resolved once per event by the hub
     /// rather than once per stream it reaches.
     pub delivered: Option<Counter>,
+    /// Its frame without the `id:` line, named and unnamed, encoded the first time a
+    /// stream is written to directly (see `hub::outlet`): every such stream then writes
+    /// its own `id:` line and these shared bytes.
+    bodies: [OnceLock<Option<Bytes>>; 2],
 }
 
 impl Published {
@@ -34,7 +40,24 @@ impl Published {
             data: json.into(),
             published_at: envelope.published_at,
             delivered: None,
+            bodies: Default::default(),
         }
+    }
+
+    /// The frame's `event:` (when `named`) and `data:` lines and the blank line that ends
+    /// it: exactly what [`Frame::encode`] writes after the `id:` line. `None` when the
+    /// frame cannot be framed (and so is dropped, as `encode` drops it).
+    pub fn body(&self, named: bool) -> Option<&Bytes> {
+        self.bodies[usize::from(named)]
+            .get_or_init(|| {
+                let mut frame = self.frame(None);
+                if !named {
+                    frame = frame.unnamed();
+                }
+                let mut out = BytesMut::new();
+                frame.encode(&mut out).then(|| out.freeze())
+            })
+            .as_ref()
     }
 
     /// The SSE frame, with `id` if given.
@@ -126,6 +149,32 @@ mod tests {
             assert!(!frame.encode(&mut out), "{event:?}");
             assert_eq!(&out[..], b"before");
         }
+    }
+
+    #[test]
+    fn an_id_line_and_the_shared_body_are_the_frame_byte_for_byte() {
+        let envelope = events::Envelope {
+            id: Some(3),
+            epoch: Some(1),
+            ..events::Envelope::new("alice", "a.b", serde_json::json!({"x": "1\n2"}))
+        };
+        let published = Published::new(&envelope);
+        for named in [true, false] {
+            let mut whole = BytesMut::new();
+            let frame = published.frame(Some("1-3.0-0.00000000000000aa".into()));
+            let frame = if named { frame } else { frame.unnamed() };
+            assert!(frame.encode(&mut whole));
+            let body = published.body(named).expect("framable");
+            let mut pieces = b"id: 1-3.0-0.00000000000000aa\n".to_vec();
+            pieces.extend_from_slice(body);
+            assert_eq!(&whole[..], &pieces[..], "named: {named}");
+        }
+        let unframable = Published::new(&events::Envelope::new(
+            "alice",
+            "a\nb",
+            serde_json::json!({}),
+        ));
+        assert!(unframable.body(true).is_none());
     }
 
     #[test]

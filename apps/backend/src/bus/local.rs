@@ -208,7 +208,7 @@ impl LocalBus {
         match topic {
             Topic::User(user_id) => self.hub.has_streams(user_id),
             // The broadcast history is every stream's: kept while any is open.
-            Topic::Broadcast => self.hub.stream_count() > 0,
+            Topic::Broadcast => !self.hub.is_empty(),
         }
     }
 

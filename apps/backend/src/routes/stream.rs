@@ -55,7 +55,7 @@ async fn stream(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
     .await?;
     let resume_from = delivery::resume_point(header("last-event-id"), req.query_string());
     let naming = delivery::Naming::from_query(req.query_string());
-    let frames = delivery::open(state, credential, resume_from, naming).await?;
+    let (frames, _) = delivery::open(state, credential, resume_from, naming, None).await?;
     state.metrics.stream_carried(Carrier::actix);
 
     let frames = frames.filter(|frame| std::future::ready(frame.is_framable()));

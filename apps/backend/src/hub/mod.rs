@@ -1,0 +1,876 @@
+//! The open event streams of this instance, keyed by user.
+//!
+//! Each stream is an [`outlet`]: a bounded queue for its task, and, for a stream served
+//! straight off its socket, the socket, which events are written to directly while the
+//! stream is at rest. Streams are grouped in [`shard`]s, one per HTTP worker thread,
+//! whose dispatcher writes each broadcast to its own streams.
+
+mod outlet;
+mod shard;
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, MutexGuard, OnceLock, RwLock,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use events::{Cursor, Envelope};
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::frame::{Frame, Published};
+use crate::metrics::Metrics;
+pub use outlet::{CarrierEnd, KEEP_ALIVE, Socket};
+use outlet::{Delivery, Notices, Offer, Outlet};
+use shard::{Dispatcher, Shard};
+
+/// What the hub queues on a stream.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// A published event, encoded once and shared by every stream it goes to.
+    Event(Arc<Published>),
+    /// Events may have been missed (the Redis subscription reconnected or fell behind):
+    /// the stream should catch up from history.
+    CatchUp,
+    /// The user's own events may have been missed (published before this instance was
+    /// subscribed to them): the stream should catch up from the user's history only.
+    CatchUpUser,
+    /// A publisher disconnected the stream's user: say why, then end.
+    Disconnect(Arc<str>),
+}
+
+/// Why the hub would not open a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the user holds {0} streams here already")]
+    UserLimit(usize),
+    #[error("this instance holds {0} streams already")]
+    InstanceFull(usize),
+}
+
+/// How many streams the hub holds, per user and in all, and how many events each queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub queue_size: usize,
+    pub per_user: usize,
+    pub total: usize,
+}
+
+impl Capacity {
+    /// Unbounded but for the queue, for tests and tools.
+    pub fn with_queue(queue_size: usize) -> Self {
+        Self {
+            queue_size,
+            per_user: usize::MAX,
+            total: usize::MAX,
+        }
+    }
+}
+
+/// The registry of open streams. A cheap `Clone` handle; every clone sees the same streams.
+///
+/// A user may hold any number of streams (tabs, devices); each has its own bounded queue,
+/// and closing one removes only that one.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    streams: Mutex<HashMap<String, Vec<Entry>>>,
+    next_stream_id: AtomicU64,
+    queue_size: usize,
+    per_user: usize,
+    total: usize,
+    /// Streams alive now (registered and not yet dropped), whatever the map says: what
+    /// the instance's memory and sockets are spent on.
+    alive: AtomicUsize,
+    /// Set at shutdown: streams opened from then on end at once.
+    closing: AtomicBool,
+    /// Told each user who gets their first stream here (see [`Hub::watch_arrivals`]).
+    arrivals: OnceLock<mpsc::UnboundedSender<String>>,
+    /// The hub's own shard first (for streams without a worker's), then one per worker.
+    shards: RwLock<Vec<Arc<Shard>>>,
+    /// Cancelled by `close_all`: stops the dispatchers.
+    stopped: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    outlet: Arc<Outlet>,
+}
+
+/// A worker's shard (see [`Hub::start_shard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardId(usize);
+
+/// How a directly served stream is reached: its socket, and its worker's shard.
+#[derive(Debug, Clone)]
+pub struct Direct {
+    pub socket: Socket,
+    pub shard: ShardId,
+}
+
+impl Hub {
+    pub fn new(capacity: Capacity, metrics: Arc<Metrics>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                streams: Mutex::new(HashMap::new()),
+                next_stream_id: AtomicU64::new(1),
+                queue_size: capacity.queue_size.max(1),
+                per_user: capacity.per_user.max(1),
+                total: capacity.total.max(1),
+                alive: AtomicUsize::new(0),
+                closing: AtomicBool::new(false),
+                arrivals: OnceLock::new(),
+                shards: RwLock::new(vec![Arc::new(Shard::new(None))]),
+                stopped: CancellationToken::new(),
+                metrics,
+            }),
+        }
+    }
+
+    /// Starts a shard on the current runtime (an HTTP worker's): the broadcasts and
+    /// keep-alives of the streams opened with it are written by one task there.
+    pub fn start_shard(&self, keep_alive: Duration) -> ShardId {
+        let (dispatcher, broadcasts) = mpsc::unbounded_channel();
+        let shard = Arc::new(Shard::new(Some(dispatcher)));
+        let id = {
+            let mut shards = self.shards_mut();
+            shards.push(shard.clone());
+            ShardId(shards.len() - 1)
+        };
+        tokio::spawn(
+            Dispatcher {
+                shard,
+                broadcasts,
+                metrics: self.shared.metrics.clone(),
+                queue_size: self.shared.queue_size,
+                keep_alive: keep_alive.max(Duration::from_millis(4)),
+                stopped: self.shared.stopped.clone(),
+            }
+            .run(),
+        );
+        id
+    }
+
+    fn shards(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Shard>>> {
+        // Only ever pushed to: a poisoned lock is whole.
+        self.shared.shards.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shards_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Shard>>> {
+        self.shared
+            .shards
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shard(&self, id: ShardId) -> Arc<Shard> {
+        let shards = self.shards();
+        shards.get(id.0).unwrap_or(&shards[0]).clone()
+    }
+
+    fn delivery(&self) -> Delivery<'_> {
+        Delivery {
+            queue_size: self.shared.queue_size,
+            metrics: &self.shared.metrics,
+            now: Instant::now(),
+        }
+    }
+
+    fn streams(&self) -> MutexGuard<'_, HashMap<String, Vec<Entry>>> {
+        // Every critical section is a single insert, removal or sweep, so a panic while
+        // holding the lock cannot leave the map half-updated: a poisoned lock is usable.
+        self.shared
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new stream for `user_id`. It receives every event delivered to that
+    /// user (and every broadcast) from now on, and unregisters itself when dropped.
+    /// Refused when the user, or the instance, holds as many streams as it may.
+    pub fn open(&self, user_id: &str) -> Result<EventStream, Refused> {
+        self.register(user_id, None)
+    }
+
+    /// [`Hub::open`] for a stream served straight off its socket, which is written to
+    /// directly while the stream is at rest.
+    pub fn open_direct(&self, user_id: &str, direct: Direct) -> Result<EventStream, Refused> {
+        self.register(user_id, Some(direct))
+    }
+
+    fn register(&self, user_id: &str, direct: Option<Direct>) -> Result<EventStream, Refused> {
+        let id = self.shared.next_stream_id.fetch_add(1, Ordering::Relaxed);
+        let (socket, shard) = match direct {
+            Some(Direct { socket, shard }) => (Some(socket), shard),
+            None => (None, ShardId(0)),
+        };
+        let outlet = Arc::new(Outlet::new(user_id, socket));
+        let arrived = {
+            let mut streams = self.streams();
+            let alive = self.shared.alive.load(Ordering::Acquire);
+            if alive >= self.shared.total {
+                return Err(Refused::InstanceFull(alive));
+            }
+            let entries = streams.entry(user_id.to_string()).or_default();
+            if entries.len() >= self.shared.per_user {
+                return Err(Refused::UserLimit(entries.len()));
+            }
+            let first = entries.is_empty();
+            // Checked under the lock that close_all takes, so no stream slips in after it.
+            if !self.shared.closing.load(Ordering::Acquire) {
+                entries.push(Entry {
+                    id,
+                    outlet: outlet.clone(),
+                });
+            } else {
+                outlet.close();
+                if first {
+                    streams.remove(user_id);
+                }
+            }
+            self.shared.alive.fetch_add(1, Ordering::AcqRel);
+            first
+        };
+        if arrived && let Some(arrivals) = self.shared.arrivals.get() {
+            let _ = arrivals.send(user_id.to_string());
+        }
+        self.shared.metrics.streams_opened.inc();
+        self.shared.metrics.streams_open.inc();
+        tracing::debug!(user_id, stream = id, "stream opened");
+        let shard = self.shard(shard);
+        shard.join(id, outlet.clone());
+        Ok(EventStream {
+            notices: Notices::new(outlet),
+            _registration: Registration {
+                hub: self.clone(),
+                shard,
+                user_id: user_id.to_string(),
+                id,
+            },
+        })
+    }
+
+    /// From now on, the id of each user who opens a stream here while holding none (the
+    /// first of their streams, or the first since their last closed), so that the bus can
+    /// subscribe to their events. Unbounded, but one message per arrival, which the
+    /// per-instance stream limit bounds. Only the first call gets a receiver.
+    pub fn watch_arrivals(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared.arrivals.set(tx).ok().map(|()| rx)
+    }
+
+    /// Whether the instance holds as many streams as it may (and so is not ready for more).
+    pub fn is_full(&self) -> bool {
+        self.shared.alive.load(Ordering::Acquire) >= self.shared.total
+    }
+
+    /// Ends every stream of `user_id` here: each is told `reason` (unless its queue is
+    /// full, in which case it just ends) and receives nothing more. Returns how many.
+    pub fn disconnect(&self, user_id: &str, reason: &str) -> usize {
+        let Some(entries) = self.streams().remove(user_id) else {
+            return 0;
+        };
+        let reason: Arc<str> = reason.into();
+        let delivery = self.delivery();
+        for entry in &entries {
+            entry
+                .outlet
+                .offer(&Notice::Disconnect(reason.clone()), &delivery);
+            entry.outlet.close();
+        }
+        tracing::info!(user_id, streams = entries.len(), "user disconnected");
+        entries.len()
+    }
+
+    /// Queues `envelope` on every open stream of its user, or on every stream for a
+    /// broadcast. Encodes it once. Never waits: a stream whose queue is full is closed
+    /// instead (its client resumes from history), so one stalled client cannot hold up
+    /// the others or make this instance's memory grow.
+    ///
+    /// A broadcast goes to each worker's shard as one message, and its dispatcher writes
+    /// it to that worker's streams; a user's event is offered to their streams here.
+    pub fn deliver(&self, envelope: &Envelope) {
+        if envelope.is_broadcast() {
+            if self.streams().is_empty() {
+                return;
+            }
+            let published = self.published(envelope);
+            let delivery = self.delivery();
+            for shard in self.shards().iter() {
+                shard.broadcast(&published, &delivery);
+            }
+            return;
+        }
+        let mut streams = self.streams();
+        if let Some(entries) = streams.get_mut(&envelope.user_id) {
+            let notice = Notice::Event(self.published(envelope));
+            if !self.offer(entries, &notice) {
+                streams.remove(&envelope.user_id);
+            }
+        }
+    }
+
+    /// An event as every stream shares it: encoded once, with its delivery counter.
+    fn published(&self, envelope: &Envelope) -> Arc<Published> {
+        let metrics = &self.shared.metrics;
+        let counter = metrics
+            .events_delivered
+            .get_or_create(&metrics.event_labels(&envelope.event_type))
+            .clone();
+        let mut published = Published::new(envelope);
+        published.delivered = Some(counter);
+        Arc::new(published)
+    }
+
+    /// Tells every stream of `user_id` to catch up from the user's history (their events
+    /// may have been published before this instance was subscribed to them; broadcasts
+    /// have their own subscription, held all along).
+    pub fn catch_up(&self, user_id: &str) {
+        let mut streams = self.streams();
+        if let Some(entries) = streams.get_mut(user_id)
+            && !self.offer(entries, &Notice::CatchUpUser)
+        {
+            streams.remove(user_id);
+        }
+    }
+
+    /// Which of `users` hold no stream here.
+    pub fn absent<'a>(&self, users: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+        let streams = self.streams();
+        users.filter(|user| !streams.contains_key(*user)).collect()
+    }
+
+    /// Tells every stream to catch up from history.
+    pub fn catch_up_all(&self) {
+        let mut streams = self.streams();
+        let count: usize = streams.values().map(Vec::len).sum();
+        streams.retain(|_, entries| self.offer(entries, &Notice::CatchUp));
+        tracing::info!(streams = count, "streams told to catch up from history");
+    }
+
+    /// Offers `notice` to each of `entries`, dropping those that are full or gone.
+    /// Returns whether any remain.
+    fn offer(&self, entries: &mut Vec<Entry>, notice: &Notice) -> bool {
+        let delivery = self.delivery();
+        entries.retain(|entry| match entry.outlet.offer(notice, &delivery) {
+            Offer::Taken => true,
+            Offer::Full => {
+                cut_off(&self.shared.metrics, &entry.outlet.user_id, entry.id);
+                false
+            }
+            // Closed; its registration removes it when its task ends.
+            Offer::Gone => false,
+        });
+        !entries.is_empty()
+    }
+
+    /// Ends every stream at once, and any opened later: clients see the response end
+    /// and reconnect.
+    pub fn close_all(&self) {
+        let mut streams = self.streams();
+        self.shared.closing.store(true, Ordering::Release);
+        let closed = std::mem::take(&mut *streams);
+        drop(streams);
+        for entry in closed.values().flatten() {
+            entry.outlet.close();
+        }
+        self.shared.stopped.cancel();
+        tracing::info!(users = closed.len(), "closed all streams");
+    }
+
+    /// Ends every stream, spread evenly over `window`, so that their clients reconnect
+    /// (elsewhere) gradually rather than all at once. Streams opened meanwhile end at once.
+    pub async fn drain(&self, window: Duration) {
+        const TICKS: u32 = 20;
+        let all: Vec<(String, u64)> = {
+            let streams = self.streams();
+            self.shared.closing.store(true, Ordering::Release);
+            streams
+                .iter()
+                .flat_map(|(user, entries)| entries.iter().map(|e| (user.clone(), e.id)))
+                .collect()
+        };
+        tracing::info!(streams = all.len(), ?window, "draining streams");
+        let per_tick = all.len().div_ceil(TICKS as usize).max(1);
+        for (i, batch) in all.chunks(per_tick).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(window / TICKS).await;
+            }
+            let mut streams = self.streams();
+            for (user_id, id) in batch {
+                unregister(&mut streams, user_id, *id);
+            }
+        }
+        self.close_all();
+    }
+
+    /// Whether `user_id` has a stream open on this instance.
+    pub fn has_streams(&self, user_id: &str) -> bool {
+        self.streams().contains_key(user_id)
+    }
+
+    /// How many streams are open on this instance (not closed, whether or not their
+    /// tasks have ended yet).
+    pub fn stream_count(&self) -> usize {
+        self.streams()
+            .values()
+            .flatten()
+            .filter(|entry| !entry.outlet.is_closed())
+            .count()
+    }
+
+    /// Whether any stream is registered here.
+    pub fn is_empty(&self) -> bool {
+        self.streams().is_empty()
+    }
+
+    fn remove(&self, user_id: &str, id: u64) {
+        unregister(&mut self.streams(), user_id, id);
+        tracing::debug!(user_id, stream = id, "stream closed");
+    }
+}
+
+/// Takes stream `id` of `user_id` out of `streams` and closes it, and removes the user
+/// when it was their last.
+fn unregister(streams: &mut HashMap<String, Vec<Entry>>, user_id: &str, id: u64) {
+    if let Some(entries) = streams.get_mut(user_id) {
+        entries.retain(|entry| {
+            let keep = entry.id != id;
+            if !keep {
+                entry.outlet.close();
+            }
+            keep
+        });
+        if entries.is_empty() {
+            streams.remove(user_id);
+        }
+    }
+}
+
+/// Counts and logs a stream closed for a full queue.
+fn cut_off(metrics: &Metrics, user_id: &str, stream: u64) {
+    metrics.slow_consumer_disconnects.inc();
+    tracing::warn!(
+        user_id,
+        stream,
+        "stream closed: its queue is full (the client stopped reading)"
+    );
+}
+
+/// What one stream's task receives: its notices, in order. Ends when the hub closes the
+/// stream (after what was queued before). While the task waits on it, the hub may write
+/// to the stream directly; [`EventStream::hold`] stops that and says where it got to.
+#[derive(Debug)]
+pub struct EventStream {
+    notices: Notices,
+    /// Held only for its `Drop`, which unregisters the stream.
+    _registration: Registration,
+}
+
+impl EventStream {
+    /// Stops direct writes until the task waits again, and returns the cursor they
+    /// reached.
+    pub fn hold(&self) -> Cursor {
+        self.notices.hold()
+    }
+
+    /// Where the stream stands, for direct writes once the task waits again.
+    pub fn set_cursor(&self, cursor: Cursor) {
+        self.notices.set_cursor(cursor);
+    }
+
+    /// The carrier's end of the stream, for a directly served stream.
+    pub fn carrier(&self) -> CarrierEnd {
+        self.notices.carrier()
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Notice;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Notice>> {
+        Pin::new(&mut self.notices).poll_next(cx)
+    }
+}
+
+/// Removes its stream from the hub when the stream is dropped (the client went away).
+#[derive(Debug)]
+struct Registration {
+    hub: Hub,
+    shard: Arc<Shard>,
+    user_id: String,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.remove(&self.user_id, self.id);
+        self.shard.leave(self.id);
+        self.hub.shared.alive.fetch_sub(1, Ordering::AcqRel);
+        let metrics = &self.hub.shared.metrics;
+        metrics.streams_closed.inc();
+        metrics.streams_open.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use events::BROADCAST_USER_ID;
+    use futures_util::{FutureExt, StreamExt};
+    use serde_json::json;
+
+    fn hub(queue_size: usize) -> Hub {
+        Hub::new(Capacity::with_queue(queue_size), Arc::default())
+    }
+
+    fn event(user: &str, id: u64) -> Envelope {
+        Envelope {
+            id: Some(id),
+            epoch: Some(1),
+            ..Envelope::new(user, "test.happened", json!({"n": id}))
+        }
+    }
+
+    fn seq(notice: Option<Notice>) -> Option<u64> {
+        match notice? {
+            Notice::Event(published) => published.position.map(|p| p.seq),
+            Notice::CatchUp | Notice::CatchUpUser | Notice::Disconnect(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_stream_of_a_user_receives_and_closing_one_keeps_the_others() {
+        let hub = hub(8);
+        let mut first = hub.open("alice").expect("opens");
+        let second = hub.open("alice").expect("opens");
+        hub.deliver(&event("alice", 1));
+        assert_eq!(seq(first.next().await), Some(1));
+        drop(second);
+        assert_eq!(hub.stream_count(), 1);
+        hub.deliver(&event("alice", 2));
+        assert_eq!(seq(first.next().await), Some(2));
+    }
+
+    #[tokio::test]
+    async fn users_are_isolated_but_broadcasts_reach_everyone() {
+        let hub = hub(8);
+        let mut alice = hub.open("alice").expect("opens");
+        let mut bob = hub.open("bob").expect("opens");
+        hub.deliver(&event("bob", 1));
+        hub.deliver(&event(BROADCAST_USER_ID, 7));
+        assert_eq!(
+            seq(alice.next().await),
+            Some(7),
+            "alice gets only the broadcast"
+        );
+        assert_eq!(seq(bob.next().await), Some(1));
+        assert_eq!(seq(bob.next().await), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_stops_reading_is_closed_when_its_queue_fills() {
+        let hub = hub(2);
+        let mut stalled = hub.open("alice").expect("opens");
+        let mut reading = hub.open("alice").expect("opens");
+        for id in 1..=3 {
+            hub.deliver(&event("alice", id));
+            reading.next().await;
+        }
+        assert_eq!(hub.shared.metrics.slow_consumer_disconnects.get(), 1);
+        assert_eq!(hub.stream_count(), 1);
+        // The closed stream still yields what was queued, then ends.
+        assert_eq!(seq(stalled.next().await), Some(1));
+        assert_eq!(seq(stalled.next().await), Some(2));
+        assert!(stalled.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn close_all_ends_every_stream_and_refuses_new_ones() {
+        let hub = hub(8);
+        let mut stream = hub.open("alice").expect("opens");
+        hub.close_all();
+        assert!(stream.next().await.is_none());
+        assert_eq!(hub.stream_count(), 0);
+        let mut late = hub.open("alice").expect("opens");
+        assert!(
+            late.next().await.is_none(),
+            "no stream opens after close_all"
+        );
+    }
+
+    #[tokio::test]
+    async fn streams_are_bounded_per_user_and_per_instance() {
+        let capacity = Capacity {
+            queue_size: 8,
+            per_user: 2,
+            total: 3,
+        };
+        let hub = Hub::new(capacity, Arc::default());
+        let a1 = hub.open("alice").expect("first tab");
+        let _a2 = hub.open("alice").expect("second tab");
+        assert_eq!(hub.open("alice").err(), Some(Refused::UserLimit(2)));
+        let _b1 = hub.open("bob").expect("another user is unaffected");
+        assert!(hub.is_full());
+        assert_eq!(hub.open("carol").err(), Some(Refused::InstanceFull(3)));
+        drop(a1);
+        assert!(!hub.is_full());
+        hub.open("carol").expect("room again once a stream closes");
+    }
+
+    #[tokio::test]
+    async fn disconnecting_a_user_tells_each_of_their_streams_and_no_one_else() {
+        let hub = hub(8);
+        let mut tabs = [
+            hub.open("alice").expect("opens"),
+            hub.open("alice").expect("opens"),
+        ];
+        let mut bob = hub.open("bob").expect("opens");
+        assert_eq!(hub.disconnect("alice", "signed out"), 2);
+        for tab in &mut tabs {
+            assert!(
+                matches!(tab.next().await, Some(Notice::Disconnect(reason)) if &*reason == "signed out")
+            );
+            assert!(tab.next().await.is_none(), "nothing after the disconnect");
+        }
+        hub.deliver(&event("bob", 1));
+        assert_eq!(seq(bob.next().await), Some(1));
+        assert_eq!(hub.disconnect("nobody", "x"), 0);
+    }
+
+    /// A socket the hub writes to, and its client end (std, to read without a runtime).
+    async fn socket_pair() -> (Arc<tokio::net::TcpStream>, std::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let client = std::net::TcpStream::connect(listener.local_addr().expect("has an address"))
+            .expect("connects");
+        let (server, _) = listener.accept().await.expect("accepts");
+        // As after the carrier's first write: the socket is known to be writable.
+        server.writable().await.expect("writable");
+        (Arc::new(server), client)
+    }
+
+    /// Counts the wake-ups of the task that polls with it.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl futures_util::task::ArcWake for Wakes {
+        fn wake_by_ref(this: &Arc<Self>) {
+            this.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A direct stream of `user` at rest at `cursor`: its task waits (polled with a
+    /// waker counted in the returned `Wakes`) and its carrier has written everything.
+    async fn at_rest(
+        hub: &Hub,
+        user: &str,
+        cursor: Cursor,
+        shard: ShardId,
+    ) -> (EventStream, CarrierEnd, Arc<Wakes>, std::net::TcpStream) {
+        let (io, client) = socket_pair().await;
+        let socket = Socket { io, named: true };
+        let mut stream = hub
+            .open_direct(user, Direct { socket, shard })
+            .expect("opens");
+        stream.set_cursor(cursor);
+        let carrier = stream.carrier();
+        let wakes = Arc::new(Wakes::default());
+        let waker = futures_util::task::waker(wakes.clone());
+        assert!(
+            Pin::new(&mut stream)
+                .poll_next(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        assert!(carrier.flushed(false));
+        (stream, carrier, wakes, client)
+    }
+
+    /// The frame a stream at `cursor` (before it) writes for `envelope`.
+    fn frame_bytes(envelope: &Envelope, cursor: &mut Cursor) -> Vec<u8> {
+        let published = Published::new(envelope);
+        let p = published.position.expect("has a position");
+        if published.broadcast {
+            cursor.broadcast = p;
+        } else {
+            cursor.user = p;
+        }
+        let mut out = bytes::BytesMut::new();
+        assert!(published.frame(Some(cursor.to_string())).encode(&mut out));
+        out.to_vec()
+    }
+
+    fn read_exactly(client: &mut std::net::TcpStream, len: usize) -> Vec<u8> {
+        use std::io::Read;
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("sets a timeout");
+        let mut bytes = vec![0; len];
+        client.read_exact(&mut bytes).expect("reads the frames");
+        bytes
+    }
+
+    /// What the client has received by now, without waiting (loopback writes arrive
+    /// before `write` returns).
+    fn received_now(client: &mut std::net::TcpStream) -> Vec<u8> {
+        use std::io::Read;
+        client.set_nonblocking(true).expect("non-blocking");
+        let mut all = Vec::new();
+        let mut buf = [0; 64 * 1024];
+        while let Ok(n @ 1..) = client.read(&mut buf) {
+            all.extend_from_slice(&buf[..n]);
+        }
+        client.set_nonblocking(false).expect("blocking");
+        all
+    }
+
+    fn owned(user: &str) -> Cursor {
+        Cursor {
+            owner: events::owner_tag(user),
+            ..Cursor::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_at_rest_is_written_to_directly_without_waking_its_task() {
+        let hub = hub(8);
+        let (mut stream, _carrier, wakes, mut client) =
+            at_rest(&hub, "alice", owned("alice"), ShardId(0)).await;
+        let mut cursor = owned("alice");
+        let mut expected = frame_bytes(&event(BROADCAST_USER_ID, 1), &mut cursor);
+        expected.extend(frame_bytes(&event("alice", 1), &mut cursor));
+        hub.deliver(&event(BROADCAST_USER_ID, 1));
+        hub.deliver(&event("alice", 1));
+        assert_eq!(read_exactly(&mut client, expected.len()), expected);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "the task slept through");
+        assert_eq!(stream.hold(), cursor, "the cursor moved with the writes");
+        assert!(stream.next().now_or_never().is_none(), "nothing queued");
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_skipped_and_gaps_go_to_the_task() {
+        let hub = hub(8);
+        let mut cursor = owned("alice");
+        cursor.broadcast = events::Position::new(1, 1);
+        let (mut stream, _carrier, wakes, mut client) =
+            at_rest(&hub, "alice", cursor, ShardId(0)).await;
+        hub.deliver(&event(BROADCAST_USER_ID, 1));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        hub.deliver(&event(BROADCAST_USER_ID, 3));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the gap woke the task");
+        // No longer at rest: the next event queues behind the gap, in order.
+        hub.deliver(&event(BROADCAST_USER_ID, 4));
+        assert_eq!(seq(stream.next().await), Some(3));
+        assert_eq!(seq(stream.next().await), Some(4));
+        assert_eq!(stream.hold(), cursor, "only the task moves the cursor now");
+        assert!(received_now(&mut client).is_empty(), "nothing was written");
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_would_block_leaves_the_rest_to_the_carrier_then_the_queue_fills() {
+        let hub = hub(4);
+        let (mut stream, carrier, wakes, mut client) =
+            at_rest(&hub, "alice", owned("alice"), ShardId(0)).await;
+        let big = |id: u64| Envelope {
+            id: Some(id),
+            epoch: Some(1),
+            ..Envelope::new("alice", "test.big", json!({"pad": "x".repeat(64 * 1024)}))
+        };
+        // Written directly until the socket's buffers are full and one write is cut short.
+        let mut cursor = owned("alice");
+        let mut expected = Vec::new();
+        let mut id = 0;
+        while wakes.0.load(Ordering::SeqCst) == 0 {
+            id += 1;
+            assert!(id < 10_000, "the socket never filled");
+            expected.extend(frame_bytes(&big(id), &mut cursor));
+            hub.deliver(&big(id));
+        }
+        // From then on, events queue for the task; one more than the queue holds closes
+        // the stream.
+        for queued in id + 1..=id + 5 {
+            hub.deliver(&big(queued));
+        }
+        assert_eq!(hub.shared.metrics.slow_consumer_disconnects.get(), 1);
+        assert_eq!(hub.stream_count(), 0);
+        // Nothing was lost on the way: what the client got, then what the carrier must
+        // write first, is every frame written directly, whole and in order.
+        let unwritten = carrier.take_unwritten();
+        assert!(!unwritten.is_empty());
+        let mut got = read_exactly(&mut client, expected.len() - unwritten.len());
+        got.extend_from_slice(&unwritten);
+        assert!(
+            got == expected,
+            "the stream's bytes are its frames in order"
+        );
+        for queued in id + 1..=id + 4 {
+            assert_eq!(seq(stream.next().await), Some(queued));
+        }
+        assert!(
+            stream.next().await.is_none(),
+            "closed after what was queued"
+        );
+    }
+
+    // Multi-threaded: the test reads its socket blocking while the dispatcher writes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_workers_shard_writes_broadcasts_and_keep_alives_to_its_streams() {
+        let hub = hub(8);
+        let shard = hub.start_shard(Duration::from_millis(200));
+        let (_stream, _carrier, wakes, mut client) =
+            at_rest(&hub, "alice", owned("alice"), shard).await;
+        let mut cursor = owned("alice");
+        let expected = frame_bytes(&event(BROADCAST_USER_ID, 1), &mut cursor);
+        hub.deliver(&event(BROADCAST_USER_ID, 1));
+        assert_eq!(read_exactly(&mut client, expected.len()), expected);
+        // Quiet from then on: the shard's timer sends keep-alives.
+        assert_eq!(read_exactly(&mut client, KEEP_ALIVE.len()), KEEP_ALIVE);
+        assert_eq!(read_exactly(&mut client, KEEP_ALIVE.len()), KEEP_ALIVE);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "the task slept through");
+        hub.close_all();
+    }
+
+    #[test]
+    fn a_keep_alive_is_russes_comment() {
+        use tokio_util::codec::Encoder as _;
+        let mut out = bytes::BytesMut::new();
+        russe::Encoder::default()
+            .encode(russe::Event::Comment("keep-alive".into()), &mut out)
+            .expect("encodes");
+        assert_eq!(&out[..], KEEP_ALIVE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_spreads_closing_over_the_window() {
+        let hub = hub(8);
+        let streams: Vec<_> = (0..40)
+            .map(|i| hub.open(&format!("user-{i}")).expect("opens"))
+            .collect();
+        let draining = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.drain(Duration::from_secs(2)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        let open = hub.stream_count();
+        assert!(
+            open > 0 && open < 40,
+            "half-way through, some are open: {open}"
+        );
+        draining.await.expect("drain completes");
+        assert_eq!(hub.stream_count(), 0);
+        drop(streams);
+    }
+}

@@ -1,0 +1,122 @@
+//! A worker thread's streams, and the one task on that thread that writes broadcasts
+//! and keep-alives to them.
+//!
+//! Each HTTP worker starts a shard ([`super::Hub::start_shard`]) and the streams it
+//! serves directly join it. A broadcast reaches a shard as one message; its dispatcher
+//! offers it to each stream in turn, writing straight to the sockets of the streams at
+//! rest (`outlet`), on the thread that owns those sockets, both workers in parallel.
+//! Keep-alives come from one timer per shard rather than one per stream: every quarter
+//! of the keep-alive interval it writes a comment to each resting stream that has been
+//! quiet for three quarters of the interval, so none is silent for longer than it.
+//!
+//! The hub's own shard has no dispatcher: streams that cannot be written to directly
+//! (those actix-web carries) are in it, and it is offered broadcasts where they are
+//! delivered.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Notice, Published,
+    outlet::{Delivery, Offer, Outlet},
+};
+use crate::metrics::Metrics;
+
+#[derive(Debug)]
+pub struct Shard {
+    members: Mutex<HashMap<u64, Arc<Outlet>>>,
+    /// Where its broadcasts go; none for the hub's own shard.
+    dispatcher: Option<mpsc::UnboundedSender<Arc<Published>>>,
+}
+
+impl Shard {
+    pub fn new(dispatcher: Option<mpsc::UnboundedSender<Arc<Published>>>) -> Self {
+        Self {
+            members: Mutex::default(),
+            dispatcher,
+        }
+    }
+
+    fn members(&self) -> MutexGuard<'_, HashMap<u64, Arc<Outlet>>> {
+        // Inserts and removals only: a poisoned lock is whole.
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn join(&self, id: u64, outlet: Arc<Outlet>) {
+        self.members().insert(id, outlet);
+    }
+
+    pub fn leave(&self, id: u64) {
+        self.members().remove(&id);
+    }
+
+    /// Hands a broadcast to the dispatcher, or offers it here and now.
+    pub fn broadcast(&self, published: &Arc<Published>, delivery: &Delivery<'_>) {
+        match &self.dispatcher {
+            // Its worker stopped: so did its streams.
+            Some(dispatcher) => drop(dispatcher.send(published.clone())),
+            None => self.offer(&Notice::Event(published.clone()), delivery),
+        }
+    }
+
+    fn offer(&self, notice: &Notice, delivery: &Delivery<'_>) {
+        for (id, outlet) in self.members().iter() {
+            if outlet.offer(notice, delivery) == Offer::Full {
+                super::cut_off(delivery.metrics, &outlet.user_id, *id);
+            }
+        }
+    }
+
+    fn keep_alive(&self, quiet_since: Instant, now: Instant) {
+        for outlet in self.members().values() {
+            outlet.keep_alive(quiet_since, now);
+        }
+    }
+}
+
+/// What a dispatcher works with.
+#[derive(Debug)]
+pub struct Dispatcher {
+    pub shard: Arc<Shard>,
+    pub broadcasts: mpsc::UnboundedReceiver<Arc<Published>>,
+    pub metrics: Arc<Metrics>,
+    pub queue_size: usize,
+    pub keep_alive: Duration,
+    /// Cancelled when the hub closes every stream.
+    pub stopped: CancellationToken,
+}
+
+impl Dispatcher {
+    /// Writes each broadcast and the keep-alives of the shard's streams, until the hub
+    /// closes or its worker's runtime stops.
+    pub async fn run(mut self) {
+        let tick = self.keep_alive / 4;
+        let mut sweep = tokio::time::interval(tick);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.stopped.cancelled() => return,
+                published = self.broadcasts.recv() => {
+                    let Some(published) = published else { return };
+                    let delivery = Delivery {
+                        queue_size: self.queue_size,
+                        metrics: &self.metrics,
+                        now: Instant::now(),
+                    };
+                    self.shard.offer(&Notice::Event(published), &delivery);
+                }
+                _ = sweep.tick() => {
+                    let now = Instant::now();
+                    let quiet_since = now.checked_sub(self.keep_alive - tick).unwrap_or(now);
+                    self.shard.keep_alive(quiet_since, now);
+                }
+            }
+        }
+    }
+}
