@@ -126,10 +126,13 @@ dev-single: setup
 bench: (bench-scenario "throughput" "--streams 10000 --users 10000 --mode broadcast --rate 5 --duration 30 --streams-per-worker 5000")
 
 # Any scenario against a fresh topology, e.g. just bench-scenario fanout "--streams 10000 --mode broadcast --rate 1 --duration 10" 1
-bench-scenario name args instances="2" redis="single":
+# pin=yes runs the servers (backends, Redis) on core 0 and the load generator on core 1.
+bench-scenario name args instances="2" redis="single" pin="no":
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --release -p backend -p bench
+    server=() client=()
+    if [ "{{pin}}" = yes ]; then server=(taskset -c 0) client=(taskset -c 1); fi
     mkdir -p target/bench
     # One Redis on 6390, or (redis=cluster) three masters on 6391-6393.
     redis_pids=() redis_ports=()
@@ -140,7 +143,7 @@ bench-scenario name args instances="2" redis="single":
         if [ "{{redis}}" = cluster ]; then
             cluster=(--cluster-enabled yes --cluster-config-file nodes-$port.conf --dir target/bench/cluster)
         fi
-        redis-server --port $port --bind 127.0.0.1 --save "" --appendonly no "${cluster[@]}" >/dev/null &
+        "${server[@]}" redis-server --port $port --bind 127.0.0.1 --save "" --appendonly no "${cluster[@]}" >/dev/null &
         redis_pids+=($!)
     done
     # Backends first, then Redis, so they do not log its disappearance.
@@ -163,7 +166,7 @@ bench-scenario name args instances="2" redis="single":
     for i in $(seq 1 {{instances}}); do
         port=$((3100 + 2 * i))
         REDIS_URL=$redis_url HOST=127.0.0.1 PORT=$port SERVER_ID=bench-$i \
-            STREAM_QUEUE_SIZE=1024 MAX_STREAMS_PER_USER=100000 target/release/backend &
+            STREAM_QUEUE_SIZE=1024 MAX_STREAMS_PER_USER=100000 "${server[@]}" target/release/backend &
         pids+=(--pid $!) pids_only+=($!) urls+=(--url http://127.0.0.1:$port) ports+=($port)
         until curl -fs http://127.0.0.1:$port/readyz >/dev/null; do sleep 0.1; done
     done
@@ -172,7 +175,7 @@ bench-scenario name args instances="2" redis="single":
             | awk -F: '/^used_cpu_(sys|user):/ { total += $2 } END { printf "%.3f", total }'
     }
     cpu_before=$(redis_cpu)
-    target/release/bench run --name {{name}} "${urls[@]}" "${pids[@]}" {{args}} \
+    "${client[@]}" target/release/bench run --name {{name}} "${urls[@]}" "${pids[@]}" {{args}} \
         --json target/bench/{{name}}.json
     # What Redis and each instance did for it: Redis CPU, and the events each instance
     # received against those published (1.0 each when every instance gets every event).
@@ -195,14 +198,57 @@ bench-scenario name args instances="2" redis="single":
 # The same measurement against `bench floor`, a reference server that does nothing but
 # write each broadcast to every socket: what this machine itself costs. E.g.
 # just bench-floor floor-10000 "--streams 10000 --users 10000 --mode broadcast --rate 1 --duration 8"
-bench-floor name args:
+bench-floor name args pin="no":
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --release -p bench
     mkdir -p target/bench
-    target/release/bench floor --port 3190 >/dev/null &
+    server=() client=()
+    if [ "{{pin}}" = yes ]; then server=(taskset -c 0) client=(taskset -c 1); fi
+    "${server[@]}" target/release/bench floor --port 3190 >/dev/null &
     floor=$!
     trap 'trap - EXIT; kill $floor 2>/dev/null; wait' INT TERM EXIT
     until curl -fs http://127.0.0.1:3190/readyz >/dev/null; do sleep 0.1; done
-    JWT_SECRET=unused PUBLISH_KEY=unused target/release/bench run --name {{name}} \
+    JWT_SECRET=unused PUBLISH_KEY=unused "${client[@]}" target/release/bench run --name {{name}} \
         --url http://127.0.0.1:3190 --pid $floor {{args}} --json target/bench/{{name}}.json
+
+# The same broadcast scenario against nchan (Debian's libnginx-mod-nchan: C inside nginx,
+# two workers; apps/bench/nchan.conf), the strongest peer that runs here. Memory and CPU
+# are its workers'. E.g.
+# just bench-nchan nchan-10000 "--streams 10000 --users 10000 --mode broadcast --rate 1 --duration 8"
+bench-nchan name args pin="no":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    test -f /usr/lib/nginx/modules/ngx_nchan_module.so || { echo "install libnginx-mod-nchan (apt-get install libnginx-mod-nchan)" >&2; exit 1; }
+    cargo build --release -p bench
+    prefix=$PWD/target/bench/nchan
+    rm -rf $prefix && mkdir -p $prefix/tmp $prefix/logs
+    server=() client=()
+    if [ "{{pin}}" = yes ]; then server=(taskset -c 0) client=(taskset -c 1); fi
+    "${server[@]}" nginx -p $prefix -c $PWD/apps/bench/nchan.conf -g 'daemon off;' &
+    master=$!
+    trap 'trap - EXIT; kill $master 2>/dev/null; wait' INT TERM EXIT
+    until curl -fs http://127.0.0.1:3180/readyz >/dev/null; do sleep 0.1; done
+    # The first frame of every stream (see nchan.conf).
+    curl -fs -X POST --data '{"userId":"*","eventType":"stream.opened","data":{}}' \
+        http://127.0.0.1:3180/api/publish >/dev/null
+    pids=()
+    for pid in $(pgrep -P $master); do pids+=(--pid $pid); done
+    JWT_SECRET=unused PUBLISH_KEY=unused "${client[@]}" target/release/bench run --name {{name}} \
+        --url http://127.0.0.1:3180 "${pids[@]}" --relayed-envelopes {{args}} \
+        --json target/bench/{{name}}.json
+
+# Backend, floor and nchan side by side: one broadcast a second to each of STREAMS streams,
+# RUNS times each, then the min/median/max table (python3 apps/bench/compare.py).
+bench-compare streams="10000 19000" runs="3" pin="no":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    for n in {{streams}}; do
+        args="--streams $n --users $n --mode broadcast --rate 1 --duration 8 --streams-per-worker $(( (n + 1) / 2 ))"
+        for run in $(seq 1 {{runs}}); do
+            just bench-scenario cmp-backend-$n-pin{{pin}}-$run "$args" 1 single {{pin}} >/dev/null
+            just bench-floor cmp-floor-$n-pin{{pin}}-$run "$args" {{pin}} >/dev/null
+            just bench-nchan cmp-nchan-$n-pin{{pin}}-$run "$args" {{pin}} >/dev/null
+        done
+    done
+    python3 apps/bench/compare.py target/bench/cmp-*-pin{{pin}}-*.json

@@ -76,6 +76,11 @@ pub struct Scenario {
     /// smaller workers spread the client's own work over the cores.
     #[arg(long, default_value_t = STREAMS_PER_WORKER, value_parser = clap::value_parser!(u64).range(1..=19_000).map(|v| v as usize))]
     pub streams_per_worker: usize,
+    /// Publish each broadcast as the very envelope streams receive (its `id`, `userId`
+    /// and `publishedAt` set here, from this clock), to a server that relays a body as it
+    /// is: nchan (`just bench-nchan`). Any 2xx answer counts as accepted.
+    #[arg(long)]
+    pub relayed_envelopes: bool,
     /// Seconds to wait for late deliveries after the last publish.
     #[arg(long, default_value_t = 3.0)]
     pub grace: f64,

@@ -24,6 +24,10 @@ pub struct ServerCost {
     pub kib_per_stream: f64,
     /// CPU seconds the servers spent during the whole run.
     pub cpu_secs: f64,
+    /// CPU seconds from all streams open to the end: the deliveries' share.
+    pub delivery_cpu_secs: f64,
+    /// That, per delivery, in microseconds.
+    pub cpu_us_per_delivery: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,7 +105,13 @@ impl Report {
                     s.before.rss_kib, s.after_connect.rss_kib, s.after.rss_kib, s.kib_per_stream
                 ),
             ));
-            rows.push(("server CPU", format!("{:.2} s", s.cpu_secs)));
+            rows.push((
+                "server CPU",
+                format!(
+                    "{:.2} s; {:.2} s after connecting: {:.1} us per delivery",
+                    s.cpu_secs, s.delivery_cpu_secs, s.cpu_us_per_delivery
+                ),
+            ));
         }
         if let Some(error) = &self.first_connect_error {
             rows.push(("first connect error", error.clone()));

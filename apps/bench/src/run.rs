@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
@@ -121,7 +122,14 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
     }
     drop(tx);
 
-    // 1. Connect.
+    // 1. Connect. Progress is one line redrawn on a terminal (indicatif draws nothing
+    // when stderr is not one); a log gets the plain line after each phase.
+    let progress = progress_line(
+        &scenario.name,
+        scenario.streams as u64,
+        "{prefix} {bar:30} {pos}/{len} streams opened",
+    );
+    let mut opened = vec![0_usize; workers.len()];
     let started = Instant::now();
     let deadline = started + Duration::from_secs(180);
     while workers.iter().any(|w| w.connected.is_none()) {
@@ -133,11 +141,8 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
             Message::Progress {
                 connected, failed, ..
             } => {
-                let total: usize = connected + failed;
-                eprint!(
-                    "\r[{}] worker {w}: {total}/{per_worker} streams opened    ",
-                    scenario.name
-                );
+                opened[w] = connected + failed;
+                progress.set_position(opened.iter().sum::<usize>() as u64);
             }
             Message::Connected {
                 connected,
@@ -163,8 +168,9 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
     let failed: usize = reports.iter().map(|c| c.failed).sum();
     let connect_secs = reports.iter().map(|c| c.secs).fold(0.0_f64, f64::max);
     let first_error = reports.iter().find_map(|c| c.first_error.clone());
+    progress.finish_and_clear();
     eprintln!(
-        "\r[{}] {connected} streams open ({failed} failed) in {connect_secs:.2} s        ",
+        "[{}] {connected} streams open ({failed} failed) in {connect_secs:.2} s",
         scenario.name
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -185,24 +191,31 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
         broadcasts.clone(),
         publish_failed.clone(),
     );
-    let progress = async {
+    let progress = progress_line(
+        &scenario.name,
+        scenario.duration.ceil() as u64,
+        "{prefix} {bar:30} {pos}/{len} s, {msg} events received",
+    );
+    let follow = async {
         loop {
             if let Some((w, Message::Progress { received, .. })) = rx.recv().await {
                 workers_received(&mut workers, w, received);
                 let total: u64 = workers.iter().map(|w| w.received).sum();
-                eprint!(
-                    "\r[{}] {:.0} s: {total} events received    ",
-                    scenario.name,
-                    publish_started.elapsed().as_secs_f64()
-                );
+                progress.set_position(publish_started.elapsed().as_secs());
+                progress.set_message(total.to_string());
             }
         }
     };
     tokio::select! {
         result = publishing => result?,
-        () = progress => {}
+        () = follow => {}
     }
+    progress.finish_and_clear();
     let publish_secs = publish_started.elapsed().as_secs_f64();
+    eprintln!(
+        "[{}] published for {publish_secs:.1} s; collecting",
+        scenario.name
+    );
     tokio::time::sleep(Duration::from_secs_f64(scenario.grace)).await;
 
     // 3. Collect.
@@ -234,7 +247,6 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
     for worker in &mut workers {
         let _ = worker.child.wait().await;
     }
-    eprintln!();
 
     // 4. Merge.
     let mut latency = Histogram::<u64>::new(3)?;
@@ -293,6 +305,9 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
             kib_per_stream: (after_connect.rss_kib as f64 - before.rss_kib as f64)
                 / connected.max(1) as f64,
             cpu_secs: after.cpu_secs - before.cpu_secs,
+            delivery_cpu_secs: after.cpu_secs - after_connect.cpu_secs,
+            cpu_us_per_delivery: (after.cpu_secs - after_connect.cpu_secs) * 1e6
+                / deliveries.max(1) as f64,
         },
         scenario,
     };
@@ -342,6 +357,16 @@ async fn publish(
                 scenario.urls[sent as usize % scenario.urls.len()]
             );
             let (body, user) = match scenario.mode {
+                Mode::Broadcast if scenario.relayed_envelopes => (
+                    json!({
+                        "id": sent + 1,
+                        "userId": events::BROADCAST_USER_ID,
+                        "eventType": "bench.tick",
+                        "data": {"n": sent},
+                        "publishedAt": now_ms(),
+                    }),
+                    None,
+                ),
                 Mode::Broadcast => (
                     json!({"broadcast": true, "eventType": "bench.tick", "data": {"n": sent}}),
                     None,
@@ -366,8 +391,9 @@ async fn publish(
                 .json(&body);
             let (accepted, broadcasts, failed) =
                 (accepted.clone(), broadcasts.clone(), failed.clone());
+            let relayed = scenario.relayed_envelopes;
             tokio::spawn(async move {
-                let ok = matches!(request.send().await, Ok(r) if r.status() == 202);
+                let ok = matches!(request.send().await, Ok(r) if r.status() == 202 || (relayed && r.status().is_success()));
                 match (ok, user) {
                     (true, Some(user)) => accepted[user].fetch_add(1, Ordering::Relaxed),
                     (true, None) => broadcasts.fetch_add(1, Ordering::Relaxed),
@@ -381,6 +407,22 @@ async fn publish(
     // Wait for the requests still in flight.
     let _ = in_flight.acquire_many(256).await?;
     Ok(())
+}
+
+/// A progress line for one phase, drawn on stderr when it is a terminal.
+fn progress_line(name: &str, len: u64, template: &str) -> ProgressBar {
+    let style =
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
+    let bar = ProgressBar::new(len).with_style(style);
+    bar.set_prefix(format!("[{name}]"));
+    bar
+}
+
+/// Milliseconds since the Unix epoch, as `publishedAt` counts them.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
