@@ -408,7 +408,10 @@ where
             // the connection lives, so it stays a few hundred bytes.
             match Box::pin(direct::stream_request(&io, head_timeout)).await {
                 direct::Peeked::Stream(request) => {
-                    if let Some(stream) = Box::pin(direct::open(io, request, state, shard)).await {
+                    // Bound first: the opening future is freed before the stream runs
+                    // (a temporary in the `if let` would live as long as the stream).
+                    let serving = Box::pin(direct::open(io, request, state, shard)).await;
+                    if let Some(stream) = serving {
                         stream.await;
                     }
                     Ok(())

@@ -28,7 +28,7 @@
 use std::{
     future::{Future, poll_fn},
     io,
-    pin::{Pin, pin},
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -227,10 +227,14 @@ pub async fn open(
             out.extend_from_slice(date_line().as_bytes());
             out.extend_from_slice(b"\r\n");
             encode(russe::Event::Retry(state.sse_retry), &mut out);
-            let keep_alive = state.keep_alive;
-            Some(Box::pin(async move {
-                let _ = stream(&io, frames, carrier, out, keep_alive).await;
-            }))
+            // The frames in an allocation of their own, and no async block around the
+            // writer loop: an async block or fn keeps what it moves into the future it
+            // awaits as well, so the frames' state would be allocated twice, for as long
+            // as the stream lives.
+            let frames = Box::pin(frames);
+            Some(Box::pin(
+                stream(io, frames, carrier, out, state.keep_alive).map(drop),
+            ))
         }
         Err(error) => {
             // Refused streams never registered: the socket is ours alone again.
@@ -269,13 +273,13 @@ async fn discard(io: &mut TcpStream, len: usize) -> io::Result<()> {
 /// Writes `frames` as they come, and what direct writes leave unwritten, then ends.
 /// Between writes nothing is buffered. Keep-alives come from the worker's shard.
 async fn stream(
-    io: &TcpStream,
-    frames: impl Stream<Item = Frame>,
+    io: Arc<TcpStream>,
+    mut frames: Pin<Box<impl Stream<Item = Frame>>>,
     carrier: CarrierEnd,
     mut out: BytesMut,
     keep_alive: Duration,
 ) -> io::Result<()> {
-    let mut frames = pin!(frames);
+    let io = &*io;
     let mut scratch = [0u8; 64];
     loop {
         // A direct write's leftovers came before anything taken since.
@@ -287,7 +291,9 @@ async fn stream(
         }
         let wrote = !out.is_empty();
         if wrote {
-            write_out(io, &mut out, 2 * keep_alive).await?;
+            // Boxed: a stream is idle far more often than writing, and its task keeps
+            // its largest state for as long as it lives.
+            Box::pin(write_out(io, &mut out, 2 * keep_alive)).await?;
             out = BytesMut::new();
         }
         if !carrier.flushed(wrote) {
