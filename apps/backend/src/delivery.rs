@@ -400,7 +400,7 @@ impl StreamContext {
                         LiveStep::Skip => continue,
                         LiveStep::Send { with_id } => {
                             notices.set_cursor(cursor);
-                            count_delivered(&self.metrics, published);
+                            count_delivered(&self.metrics, published, 1);
                             yield published.frame(with_id.then(|| cursor.to_string()));
                             continue;
                         }
@@ -459,22 +459,27 @@ pub(crate) fn live_step(cursor: &mut Cursor, published: &Published) -> LiveStep 
     }
 }
 
-/// Counts a live event on its way to a connection, with its delivery latency.
-pub(crate) fn count_delivered(metrics: &Metrics, published: &Published) {
+/// Counts a live event on its way to `streams` connections, with its delivery latency.
+/// Called once for all the streams a dispatcher wrote it to: the counters are shared by
+/// every worker, and one update per stream from two threads at once would make their
+/// cache line travel between cores for each.
+pub(crate) fn count_delivered(metrics: &Metrics, published: &Published, streams: u64) {
     match &published.delivered {
         Some(counter) => {
-            counter.inc();
+            counter.inc_by(streams);
         }
         None => {
             metrics
                 .events_delivered
                 .get_or_create(&metrics.event_labels(&published.event_type))
-                .inc();
+                .inc_by(streams);
         }
     }
     if let Some(at) = published.published_at {
-        let latency_ms = now_millis().saturating_sub(at);
-        metrics.delivery_latency.observe(latency_ms as f64 / 1000.0);
+        let latency = now_millis().saturating_sub(at) as f64 / 1000.0;
+        for _ in 0..streams {
+            metrics.delivery_latency.observe(latency);
+        }
     }
 }
 

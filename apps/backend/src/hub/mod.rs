@@ -113,6 +113,12 @@ struct Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardId(usize);
 
+impl ShardId {
+    /// The hub's own shard, without a dispatcher: its broadcasts are written where they
+    /// are delivered (by whoever calls [`Hub::deliver`]).
+    pub const OWN: Self = Self(0);
+}
+
 /// How a directly served stream is reached: its socket, and its worker's shard.
 #[derive(Debug, Clone)]
 pub struct Direct {
@@ -364,7 +370,12 @@ impl Hub {
     /// Returns whether any remain.
     fn offer(&self, entries: &mut Vec<Entry>, notice: &Notice) -> bool {
         let delivery = self.delivery();
+        let mut written = 0;
         entries.retain(|entry| match entry.outlet.offer(notice, &delivery) {
+            Offer::Written => {
+                written += 1;
+                true
+            }
             Offer::Taken => true,
             Offer::Full => {
                 cut_off(&self.shared.metrics, &entry.outlet.user_id, entry.id);
@@ -373,6 +384,11 @@ impl Hub {
             // Closed; its registration removes it when its task ends.
             Offer::Gone => false,
         });
+        if let Notice::Event(published) = notice
+            && written > 0
+        {
+            crate::delivery::count_delivered(delivery.metrics, published, written);
+        }
         !entries.is_empty()
     }
 
@@ -757,6 +773,12 @@ mod tests {
         assert_eq!(read_exactly(&mut client, expected.len()), expected);
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "the task slept through");
         assert_eq!(stream.hold(), cursor, "the cursor moved with the writes");
+        let metrics = &hub.shared.metrics;
+        let delivered = metrics
+            .events_delivered
+            .get_or_create(&metrics.event_labels("test.happened"))
+            .get();
+        assert_eq!(delivered, 2, "direct writes are counted as deliveries");
         assert!(stream.next().now_or_never().is_none(), "nothing queued");
     }
 

@@ -55,7 +55,10 @@ pub struct Socket {
 /// What an outlet did with a notice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
-    /// Written, skipped as a duplicate, or queued.
+    /// Written to the socket (or left to the carrier to finish): delivered. The one
+    /// delivering counts it, once for all the streams it wrote to.
+    Written,
+    /// Skipped as a duplicate, or queued for the stream's task (which counts it).
     Taken,
     /// The queue is full: the client stopped reading. The stream is closed.
     Full,
@@ -144,7 +147,6 @@ impl Outlet {
             match delivery::live_step(&mut state.cursor, published) {
                 LiveStep::Skip => return Offer::Taken,
                 LiveStep::Send { with_id } => {
-                    delivery::count_delivered(delivery.metrics, published);
                     self.write_event(&mut state, socket, with_id, published, delivery.now);
                     let gone = state.closed;
                     drop(state);
@@ -152,7 +154,7 @@ impl Outlet {
                         self.task.wake();
                         return Offer::Gone;
                     }
-                    return Offer::Taken;
+                    return Offer::Written;
                 }
                 LiveStep::Repair(_) => {}
             }

@@ -66,10 +66,18 @@ impl Shard {
     }
 
     fn offer(&self, notice: &Notice, delivery: &Delivery<'_>) {
+        let mut written = 0;
         for (id, outlet) in self.members().iter() {
-            if outlet.offer(notice, delivery) == Offer::Full {
-                super::cut_off(delivery.metrics, &outlet.user_id, *id);
+            match outlet.offer(notice, delivery) {
+                Offer::Written => written += 1,
+                Offer::Full => super::cut_off(delivery.metrics, &outlet.user_id, *id),
+                Offer::Taken | Offer::Gone => {}
             }
+        }
+        if let Notice::Event(published) = notice
+            && written > 0
+        {
+            crate::delivery::count_delivered(delivery.metrics, published, written);
         }
     }
 
