@@ -5,11 +5,13 @@
 
 use std::{hint::black_box, sync::Arc, time::Instant};
 
-use backend::hub::{Hub, Published};
+use std::{io::Read, pin::Pin, task::Context};
+
+use backend::hub::{Capacity, Direct, Hub, Published, ShardId, Socket};
 use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
 use events::{BROADCAST_USER_ID, Cursor, Envelope, Position};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 
 fn envelope(user: &str) -> Envelope {
     Envelope {
@@ -77,5 +79,81 @@ fn fan_out(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, parse_and_encode, fan_out);
+/// The direct write path: a broadcast offered to streams at rest, each written with one
+/// `send` on a loopback socket (the kernel's share included, as in production). The
+/// clients are drained between iterations, outside the measurement.
+fn direct_fan_out(c: &mut Criterion) {
+    const STREAMS: usize = 1_000;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let hub = Hub::new(Capacity::with_queue(64), Arc::default());
+    let (streams, mut clients) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let address = listener.local_addr().expect("an address");
+        let mut streams = Vec::new();
+        let mut clients = Vec::new();
+        for i in 0..STREAMS {
+            let client = std::net::TcpStream::connect(address).expect("connects");
+            client.set_nonblocking(true).expect("non-blocking");
+            let (server, _) = listener.accept().await.expect("accepts");
+            server.writable().await.expect("writable");
+            let socket = Socket {
+                io: Arc::new(server),
+                named: true,
+            };
+            let user = format!("user-{i}");
+            let mut stream = hub
+                .open_direct(
+                    &user,
+                    Direct {
+                        socket,
+                        shard: ShardId::OWN,
+                    },
+                )
+                .expect("opens");
+            stream.set_cursor(Cursor {
+                owner: events::owner_tag(&user),
+                ..Cursor::default()
+            });
+            // At rest: the task waits and the carrier has written everything.
+            let mut context = Context::from_waker(futures_util::task::noop_waker_ref());
+            assert!(Pin::new(&mut stream).poll_next(&mut context).is_pending());
+            assert!(stream.carrier().flushed(false));
+            streams.push(stream);
+            clients.push(client);
+        }
+        (streams, clients)
+    });
+    let mut seq = 0;
+    let mut scratch = vec![0; 64 * 1024];
+    c.bench_function(
+        "direct write, one broadcast to 1,000 streams at rest",
+        |b| {
+            b.iter_custom(|iterations| {
+                let mut spent = std::time::Duration::ZERO;
+                for _ in 0..iterations {
+                    seq += 1;
+                    let broadcast = Envelope {
+                        id: Some(seq),
+                        ..envelope(BROADCAST_USER_ID)
+                    };
+                    let started = Instant::now();
+                    hub.deliver(black_box(&broadcast));
+                    spent += started.elapsed();
+                    for client in &mut clients {
+                        while matches!(client.read(&mut scratch), Ok(1..)) {}
+                    }
+                }
+                spent
+            })
+        },
+    );
+    drop(streams);
+}
+
+criterion_group!(benches, parse_and_encode, fan_out, direct_fan_out);
 criterion_main!(benches);

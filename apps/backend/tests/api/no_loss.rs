@@ -252,6 +252,90 @@ async fn a_client_that_stops_reading_is_cut_off_and_then_resumes_with_nothing_mi
     assert_eq!(received, expected, "every event once, in order");
 }
 
+/// The same with broadcasts, which each worker's dispatcher writes straight to its
+/// streams: the stalled stream is cut off, a stream reading beside it gets every
+/// broadcast, and the stalled one resumes with nothing missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_among_broadcast_readers_is_cut_off_alone_and_resumes_whole() {
+    let redis = RedisServer::start().await;
+    let mut settings = settings(Some(&redis));
+    settings.stream_queue_size = 8;
+    settings.max_event_bytes = 64 * 1024;
+    let a = spawn_app_with(settings).await;
+    let alice = a.token("alice").await;
+    let mut stalled = a.open_stream(&alice).await;
+    let mut reading = a.open_stream(&a.token("bob").await).await;
+    let reader = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        loop {
+            let event = reading.next_event().await;
+            let id = event.json()["id"].as_u64().expect("an id");
+            ids.push(id);
+            if event.json()["data"]["last"] == true {
+                return ids;
+            }
+        }
+    });
+
+    let padding = "x".repeat(32 * 1024);
+    let broadcast = |n: u64, last: bool| {
+        json!({"broadcast": true, "eventType": "test.counted",
+               "data": {"n": n, "padding": padding, "last": last}})
+    };
+    let mut published = 0;
+    for n in 1..=600 {
+        let response = a
+            .post_json("/api/publish", Some(PUBLISH_KEY), &broadcast(n, false))
+            .await;
+        assert_eq!(response.status(), 202);
+        published = n;
+        if a.metric_value("sse_slow_consumer_disconnects_total").await > Some(0.0) {
+            break;
+        }
+    }
+    assert_eq!(
+        a.metric_value("sse_slow_consumer_disconnects_total").await,
+        Some(1.0),
+        "the stalled stream, and only it, was closed"
+    );
+    let last = a
+        .post_json("/api/publish", Some(PUBLISH_KEY), &broadcast(0, true))
+        .await;
+    assert_eq!(last.status(), 202);
+    let last: u64 = last.json::<serde_json::Value>().await.expect("JSON")["id"]
+        .as_u64()
+        .expect("an id");
+    assert!(last > published);
+
+    let expected: Vec<u64> = (1..=last).collect();
+    let read = tokio::time::timeout(PATIENCE * 4, reader)
+        .await
+        .expect("the reading stream keeps up")
+        .expect("the reader finishes");
+    assert_eq!(
+        read, expected,
+        "the reading stream: every broadcast once, in order"
+    );
+
+    let mut received = Vec::new();
+    let mut last_id = None;
+    while let Some(Some(frame)) = stalled.next_frame_within(PATIENCE).await {
+        if frame.event.as_deref() == Some("test.counted") {
+            received.push(frame.json()["id"].as_u64().expect("an id"));
+            last_id = frame.id;
+        }
+    }
+    let mut resumed = a.resume_stream(&alice, last_id.as_deref()).await;
+    while received.last() != Some(&last) {
+        let event = resumed.next_event().await;
+        received.push(event.json()["id"].as_u64().expect("an id"));
+    }
+    assert_eq!(
+        received, expected,
+        "the stalled stream, resumed: every broadcast once, in order"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_sent_sigterm_drains_its_clients_to_another_without_loss() {
     let redis = RedisServer::start().await;

@@ -10,6 +10,10 @@ use super::{FrameJson, PUBLISH_KEY, SseStream};
 pub struct Api {
     pub address: String,
     pub client: reqwest::Client,
+    /// Streams open on a fresh connection each, as a browser's do (through nginx too):
+    /// so they are served straight off the socket (`direct`), as in production.
+    /// `tests/api/carriers.rs` covers the other carrier.
+    streams: reqwest::Client,
 }
 
 impl Api {
@@ -17,6 +21,10 @@ impl Api {
         Self {
             address: address.into(),
             client: reqwest::Client::new(),
+            streams: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("a client"),
         }
     }
 
@@ -100,7 +108,7 @@ impl Api {
         token: &str,
         last_event_id: Option<&str>,
     ) -> (SseStream, String) {
-        let mut request = self.client.get(self.url("/api/events")).bearer_auth(token);
+        let mut request = self.streams.get(self.url("/api/events")).bearer_auth(token);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
