@@ -24,7 +24,8 @@ pub struct ServerCost {
     pub kib_per_stream: f64,
     /// CPU seconds the servers spent during the whole run.
     pub cpu_secs: f64,
-    /// CPU seconds from all streams open to the end: the deliveries' share.
+    /// CPU seconds from all streams open to the end of the grace period after the last
+    /// publish (before the streams close): the deliveries' share.
     pub delivery_cpu_secs: f64,
     /// That, per delivery, in microseconds.
     pub cpu_us_per_delivery: f64,
@@ -108,7 +109,7 @@ impl Report {
             rows.push((
                 "server CPU",
                 format!(
-                    "{:.2} s; {:.2} s after connecting: {:.1} us per delivery",
+                    "{:.2} s; {:.2} s while delivering: {:.1} us per delivery",
                     s.cpu_secs, s.delivery_cpu_secs, s.cpu_us_per_delivery
                 ),
             ));

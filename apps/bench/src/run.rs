@@ -217,6 +217,9 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
         scenario.name
     );
     tokio::time::sleep(Duration::from_secs_f64(scenario.grace)).await;
+    // Before the streams close: closing them costs the servers CPU too, unequally (a
+    // server that notices a client leaving at once pays for it now).
+    let after_delivery = proc_stats::total(&scenario.pids);
 
     // 3. Collect.
     for worker in &mut workers {
@@ -305,8 +308,8 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
             kib_per_stream: (after_connect.rss_kib as f64 - before.rss_kib as f64)
                 / connected.max(1) as f64,
             cpu_secs: after.cpu_secs - before.cpu_secs,
-            delivery_cpu_secs: after.cpu_secs - after_connect.cpu_secs,
-            cpu_us_per_delivery: (after.cpu_secs - after_connect.cpu_secs) * 1e6
+            delivery_cpu_secs: after_delivery.cpu_secs - after_connect.cpu_secs,
+            cpu_us_per_delivery: (after_delivery.cpu_secs - after_connect.cpu_secs) * 1e6
                 / deliveries.max(1) as f64,
         },
         scenario,
