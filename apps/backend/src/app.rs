@@ -137,11 +137,14 @@ impl Application {
                     )
                     .await?,
                 );
-                let bus = Engine::Redis(RedisBus::new(
+                let (bus, head_reads) = RedisBus::new(
                     &redis,
                     settings.retention(),
                     settings.publish_replicas,
-                ));
+                    shutdown.clone(),
+                );
+                tasks.push(head_reads);
+                let bus = Engine::Redis(bus);
                 let store = Store::Redis(RedisStore::new(redis.client.clone()));
                 let tickets = Tickets::Redis(RedisTickets::new(redis.client.clone()));
                 (bus, store, tickets, Some(redis))

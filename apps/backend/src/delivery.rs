@@ -310,11 +310,15 @@ impl StreamContext {
         Ok(self.bus.read(&self.topic(scope), u64::MAX, 0).await?.head)
     }
 
-    /// The cursor at the head of both histories, owned by `owner`.
+    /// The cursor at the head of both histories, owned by `owner`: both read at once,
+    /// the broadcast head in a read shared with the streams opening meanwhile.
     async fn head_cursor(&self, owner: u64) -> Result<Cursor, BusError> {
+        let (user, broadcast) =
+            futures_util::future::try_join(self.head(ResyncScope::User), self.bus.broadcast_head())
+                .await?;
         Ok(Cursor {
-            user: self.head(ResyncScope::User).await?,
-            broadcast: self.head(ResyncScope::Broadcast).await?,
+            user,
+            broadcast,
             owner,
         })
     }

@@ -124,7 +124,7 @@ pub struct HistoryRead {
     pub events: Vec<Envelope>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
@@ -232,6 +232,16 @@ impl Bus {
         match &self.engine {
             Engine::Local(bus) => Ok(bus.read(topic, after, limit)),
             Engine::Redis(bus) => bus.read(topic, after, limit).await,
+        }
+    }
+
+    /// The head of the broadcast history, read after this call began (so, for a stream
+    /// registered before the call, everything after it reaches the stream live).
+    /// Streams opening together share one read.
+    pub async fn broadcast_head(&self) -> Result<Position, BusError> {
+        match &self.engine {
+            Engine::Local(bus) => Ok(bus.read(&Topic::Broadcast, u64::MAX, 0).head),
+            Engine::Redis(bus) => bus.broadcast_head().await,
         }
     }
 

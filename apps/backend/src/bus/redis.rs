@@ -9,7 +9,10 @@ use fred::{
     types::{ClusterHash, Message, Value, cluster::SlotRange, config::Options, scripts::Script},
     util::redis_keyslot,
 };
-use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
+use tokio::{
+    sync::{broadcast::error::RecvError, mpsc, oneshot},
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -158,19 +161,34 @@ pub struct RedisBus {
     replicas: u64,
     retention: Retention,
     publish_script: Script,
-    read_script: Script,
+    history: History,
+    broadcast_heads: SharedReads,
 }
 
 impl RedisBus {
-    pub fn new(redis: &Redis, retention: Retention, replicas: u64) -> Self {
-        Self {
+    /// Also starts the task that reads the broadcast history's head for the streams
+    /// that open (see [`SharedReads`]), until `shutdown`.
+    pub fn new(
+        redis: &Redis,
+        retention: Retention,
+        replicas: u64,
+        shutdown: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
+        let history = History {
+            client: redis.client.clone(),
+            script: Script::from_lua(READ_SCRIPT),
+        };
+        let (broadcast_heads, reads) = SharedReads::start(history.clone(), shutdown);
+        let bus = Self {
             client: redis.client.clone(),
             publisher: redis.publisher.clone(),
             replicas,
             retention,
             publish_script: Script::from_lua(PUBLISH_SCRIPT),
-            read_script: Script::from_lua(READ_SCRIPT),
-        }
+            history,
+            broadcast_heads,
+        };
+        (bus, reads)
     }
 
     pub(super) fn retention(&self) -> Retention {
@@ -301,13 +319,31 @@ impl RedisBus {
         after: u64,
         limit: usize,
     ) -> Result<HistoryRead, BusError> {
+        self.history.read(topic, after, limit).await
+    }
+
+    /// The head of the broadcast history, read after this call began.
+    pub(super) async fn broadcast_head(&self) -> Result<Position, BusError> {
+        self.broadcast_heads.read().await
+    }
+}
+
+/// Reads of a topic's history (the read script).
+#[derive(Debug, Clone)]
+struct History {
+    client: Client,
+    script: Script,
+}
+
+impl History {
+    async fn read(&self, topic: &Topic, after: u64, limit: usize) -> Result<HistoryRead, BusError> {
         // Past the last possible id there is nothing to read, only the head.
         let (from, limit) = match after.checked_add(1) {
             Some(next) => (format!("{next}-0"), limit),
             None => ("0-0".to_string(), 0),
         };
         let reply: Vec<Value> = self
-            .read_script
+            .script
             .evalsha_with_reload(
                 &self.client,
                 Vec::from(keys::history(topic)),
@@ -335,6 +371,57 @@ impl RedisBus {
             oldest,
             events,
         })
+    }
+}
+
+/// The head of the broadcast history, read once for all the streams that ask at about
+/// the same time.
+///
+/// Every stream that opens needs that head, and in a reconnect storm thousands ask each
+/// second. A read that *began* after a stream registered with the hub serves it exactly
+/// as its own read would: whatever is published after the read began reaches the stream
+/// live. So the askers queue, and one task reads for all those queued when a read
+/// begins; those that ask meanwhile wait for the next read. One command instead of one
+/// per stream, at the cost of waiting out at most one read in flight.
+#[derive(Debug)]
+struct SharedReads {
+    asks: mpsc::UnboundedSender<oneshot::Sender<Result<Position, BusError>>>,
+}
+
+impl SharedReads {
+    fn start(history: History, shutdown: CancellationToken) -> (Self, JoinHandle<()>) {
+        let (asks, mut queue) = mpsc::unbounded_channel::<oneshot::Sender<_>>();
+        let reads = tokio::spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    ask = queue.recv() => match ask {
+                        Some(ask) => ask,
+                        None => return,
+                    },
+                };
+                // Everyone queued by now: the read below begins after they all asked.
+                let mut waiting = vec![first];
+                while let Ok(ask) = queue.try_recv() {
+                    waiting.push(ask);
+                }
+                let head = history
+                    .read(&Topic::Broadcast, u64::MAX, 0)
+                    .await
+                    .map(|read| read.head);
+                for ask in waiting {
+                    let _ = ask.send(head.clone());
+                }
+            }
+        });
+        (Self { asks }, reads)
+    }
+
+    async fn read(&self) -> Result<Position, BusError> {
+        let (answer, answered) = oneshot::channel();
+        let stopped = || BusError::Reply("the instance is stopping".into());
+        self.asks.send(answer).map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
     }
 }
 
@@ -420,7 +507,12 @@ pub async fn start_relay(
     let arrivals = hub
         .watch_arrivals()
         .ok_or_else(|| BusError::Reply("the hub is watched already".into()))?;
-    let subscriptions = Subscriptions::new(redis.subscriber.clone(), hub.clone(), metrics.clone());
+    let subscriptions = Subscriptions::new(
+        redis.subscriber.clone(),
+        redis.client.clone(),
+        hub.clone(),
+        metrics.clone(),
+    );
     let relay = Relay {
         subscriber: redis.subscriber.clone(),
         hub,
