@@ -7,9 +7,10 @@
 //! `SSUBSCRIBE` per partition (see `keys`), all in flight at once, so a reconnect storm
 //! costs at most [`PARTITIONS`] commands per window and no stream waits on a round trip
 //! of its own. A stream is registered with the
-//! hub before it reads history, and its user's streams are told to catch up once the
-//! subscription is confirmed: an event published in between is read from history,
-//! never lost.
+//! hub before it reads history, and once the subscription is confirmed its user's
+//! head is read (one read for all the users of a partition's command): the streams not
+//! already at that head are told to catch up, so an event published in between is read
+//! from history, never lost, and a stream that saw everything reads nothing more.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -17,7 +18,12 @@ use std::{
     time::Duration,
 };
 
-use fred::{clients::SubscriberClient, interfaces::PubsubInterface};
+use events::Position;
+use fred::{
+    clients::{Client, SubscriberClient},
+    interfaces::PubsubInterface,
+    types::{Value, scripts::Script},
+};
 use futures_util::future::join_all;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -49,6 +55,9 @@ const MAX_BATCH: usize = 100_000;
 #[derive(Debug)]
 pub struct Subscriptions {
     subscriber: SubscriberClient,
+    /// Reads the heads of the users just subscribed.
+    client: Client,
+    heads: Script,
     hub: Hub,
     metrics: Arc<Metrics>,
     /// Users subscribed, and since when they hold no stream here.
@@ -58,9 +67,16 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    pub fn new(subscriber: SubscriberClient, hub: Hub, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        subscriber: SubscriberClient,
+        client: Client,
+        hub: Hub,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             subscriber,
+            client,
+            heads: Script::from_lua(HEADS_SCRIPT),
             hub,
             metrics,
             held: HashMap::new(),
@@ -120,20 +136,34 @@ impl Subscriptions {
         let batches = by_partition(fresh);
         let subscriber = &self.subscriber;
         let metrics = &self.metrics;
+        let (client, script) = (&self.client, &self.heads);
         let results = join_all(batches.into_iter().map(|users| async move {
             metrics.subscription_command("ssubscribe");
             let channels: Vec<String> = users.iter().map(|user| channel(user)).collect();
             let result = subscriber.ssubscribe(channels).await;
-            (users, result)
+            // Read after the subscription is confirmed: from these heads on, every
+            // event of these users arrives live.
+            let heads = match result {
+                Ok(()) => Some(read_heads(client, script, &users).await),
+                Err(_) => None,
+            };
+            (users, result, heads)
         }))
         .await;
-        for (users, result) in results {
+        for (users, result, heads) in results {
             match result {
-                Ok(()) => {
-                    for user in &users {
-                        self.hub.catch_up(user);
+                Ok(()) => match heads {
+                    Some(Ok(heads)) => {
+                        for (user, head) in users.iter().zip(heads) {
+                            self.hub.catch_up_unless_at(user, head);
+                        }
                     }
-                }
+                    _ => {
+                        for user in &users {
+                            self.hub.catch_up(user);
+                        }
+                    }
+                },
                 Err(error) => {
                     tracing::warn!(%error, users = users.len(), "could not subscribe; retrying at the next sweep");
                     for user in users {
@@ -201,6 +231,47 @@ impl Subscriptions {
 
 fn channel(user: &str) -> String {
     keys::channel(&Topic::User(user.to_string()))
+}
+
+/// The head (`epoch`, `seq`) of each history whose meta hash is in `KEYS`.
+const HEADS_SCRIPT: &str = r#"
+local reply = {}
+for _, key in ipairs(KEYS) do
+  local meta = redis.call('HMGET', key, 'epoch', 'seq')
+  reply[#reply + 1] = tonumber(meta[1]) or 0
+  reply[#reply + 1] = tonumber(meta[2]) or 0
+end
+return reply
+"#;
+
+/// The heads of the histories of `users`, all of one partition (so one single-slot
+/// script call), in order.
+async fn read_heads(
+    client: &Client,
+    script: &Script,
+    users: &[String],
+) -> Result<Vec<Position>, fred::error::Error> {
+    let keys: Vec<String> = users
+        .iter()
+        .map(|user| {
+            let [meta, _] = keys::history(&Topic::User(user.clone()));
+            meta
+        })
+        .collect();
+    let reply: Vec<Value> = script
+        .evalsha_with_reload(client, keys, Vec::<String>::new())
+        .await?;
+    let numbers: Vec<u64> = reply.iter().filter_map(Value::as_u64).collect();
+    if numbers.len() != 2 * users.len() {
+        return Err(fred::error::Error::new(
+            fred::error::ErrorKind::Protocol,
+            "unexpected reply to the heads read",
+        ));
+    }
+    Ok(numbers
+        .chunks(2)
+        .map(|pair| Position::new(pair[0], pair[1]))
+        .collect())
 }
 
 /// `users` grouped by partition: one group, one single-slot command.

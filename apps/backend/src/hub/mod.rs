@@ -352,6 +352,34 @@ impl Hub {
         }
     }
 
+    /// Tells the streams of `user_id` to catch up from the user's history unless they
+    /// stand at `head` already (read after the user's subscription was confirmed, so
+    /// everything after it arrives live). A stream whose position is not known yet (still
+    /// opening) or is behind catches up.
+    pub fn catch_up_unless_at(&self, user_id: &str, head: events::Position) {
+        let mut streams = self.streams();
+        let Some(entries) = streams.get_mut(user_id) else {
+            return;
+        };
+        let delivery = self.delivery();
+        entries.retain(|entry| {
+            if entry.outlet.stands_at_user(head) {
+                return true;
+            }
+            match entry.outlet.offer(&Notice::CatchUpUser, &delivery) {
+                Offer::Full => {
+                    cut_off(&self.shared.metrics, user_id, entry.id);
+                    false
+                }
+                Offer::Gone => false,
+                Offer::Taken | Offer::Written => true,
+            }
+        });
+        if entries.is_empty() {
+            streams.remove(user_id);
+        }
+    }
+
     /// Which of `users` hold no stream here.
     pub fn absent<'a>(&self, users: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
         let streams = self.streams();
@@ -863,6 +891,31 @@ mod tests {
         assert_eq!(read_exactly(&mut client, KEEP_ALIVE.len()), KEEP_ALIVE);
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "the task slept through");
         hub.close_all();
+    }
+
+    #[tokio::test]
+    async fn once_subscribed_only_streams_not_at_the_head_catch_up() {
+        let hub = hub(8);
+        let head = events::Position::new(7, 3);
+        let mut at_head = hub.open("alice").expect("opens");
+        at_head.set_cursor(Cursor {
+            user: head,
+            ..owned("alice")
+        });
+        let mut behind = hub.open("alice").expect("opens");
+        behind.set_cursor(Cursor {
+            user: events::Position::new(7, 2),
+            ..owned("alice")
+        });
+        let mut opening = hub.open("alice").expect("opens");
+        hub.catch_up_unless_at("alice", head);
+        assert!(
+            at_head.next().now_or_never().is_none(),
+            "nothing to catch up"
+        );
+        for stream in [&mut behind, &mut opening] {
+            assert!(matches!(stream.next().await, Some(Notice::CatchUpUser)));
+        }
     }
 
     #[test]

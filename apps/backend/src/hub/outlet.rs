@@ -93,6 +93,8 @@ struct State {
     queue: VecDeque<Notice>,
     /// The stream's cursor, kept here so that direct writes move it.
     cursor: Cursor,
+    /// Whether the task has set the cursor yet (it has not while the stream opens).
+    cursor_known: bool,
     /// The task waits for a notice: it has nothing of its own in hand.
     waiting: bool,
     /// The carrier has written everything it was given.
@@ -117,6 +119,7 @@ impl Outlet {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 cursor: Cursor::default(),
+                cursor_known: false,
                 waiting: false,
                 flushed: false,
                 unwritten: Bytes::new(),
@@ -277,6 +280,12 @@ impl Outlet {
     pub fn is_closed(&self) -> bool {
         self.lock().closed
     }
+
+    /// Whether the stream is known to stand at `head` in its user's history.
+    pub fn stands_at_user(&self, head: events::Position) -> bool {
+        let state = self.lock();
+        state.cursor_known && state.cursor.user == head
+    }
 }
 
 /// The stream's task's end of its outlet: the notices it handles, in order. Ends once
@@ -301,7 +310,9 @@ impl Notices {
 
     /// Where the stream stands now, for direct writes once the task waits again.
     pub fn set_cursor(&self, cursor: Cursor) {
-        self.outlet.lock().cursor = cursor;
+        let mut state = self.outlet.lock();
+        state.cursor = cursor;
+        state.cursor_known = true;
     }
 
     /// The carrier's end of the same outlet.

@@ -252,6 +252,35 @@ async fn a_client_that_stops_reading_is_cut_off_and_then_resumes_with_nothing_mi
     assert_eq!(received, expected, "every event once, in order");
 }
 
+/// A stream of a user new to the instance opens, and an event is published to the user
+/// at once: most likely before the instance's subscription to the user's channel is
+/// confirmed (subscriptions go out in batches, one per 50 ms). Each stream still gets its
+/// one event: nothing later would reveal a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_as_its_users_first_stream_opens_arrives() {
+    const USERS: usize = 40;
+    let redis = RedisServer::start().await;
+    let app = spawn_app(Some(&redis)).await;
+    let mut tokens = Vec::new();
+    for u in 0..USERS {
+        tokens.push(app.token(&format!("window-{u}")).await);
+    }
+    let streams = futures_util::future::join_all(tokens.iter().enumerate().map(|(u, token)| {
+        let app = &app;
+        async move {
+            let (stream, _) = app.api.open_stream_served(token, None).await;
+            app.publish(&format!("window-{u}"), "test.counted", json!({ "u": u }))
+                .await;
+            stream
+        }
+    }))
+    .await;
+    for (u, mut stream) in streams.into_iter().enumerate() {
+        let event = stream.next_event().await;
+        assert_eq!(event.json()["data"]["u"], u, "user {u}: its one event");
+    }
+}
+
 /// The same with broadcasts, which each worker's dispatcher writes straight to its
 /// streams: the stalled stream is cut off, a stream reading beside it gets every
 /// broadcast, and the stalled one resumes with nothing missing.

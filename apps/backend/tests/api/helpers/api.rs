@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{FrameJson, PUBLISH_KEY, SseStream};
+use super::{Frame, FrameJson, PUBLISH_KEY, SseStream};
 
 /// A client of the API at `address` (`http://host:port`).
 #[derive(Debug, Clone)]
@@ -108,6 +108,21 @@ impl Api {
         token: &str,
         last_event_id: Option<&str>,
     ) -> (SseStream, String) {
+        let (stream, opened) = self.open_stream_opened(token, last_event_id).await;
+        let server = opened.json()["data"]["serverId"]
+            .as_str()
+            .expect("the serving instance's id")
+            .to_string();
+        (stream, server)
+    }
+
+    /// [`Api::open_stream_served`], returning the `stream.opened` frame itself (its id is
+    /// the cursor the stream starts from).
+    pub async fn open_stream_opened(
+        &self,
+        token: &str,
+        last_event_id: Option<&str>,
+    ) -> (SseStream, Frame) {
         let mut request = self.streams.get(self.url("/api/events")).bearer_auth(token);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
@@ -117,11 +132,7 @@ impl Api {
         let mut stream = SseStream::new(response);
         let opened = stream.next_event().await;
         assert_eq!(opened.event.as_deref(), Some("stream.opened"));
-        let server = opened.json()["data"]["serverId"]
-            .as_str()
-            .expect("the serving instance's id")
-            .to_string();
-        (stream, server)
+        (stream, opened)
     }
 
     /// See [`metric_value`].

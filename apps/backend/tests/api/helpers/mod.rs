@@ -21,7 +21,7 @@ pub use self::{
     instance::{TestApp, settings, settings_for, spawn_app, spawn_app_with},
     process::{BackendProcess, readiness_becomes},
     redis::{RedisCluster, RedisServer, cli, free_port},
-    sse::{FrameJson, SseStream},
+    sse::{Frame, FrameJson, SseStream},
     tokens::{epoch_secs, sign},
     traffic::{Received, counted, follow, publish_counted},
     wait::{eventually, holds_within},
