@@ -26,16 +26,25 @@ def main(paths):
     def spread(values):
         return f"{min(values):.1f} / {statistics.median(values):.1f} / {max(values):.1f}"
 
-    print("| streams | pinned | server | runs | p99 ms (min / median / max) "
-          "| CPU µs per delivery | KiB per stream | lost |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| streams | pinned | server | runs | p99 ms (min / median / max) | p99 ÷ floor "
+          "| CPU µs per delivery | CPU ÷ floor | KiB per stream | streams connected per s "
+          "| lost + duplicated |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    medians = {key: (statistics.median(r["latency"]["p99_ms"] for r in reports),
+                     statistics.median(r["server"]["cpu_us_per_delivery"] for r in reports))
+               for key, reports in runs.items()}
     for (streams, pin, server), reports in sorted(runs.items()):
         p99 = [r["latency"]["p99_ms"] for r in reports]
         cpu = [r["server"]["cpu_us_per_delivery"] for r in reports]
         kib = [r["server"]["kib_per_stream"] for r in reports]
+        rate = [r["connects_per_sec"] for r in reports]
         lost = sum(r["lost"] + r["duplicates"] for r in reports)
-        print(f"| {streams:,} | {pin == 'pinyes' and 'yes' or 'no'} | {server} | {len(reports)} "
-              f"| {spread(p99)} | {spread(cpu)} | {spread(kib)} | {lost} |")
+        floor = medians.get((streams, pin, "floor"))
+        ratio = (f"{medians[(streams, pin, server)][0] / floor[0]:.2f}",
+                 f"{medians[(streams, pin, server)][1] / floor[1]:.2f}") if floor else ("", "")
+        print(f"| {streams:,} | {'yes' if pin == 'pinyes' else 'no'} | {server} | {len(reports)} "
+              f"| {spread(p99)} | {ratio[0]} | {spread(cpu)} | {ratio[1]} | {spread(kib)} "
+              f"| {min(rate):,.0f} / {statistics.median(rate):,.0f} / {max(rate):,.0f} | {lost} |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 Reads the JSON reports of `bench run` (docs/bench/fanout-*.json by default) and writes
 docs/bench/fanout-latency.svg. When reports of the same scenario against `bench floor`
 are there too (docs/bench/floor-*.json), their p99 is drawn dashed: what the machine
-itself costs. Standard library only.
+itself costs; against nchan (docs/bench/nchan-*.json), its p99 dotted. Standard library
+only.
 
     python3 apps/bench/plot.py [REPORT.json ...] [--floor FLOOR.json ...] [--out FILE.svg]
 """
@@ -36,10 +37,11 @@ def main(argv):
 
     reports = load(paths)
     floor = load(floor_paths)
+    nchan = load(sorted(glob.glob("docs/bench/nchan-*.json")))
     if not reports:
         sys.exit("no reports to plot")
     xs = [r["streams_connected"] for r in reports]
-    y_max = max(r["latency"]["max_ms"] for r in reports + floor) * 1.1
+    y_max = max(r["latency"]["max_ms"] for r in reports + floor + nchan) * 1.1
     x_max = max(xs) * 1.05
 
     def px(x):
@@ -82,6 +84,15 @@ def main(argv):
         svg.append(f'<line x1="{W - RIGHT + 15}" x2="{W - RIGHT + 35}" y1="{ly}" y2="{ly}" '
                    'stroke="#868e96" stroke-width="2" stroke-dasharray="6 4"/>')
         svg.append(f'<text x="{W - RIGHT + 40}" y="{ly + 4}">floor p99</text>')
+    if nchan:
+        points = " ".join(f"{px(r['streams_connected']):.1f},{py(r['latency']['p99_ms']):.1f}"
+                          for r in nchan)
+        svg.append(f'<polyline points="{points}" fill="none" stroke="#7048e8" stroke-width="2" '
+                   'stroke-dasharray="2 3"/>')
+        ly = TOP + 20 + 20 * (len(SERIES) + 1)
+        svg.append(f'<line x1="{W - RIGHT + 15}" x2="{W - RIGHT + 35}" y1="{ly}" y2="{ly}" '
+                   'stroke="#7048e8" stroke-width="2" stroke-dasharray="2 3"/>')
+        svg.append(f'<text x="{W - RIGHT + 40}" y="{ly + 4}">nchan p99</text>')
     svg.append("</svg>")
     with open(out, "w") as f:
         f.write("\n".join(svg) + "\n")
