@@ -179,6 +179,7 @@ impl From<BusError> for ApiError {
         match &err {
             BusError::Redis(redis) => Self::from_redis(redis, &err),
             BusError::Reply(_) => Self::internal(&err),
+            BusError::Stopping => Self::Unavailable("this instance is shutting down; reconnect"),
             BusError::NotReplicated { .. } => {
                 tracing::warn!(error = %err, "publish not acknowledged by enough replicas");
                 Self::Unavailable("the event could not be stored durably now; retry")
@@ -226,6 +227,12 @@ mod tests {
             !body.contains("10.0.0.7") && !body.contains("reset"),
             "{body}"
         );
+    }
+
+    #[test]
+    fn a_stopping_instance_is_a_503() {
+        let error = ApiError::from(BusError::Stopping);
+        assert_eq!(error.status_code(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

@@ -134,6 +134,9 @@ pub enum BusError {
     /// time: the event was not published, and may or may not survive a failover.
     #[error("{acknowledged} of {wanted} replicas acknowledged the write in time")]
     NotReplicated { acknowledged: u64, wanted: u64 },
+    /// The instance is stopping: its background reads have ended.
+    #[error("the instance is stopping")]
+    Stopping,
 }
 
 impl Bus {

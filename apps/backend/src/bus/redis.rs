@@ -419,9 +419,8 @@ impl SharedReads {
 
     async fn read(&self) -> Result<Position, BusError> {
         let (answer, answered) = oneshot::channel();
-        let stopped = || BusError::Reply("the instance is stopping".into());
-        self.asks.send(answer).map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())?
+        self.asks.send(answer).map_err(|_| BusError::Stopping)?;
+        answered.await.map_err(|_| BusError::Stopping)?
     }
 }
 
