@@ -148,7 +148,8 @@ impl Hub {
     /// Starts a shard on the current runtime (an HTTP worker's): the broadcasts and
     /// keep-alives of the streams opened with it are written by one task there.
     pub fn start_shard(&self, keep_alive: Duration) -> ShardId {
-        let (dispatcher, broadcasts) = mpsc::unbounded_channel();
+        // As many broadcasts as a stream may have queued.
+        let (dispatcher, broadcasts) = mpsc::channel(self.shared.queue_size);
         let shard = Arc::new(Shard::new(Some(dispatcher)));
         let id = {
             let mut shards = self.shards_mut();
@@ -358,24 +359,11 @@ impl Hub {
     /// opening) or is behind catches up.
     pub fn catch_up_unless_at(&self, user_id: &str, head: events::Position) {
         let mut streams = self.streams();
-        let Some(entries) = streams.get_mut(user_id) else {
-            return;
-        };
-        let delivery = self.delivery();
-        entries.retain(|entry| {
-            if entry.outlet.stands_at_user(head) {
-                return true;
-            }
-            match entry.outlet.offer(&Notice::CatchUpUser, &delivery) {
-                Offer::Full => {
-                    cut_off(&self.shared.metrics, user_id, entry.id);
-                    false
-                }
-                Offer::Gone => false,
-                Offer::Taken | Offer::Written => true,
-            }
-        });
-        if entries.is_empty() {
+        if let Some(entries) = streams.get_mut(user_id)
+            && !self.offer_unless(entries, &Notice::CatchUpUser, |outlet| {
+                outlet.stands_at_user(head)
+            })
+        {
             streams.remove(user_id);
         }
     }
@@ -397,20 +385,35 @@ impl Hub {
     /// Offers `notice` to each of `entries`, dropping those that are full or gone.
     /// Returns whether any remain.
     fn offer(&self, entries: &mut Vec<Entry>, notice: &Notice) -> bool {
+        self.offer_unless(entries, notice, |_| false)
+    }
+
+    /// [`Hub::offer`] to the entries whose outlet `skip` does not pick.
+    fn offer_unless(
+        &self,
+        entries: &mut Vec<Entry>,
+        notice: &Notice,
+        skip: impl Fn(&Outlet) -> bool,
+    ) -> bool {
         let delivery = self.delivery();
         let mut written = 0;
-        entries.retain(|entry| match entry.outlet.offer(notice, &delivery) {
-            Offer::Written => {
-                written += 1;
-                true
+        entries.retain(|entry| {
+            if skip(&entry.outlet) {
+                return true;
             }
-            Offer::Taken => true,
-            Offer::Full => {
-                cut_off(&self.shared.metrics, &entry.outlet.user_id, entry.id);
-                false
+            match entry.outlet.offer(notice, &delivery) {
+                Offer::Written => {
+                    written += 1;
+                    true
+                }
+                Offer::Taken => true,
+                Offer::Full => {
+                    cut_off(&self.shared.metrics, &entry.outlet.user_id, entry.id);
+                    false
+                }
+                // Closed; its registration removes it when its task ends.
+                Offer::Gone => false,
             }
-            // Closed; its registration removes it when its task ends.
-            Offer::Gone => false,
         });
         if let Notice::Event(published) = notice
             && written > 0
@@ -916,6 +919,30 @@ mod tests {
         for stream in [&mut behind, &mut opening] {
             assert!(matches!(stream.next().await, Some(Notice::CatchUpUser)));
         }
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_falls_behind_drops_broadcasts_then_has_its_streams_catch_up() {
+        // Queues of two: the dispatcher's too.
+        let hub = hub(2);
+        let shard = hub.start_shard(Duration::from_secs(60));
+        let (mut stream, _carrier, _wakes, mut client) =
+            at_rest(&hub, "alice", owned("alice"), shard).await;
+        let mut cursor = owned("alice");
+        let mut expected = frame_bytes(&event(BROADCAST_USER_ID, 1), &mut cursor);
+        expected.extend(frame_bytes(&event(BROADCAST_USER_ID, 2), &mut cursor));
+        // Delivered faster than the dispatcher runs (it cannot: this thread is busy).
+        for id in 1..=5 {
+            hub.deliver(&event(BROADCAST_USER_ID, id));
+        }
+        // The two that fit are written; then the stream is told to repair the rest.
+        assert!(matches!(stream.next().await, Some(Notice::CatchUp)));
+        assert_eq!(read_exactly(&mut client, expected.len()), expected);
+        assert!(
+            received_now(&mut client).is_empty(),
+            "3 to 5 were not written"
+        );
+        assert_eq!(stream.hold(), cursor);
     }
 
     #[test]

@@ -254,8 +254,8 @@ impl Outlet {
     }
 
     /// Writes a keep-alive comment when the stream is at rest and the socket has taken
-    /// nothing since `quiet_since`. Returns whether the stream is gone.
-    pub fn keep_alive(&self, quiet_since: Instant, now: Instant) -> bool {
+    /// nothing since `quiet_since`. A write that finds the client gone ends the stream.
+    pub fn keep_alive(&self, quiet_since: Instant, now: Instant) {
         let mut state = self.lock();
         if let Some(socket) = &self.socket
             && state.at_rest()
@@ -268,7 +268,6 @@ impl Outlet {
         if gone {
             self.task.wake();
         }
-        gone
     }
 
     /// Ends the stream: its task takes what is queued, then ends.

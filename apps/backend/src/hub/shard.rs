@@ -9,13 +9,21 @@
 //! of the keep-alive interval it writes a comment to each resting stream that has been
 //! quiet for three quarters of the interval, so none is silent for longer than it.
 //!
+//! A dispatcher's queue of broadcasts is bounded, as each stream's is. A worker that
+//! falls that far behind (more broadcasts than its CPU can write) drops the broadcasts
+//! that do not fit and, once it has caught up with the rest, tells every stream of the
+//! shard to catch up from history: nothing is lost, and memory stays bounded.
+//!
 //! The hub's own shard has no dispatcher: streams that cannot be written to directly
 //! (those actix-web carries) are in it, and it is offered broadcasts where they are
 //! delivered.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -32,14 +40,17 @@ use crate::metrics::Metrics;
 pub struct Shard {
     members: Mutex<HashMap<u64, Arc<Outlet>>>,
     /// Where its broadcasts go; none for the hub's own shard.
-    dispatcher: Option<mpsc::UnboundedSender<Arc<Published>>>,
+    dispatcher: Option<mpsc::Sender<Arc<Published>>>,
+    /// A broadcast did not fit in the dispatcher's queue: its streams must catch up.
+    lagged: AtomicBool,
 }
 
 impl Shard {
-    pub fn new(dispatcher: Option<mpsc::UnboundedSender<Arc<Published>>>) -> Self {
+    pub fn new(dispatcher: Option<mpsc::Sender<Arc<Published>>>) -> Self {
         Self {
             members: Mutex::default(),
             dispatcher,
+            lagged: AtomicBool::new(false),
         }
     }
 
@@ -59,8 +70,18 @@ impl Shard {
     /// Hands a broadcast to the dispatcher, or offers it here and now.
     pub fn broadcast(&self, published: &Arc<Published>, delivery: &Delivery<'_>) {
         match &self.dispatcher {
-            // Its worker stopped: so did its streams.
-            Some(dispatcher) => drop(dispatcher.send(published.clone())),
+            Some(dispatcher) => match dispatcher.try_send(published.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if !self.lagged.swap(true, Ordering::AcqRel) {
+                        tracing::warn!(
+                            "a worker fell behind its broadcasts; its streams will catch up from history"
+                        );
+                    }
+                }
+                // Its worker stopped: so did its streams.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            },
             None => self.offer(&Notice::Event(published.clone()), delivery),
         }
     }
@@ -92,7 +113,7 @@ impl Shard {
 #[derive(Debug)]
 pub struct Dispatcher {
     pub shard: Arc<Shard>,
-    pub broadcasts: mpsc::UnboundedReceiver<Arc<Published>>,
+    pub broadcasts: mpsc::Receiver<Arc<Published>>,
     pub metrics: Arc<Metrics>,
     pub queue_size: usize,
     pub keep_alive: Duration,
@@ -118,6 +139,10 @@ impl Dispatcher {
                         now: Instant::now(),
                     };
                     self.shard.offer(&Notice::Event(published), &delivery);
+                    // Caught up with what was queued: now repair what was dropped.
+                    if self.broadcasts.is_empty() && self.shard.lagged.swap(false, Ordering::AcqRel) {
+                        self.shard.offer(&Notice::CatchUp, &delivery);
+                    }
                 }
                 _ = sweep.tick() => {
                     let now = Instant::now();
