@@ -196,6 +196,31 @@ async fn a_redis_restart_loses_no_accepted_event_and_readiness_reflects_it() {
     );
 }
 
+/// A stalled client wakes up: it reads the `test.counted` events that reached it until
+/// the stream ends, then resumes from its last id until it has the event with id
+/// `last`. Returns the ids it got, in order.
+async fn read_then_resume(
+    app: &TestApp,
+    mut stalled: SseStream,
+    token: &str,
+    last: u64,
+) -> Vec<u64> {
+    let mut received = Vec::new();
+    let mut last_id = None;
+    while let Some(Some(frame)) = stalled.next_frame_within(PATIENCE).await {
+        if frame.event.as_deref() == Some("test.counted") {
+            received.push(frame.json()["id"].as_u64().expect("an id"));
+            last_id = frame.id;
+        }
+    }
+    let mut resumed = app.resume_stream(token, last_id.as_deref()).await;
+    while received.last() != Some(&last) {
+        let event = resumed.next_event().await;
+        received.push(event.json()["id"].as_u64().expect("an id"));
+    }
+    received
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_and_then_resumes_with_nothing_missing() {
     let redis = RedisServer::start().await;
@@ -204,7 +229,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_then_resumes_with_nothing_mi
     settings.max_event_bytes = 64 * 1024;
     let a = spawn_app_with(settings).await;
     let token = a.token("alice").await;
-    let mut stalled = a.open_stream(&token).await;
+    let stalled = a.open_stream(&token).await;
 
     // Enough data to fill the socket buffers on both sides, then the 8-event queue.
     let total: u64 = 600;
@@ -234,20 +259,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_then_resumes_with_nothing_mi
         .as_u64()
         .expect("an id");
 
-    // The client wakes up: it reads what reached it, sees the end, resumes from its last id.
-    let mut received = Vec::new();
-    let mut last_id = None;
-    while let Some(Some(frame)) = stalled.next_frame_within(PATIENCE).await {
-        if frame.event.as_deref() == Some("test.counted") {
-            received.push(frame.json()["id"].as_u64().expect("an id"));
-            last_id = frame.id;
-        }
-    }
-    let mut resumed = a.resume_stream(&token, last_id.as_deref()).await;
-    while received.last() != Some(&published) {
-        let event = resumed.next_event().await;
-        received.push(event.json()["id"].as_u64().expect("an id"));
-    }
+    let received = read_then_resume(&a, stalled, &token, published).await;
     let expected: Vec<u64> = (1..=published).collect();
     assert_eq!(received, expected, "every event once, in order");
 }
@@ -292,7 +304,7 @@ async fn a_stalled_stream_among_broadcast_readers_is_cut_off_alone_and_resumes_w
     settings.max_event_bytes = 64 * 1024;
     let a = spawn_app_with(settings).await;
     let alice = a.token("alice").await;
-    let mut stalled = a.open_stream(&alice).await;
+    let stalled = a.open_stream(&alice).await;
     let mut reading = a.open_stream(&a.token("bob").await).await;
     let reader = tokio::spawn(async move {
         let mut ids = Vec::new();
@@ -346,19 +358,7 @@ async fn a_stalled_stream_among_broadcast_readers_is_cut_off_alone_and_resumes_w
         "the reading stream: every broadcast once, in order"
     );
 
-    let mut received = Vec::new();
-    let mut last_id = None;
-    while let Some(Some(frame)) = stalled.next_frame_within(PATIENCE).await {
-        if frame.event.as_deref() == Some("test.counted") {
-            received.push(frame.json()["id"].as_u64().expect("an id"));
-            last_id = frame.id;
-        }
-    }
-    let mut resumed = a.resume_stream(&alice, last_id.as_deref()).await;
-    while received.last() != Some(&last) {
-        let event = resumed.next_event().await;
-        received.push(event.json()["id"].as_u64().expect("an id"));
-    }
+    let received = read_then_resume(&a, stalled, &alice, last).await;
     assert_eq!(
         received, expected,
         "the stalled stream, resumed: every broadcast once, in order"
