@@ -24,13 +24,15 @@ use actix_web::{
 use anyhow::Context;
 use futures_util::future::LocalBoxFuture;
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    admission::{Gate, Rules},
     auth::Tokens,
     bus::{self, Bus, Engine, LocalBus, RedisBus},
     config::Settings,
+    connection::{self, Guarded, Timeouts},
+    delivery::Streams,
     direct,
     error::ApiError,
     hub::{Capacity, Hub, ShardId},
@@ -41,6 +43,7 @@ use crate::{
     snapshots::{self, SnapshotService},
     state::{AppState, Limits},
     store::{MemoryStore, RedisStore, Store},
+    tasks::Tasks,
     telemetry,
     tickets::{MemoryTickets, RedisTickets, Tickets},
 };
@@ -90,8 +93,9 @@ pub struct Application {
     drain_window: Duration,
     /// Fired at shutdown; every background loop watches it.
     shutdown: CancellationToken,
-    /// Background services, awaited at shutdown.
-    tasks: Vec<JoinHandle<()>>,
+    /// Background services: each runs until shutdown, so one that ends sooner stops
+    /// the instance (see `tasks`).
+    tasks: Tasks,
 }
 
 impl Application {
@@ -102,7 +106,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let server_id = settings.server_id_for(port);
         let shutdown = CancellationToken::new();
-        let mut tasks = Vec::new();
+        let mut tasks = Tasks::default();
 
         for insecure in settings.insecure_settings() {
             tracing::warn!("INSECURE: {insecure}");
@@ -122,28 +126,34 @@ impl Application {
                 let redis = Redis::connect(url.expose(), settings.publish_replicas > 0)
                     .await
                     .context("could not connect to Redis (is REDIS_URL right and Redis up?)")?;
-                tasks.extend(
-                    bus::start_relay(
-                        &redis,
-                        hub.clone(),
-                        readiness.clone(),
-                        metrics.clone(),
-                        bus::Listening {
-                            server_id: &server_id,
-                            legacy_channels: settings.legacy_channels,
-                            max_event_bytes: settings.max_event_bytes,
-                        },
-                        shutdown.clone(),
-                    )
-                    .await?,
+                let gate = Gate::new(
+                    Rules {
+                        max_event_bytes: settings.max_event_bytes,
+                    },
+                    metrics.clone(),
                 );
-                let (bus, head_reads) = RedisBus::new(
+                bus::start_relay(
+                    &redis,
+                    hub.clone(),
+                    readiness.clone(),
+                    metrics.clone(),
+                    bus::Listening {
+                        server_id: &server_id,
+                        legacy_channels: settings.legacy_channels,
+                        gate: gate.clone(),
+                    },
+                    &mut tasks,
+                    shutdown.clone(),
+                )
+                .await?;
+                let bus = RedisBus::new(
                     &redis,
                     settings.retention(),
                     settings.publish_replicas,
+                    gate,
+                    &mut tasks,
                     shutdown.clone(),
                 );
-                tasks.push(head_reads);
                 let bus = Engine::Redis(bus);
                 let store = Store::Redis(RedisStore::new(redis.client.clone()));
                 let tickets = Tickets::Redis(RedisTickets::new(redis.client.clone()));
@@ -164,7 +174,12 @@ impl Application {
             }
         };
         let bus = Arc::new(Bus::new(bus, server_id.clone(), metrics.clone()));
-        tasks.push(tokio::spawn(bus.clone().expire_histories(shutdown.clone())));
+        if bus.keeps_histories_in_memory() {
+            tasks.spawn(
+                "history expiry",
+                bus.clone().expire_histories(shutdown.clone()),
+            );
+        }
         let store = Arc::new(store);
 
         let (snapshot_requests, snapshot_queue) = snapshots::channel(SNAPSHOT_QUEUE);
@@ -173,9 +188,19 @@ impl Application {
             bus: bus.clone(),
             server_id: server_id.clone(),
         };
-        tasks.push(tokio::spawn(service.run(snapshot_queue, shutdown.clone())));
+        tasks.spawn("snapshots", service.run(snapshot_queue, shutdown.clone()));
 
+        let streams = Streams {
+            hub: hub.clone(),
+            bus: bus.clone(),
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            server_id: server_id.clone(),
+            max_streams_per_user: settings.max_streams_per_user,
+            max_replay: settings.max_replay,
+        };
         let state = web::Data::new(AppState {
+            streams,
             server_id: server_id.clone(),
             tokens,
             dev_tokens: settings.dev_tokens,
@@ -234,33 +259,64 @@ impl Application {
     /// Gracefully: readiness off, streams drained over the drain window, the HTTP server
     /// stopped once requests finish. Either way, background services stop and Redis is
     /// closed before this returns.
+    ///
+    /// A background task that ends while the instance serves (it panicked, or its
+    /// connection is gone for good) stops it as gracefully, and the result is an error
+    /// naming the task, so that the process exits non-zero and its supervisor restarts it.
     pub async fn run_until_stopped(self, stop: impl Future<Output = Stop>) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        let mut server = std::pin::pin!(self.server);
+        let Self {
+            server,
+            state,
+            redis,
+            drain_window,
+            shutdown,
+            mut tasks,
+            ..
+        } = self;
+        let handle = server.handle();
+        let mut server = std::pin::pin!(server);
+        let mut failed = None;
         let result = tokio::select! {
             result = &mut server => result,
-            how = stop => {
-                tracing::info!(?how, "shutting down");
-                let graceful = how == Stop::Graceful;
-                if graceful {
-                    self.state.readiness.start_draining();
-                    self.state.hub.drain(self.drain_window).await;
-                }
-                // The server future itself carries out the stop command: drive both.
-                let ((), result) = tokio::join!(handle.stop(graceful), server);
-                self.state.hub.close_all();
+            how = stop => Self::stop(&state, handle, server, how, drain_window).await,
+            ended = tasks.ended() => {
+                tracing::error!(task = ended.name, "{ended}; stopping the instance");
+                let result = Self::stop(&state, handle, server, Stop::Graceful, drain_window).await;
+                failed = Some(ended.to_string());
                 result
             }
         };
-        self.shutdown.cancel();
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        if let Some(redis) = &self.redis {
+        shutdown.cancel();
+        tasks.join_all().await;
+        if let Some(redis) = &redis {
             redis.quit().await;
         }
         tracing::info!("stopped");
-        result.context("HTTP server failed")
+        result.context("HTTP server failed")?;
+        match failed {
+            Some(failed) => Err(anyhow::anyhow!(failed)),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops serving as `how` says, driving the server's own future meanwhile (it carries
+    /// out the stop command).
+    async fn stop(
+        state: &AppState,
+        handle: actix_server::ServerHandle,
+        server: std::pin::Pin<&mut Server>,
+        how: Stop,
+        drain_window: Duration,
+    ) -> io::Result<()> {
+        tracing::info!(?how, "shutting down");
+        let graceful = how == Stop::Graceful;
+        if graceful {
+            state.readiness.start_draining();
+            state.hub.drain(drain_window).await;
+        }
+        let ((), result) = tokio::join!(handle.stop(graceful), server);
+        state.hub.close_all();
+        result
     }
 }
 
@@ -284,7 +340,11 @@ fn http_server(
     metrics_listener: Option<TcpListener>,
 ) -> anyhow::Result<Server> {
     let body_limit = settings.max_body_bytes;
-    let head_timeout = Duration::from_secs(settings.request_head_timeout_secs);
+    let timeouts = Timeouts {
+        head: Duration::from_secs(settings.request_head_timeout_secs),
+        body: Duration::from_secs(settings.request_body_timeout_secs),
+    };
+    let head_timeout = timeouts.head;
     let public_metrics = metrics_listener.is_none();
     let metrics_state = state.clone();
     let web_dir = settings.web_dir.clone();
@@ -309,6 +369,7 @@ fn http_server(
             .app_data(json)
             .app_data(query)
             .wrap(from_fn(access_log))
+            .wrap(from_fn(connection::rules))
             .route("/healthz", web::get().to(routes::healthz))
             .route("/readyz", web::get().to(routes::readyz))
             .configure(|cfg| {
@@ -325,16 +386,16 @@ fn http_server(
             .default_service(web::to(not_found));
         let http = HttpService::build()
             .keep_alive(KeepAlive::default())
-            .client_request_timeout(head_timeout)
+            .client_request_timeout(timeouts.head)
             .client_disconnect_timeout(Duration::from_secs(1))
             .local_addr(addr)
-            .finish(map_config(
+            .on_connect_ext(connection::on_connect)
+            .h1(map_config(
                 app.into_factory().map_err(|err| err.error_response()),
                 // The host and address actix-web would put here only matter to requests
                 // without a Host header, which this service never reads.
                 |()| AppConfig::default(),
-            ))
-            .tcp();
+            ));
         let state = state.clone();
         fn_factory(move || {
             let http = http.new_service(());
@@ -346,7 +407,7 @@ fn http_server(
                 Ok::<_, ()>(Connections {
                     http: Rc::new(http.await?),
                     state,
-                    head_timeout,
+                    timeouts,
                     shard,
                 })
             }
@@ -383,14 +444,14 @@ fn http_server(
 struct Connections<S> {
     http: Rc<S>,
     state: web::Data<AppState>,
-    head_timeout: Duration,
+    timeouts: Timeouts,
     /// This worker's shard of the hub.
     shard: ShardId,
 }
 
 impl<S> Service<TcpStream> for Connections<S>
 where
-    S: Service<TcpStream, Response = ()> + 'static,
+    S: Service<(Guarded, Option<SocketAddr>), Response = ()> + 'static,
 {
     type Response = ();
     type Error = S::Error;
@@ -401,7 +462,7 @@ where
     fn call(&self, io: TcpStream) -> Self::Future {
         let http = self.http.clone();
         let state = self.state.clone();
-        let head_timeout = self.head_timeout;
+        let timeouts = self.timeouts;
         let shard = self.shard;
         Box::pin(async move {
             // Events and API answers are small and latency is the point, on either
@@ -409,17 +470,20 @@ where
             let _ = io.set_nodelay(true);
             // Every future awaited here is boxed: this one is allocated for as long as
             // the connection lives, so it stays a few hundred bytes.
-            match Box::pin(direct::stream_request(&io, head_timeout)).await {
-                direct::Peeked::Stream(request) => {
+            match Box::pin(direct::stream_request(&io, timeouts.head)).await {
+                direct::Peeked::Stream(peek) => {
                     // Bound first: the opening future is freed before the stream runs
                     // (a temporary in the `if let` would live as long as the stream).
-                    let serving = Box::pin(direct::open(io, request, state, shard)).await;
+                    let serving = Box::pin(direct::open(io, peek, state, shard)).await;
                     if let Some(stream) = serving {
                         stream.await;
                     }
                     Ok(())
                 }
-                direct::Peeked::Other => Box::pin(http.call(io)).await,
+                direct::Peeked::Other => {
+                    let peer = io.peer_addr().ok();
+                    Box::pin(http.call((Guarded::new(io, timeouts), peer))).await
+                }
                 // The head did not arrive in time: one timeout, not actix's second one
                 // on top.
                 direct::Peeked::TimedOut => Ok(()),

@@ -1,4 +1,5 @@
-//! Who is calling: user tokens (JWTs) and publisher credentials.
+//! Who is calling: user tokens (JWTs) and publisher credentials. The HTTP side (reading
+//! them off a request) is `routes::extract`.
 //!
 //! Tokens are verified with whatever the deployment configures: an HS256 secret shared
 //! with the host application, a public key from a PEM file (RS256, ES256, EdDSA), or a
@@ -9,11 +10,9 @@
 
 use std::{
     borrow::Cow,
-    future::{Ready, ready},
     time::{Duration, SystemTime},
 };
 
-use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
 use anyhow::Context;
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation,
@@ -25,8 +24,6 @@ use subtle::ConstantTimeEq;
 use crate::{
     clock::epoch_secs,
     config::{KeyAlgorithm, Secret, Settings},
-    error::ApiError,
-    state::AppState,
 };
 
 /// The claims of every token this system signs or accepts.
@@ -69,6 +66,9 @@ pub enum AuthError {
          with a ticket from POST /api/stream-tickets"
     )]
     TokenInUrl,
+    /// A valid user token, where a publisher's credential is needed.
+    #[error("this token may not publish")]
+    MayNotPublish,
 }
 
 /// A user's verified credential: who, and until when (seconds since the Unix epoch). A
@@ -278,63 +278,26 @@ pub fn bearer_token(authorization: Option<&str>) -> Option<&str> {
         .filter(|token| !token.is_empty())
 }
 
-/// The user whose token the `Authorization` header carries.
-pub fn authenticate(tokens: &Tokens, authorization: Option<&str>) -> Result<Credential, ApiError> {
+/// The user whose token an `Authorization` header value carries.
+pub fn authenticate(tokens: &Tokens, authorization: Option<&str>) -> Result<Credential, AuthError> {
     let token = bearer_token(authorization).ok_or(AuthError::Missing)?;
-    Ok(tokens.credential(token)?)
+    tokens.credential(token)
 }
 
-fn state(req: &HttpRequest) -> Result<&AppState, ApiError> {
-    req.app_data::<web::Data<AppState>>()
-        .map(|data| data.get_ref())
-        .ok_or_else(|| ApiError::internal(&"AppState is not registered on the App"))
-}
-
-/// The `Authorization` header's value; `Some("")` when it is not readable text.
-pub fn authorization(req: &HttpRequest) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .map(|value| value.to_str().unwrap_or_default())
-}
-
-/// The user a valid token in the `Authorization` header names. Extracting it answers 401
-/// for a missing, forged or expired token.
-#[derive(Debug, Clone)]
-pub struct AuthenticatedUser(pub Credential);
-
-impl FromRequest for AuthenticatedUser {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(
-            state(req)
-                .and_then(|state| authenticate(&state.tokens, authorization(req)))
-                .map(AuthenticatedUser),
-        )
-    }
-}
-
-/// A caller allowed to publish: it presented the publish API key, or a token whose
-/// `publish` claim is true, in the `Authorization` header.
-#[derive(Debug, Clone)]
-pub struct Publisher;
-
-impl FromRequest for Publisher {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let result = state(req).and_then(|state| match bearer_token(authorization(req)) {
-            None => Err(ApiError::from(AuthError::Missing)),
-            Some(token) if matches_key(token, state.publish_key.as_ref()) => Ok(Publisher),
-            Some(token) => match state.tokens.verify(token) {
-                Ok(claims) if claims.publish => Ok(Publisher),
-                Ok(_) => Err(ApiError::Forbidden("this token may not publish")),
-                Err(e) => Err(e.into()),
-            },
-        });
-        ready(result)
+/// Whether an `Authorization` header value lets its bearer publish: the publish API key,
+/// or a token whose `publish` claim is true.
+pub fn authorize_publisher(
+    tokens: &Tokens,
+    publish_key: Option<&Secret>,
+    authorization: Option<&str>,
+) -> Result<(), AuthError> {
+    match bearer_token(authorization) {
+        None => Err(AuthError::Missing),
+        Some(token) if matches_key(token, publish_key) => Ok(()),
+        Some(token) => match tokens.verify(token)? {
+            claims if claims.publish => Ok(()),
+            _ => Err(AuthError::MayNotPublish),
+        },
     }
 }
 

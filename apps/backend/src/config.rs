@@ -11,7 +11,7 @@ use std::{
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 /// The longest `SERVER_ID`. Every event carries it, and the relays size their gate by it
-/// (see `bus::Admission`). A derived id (`<hostname>-<port>`) is at most 253 + 6.
+/// (see `admission`). A derived id (`<hostname>-<port>`) is at most 253 + 6.
 pub const MAX_SERVER_ID_CHARS: usize = 260;
 
 /// Signing secret used when dev tokens are on and no `JWT_SECRET` is given. Public on
@@ -155,9 +155,15 @@ pub struct Settings {
     #[arg(long, env = "MAX_REPLAY", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_replay: u64,
 
-    /// Seconds a new connection may take to send its request head, in all.
+    /// Seconds a client may take to send a request head, in all, from its first byte (on
+    /// every request of a connection).
     #[arg(long, env = "REQUEST_HEAD_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub request_head_timeout_secs: u64,
+
+    /// Seconds a client may take to send a request body, in all, once its head is read;
+    /// a later body is answered 408 and its connection closed.
+    #[arg(long, env = "REQUEST_BODY_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub request_body_timeout_secs: u64,
 
     /// Serve /metrics on this address only (e.g. 127.0.0.1:9100), not on the public port.
     #[arg(long, env = "METRICS_ADDR")]
@@ -354,7 +360,8 @@ impl Settings {
              stream_queue_size={} history_max_len={} history_max_age={}s \
              history_max_memory={}MiB drain={}s sse_retry={}ms \
              token_ttl={}s max_body={}B max_event={}B max_streams_per_user={} max_streams={} \
-             max_accounts_per_user={} max_replay={} request_head_timeout={}s metrics_addr={} \
+             max_accounts_per_user={} max_replay={} request_head_timeout={}s \
+             request_body_timeout={}s metrics_addr={} \
              jwt_public_key_file={} jwt_jwks_file={} jwt_audience={} jwt_issuer={} web_dir={} \
              workers={} log_format={:?}",
             self.host,
@@ -386,6 +393,7 @@ impl Settings {
             self.max_accounts_per_user,
             self.max_replay,
             self.request_head_timeout_secs,
+            self.request_body_timeout_secs,
             self.metrics_addr
                 .map_or_else(|| "public port".to_string(), |a| a.to_string()),
             shown(

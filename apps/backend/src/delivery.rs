@@ -22,10 +22,12 @@ use crate::{
     auth::Credential,
     bus::{Bus, BusError, HistoryRead, Topic},
     clock::now_millis,
-    error::ApiError,
-    hub::{CarrierEnd, Direct, EventStream, Frame, Notice, Published, Refused, ShardId, Socket},
+    hub::{
+        CarrierEnd, Direct, EventStream, Frame, Hub, Notice, Published, Refused, ShardId, Socket,
+    },
     metrics::{Metrics, ResumeOutcome},
-    state::AppState,
+    readiness::Readiness,
+    sequence::{LiveStep, live_step, position, position_mut},
 };
 
 /// Where a client asks its stream to resume: the `Last-Event-ID` header (sent by the
@@ -78,6 +80,39 @@ impl Naming {
     }
 }
 
+/// What opening a stream needs of the instance: its registry of streams, its bus and
+/// the limits, and nothing of HTTP.
+#[derive(Debug, Clone)]
+pub struct Streams {
+    pub hub: Hub,
+    pub bus: Arc<Bus>,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    /// This instance's name, in each stream's `stream.opened`.
+    pub server_id: String,
+    /// Streams one user may hold on this instance (what a refusal says).
+    pub max_streams_per_user: u64,
+    /// At most this many events are replayed in one catch-up.
+    pub max_replay: u64,
+}
+
+/// Why a stream was not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The instance is shutting down: the client should reconnect (elsewhere).
+    #[error("this instance is shutting down")]
+    Draining,
+    /// The user holds as many streams here as they may.
+    #[error("the user holds {limit} streams here already")]
+    UserLimit { limit: u64 },
+    /// The instance holds as many streams as it may.
+    #[error("this instance holds all the streams it may")]
+    InstanceFull,
+    /// Its history could not be read.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
 /// Opens a stream for the user of `credential`, whichever HTTP layer carries it:
 /// registers it with the hub, then works out where it starts. Its frames are a
 /// `stream.opened` naming this instance; when resuming, every event missed since
@@ -91,16 +126,14 @@ impl Naming {
 /// to directly while at rest; its carrier then reports to the returned [`CarrierEnd`].
 #[tracing::instrument(skip_all, fields(user_id = %credential.user_id))]
 pub async fn open(
-    state: &AppState,
+    streams: &Streams,
     credential: Credential,
     resume_from: Option<Result<Cursor, BadCursor>>,
     naming: Naming,
     socket: Option<(Arc<tokio::net::TcpStream>, ShardId)>,
-) -> Result<(impl Stream<Item = Frame> + use<>, CarrierEnd), ApiError> {
-    if state.readiness.is_draining() {
-        return Err(ApiError::Unavailable(
-            "this instance is shutting down; reconnect",
-        ));
+) -> Result<(impl Stream<Item = Frame> + use<>, CarrierEnd), OpenError> {
+    if streams.readiness.is_draining() {
+        return Err(OpenError::Draining);
     }
     let Credential {
         user_id,
@@ -113,32 +146,29 @@ pub async fn open(
                 io,
                 named: naming.is_named(),
             };
-            state.hub.open_direct(&user_id, Direct { socket, shard })
+            streams.hub.open_direct(&user_id, Direct { socket, shard })
         }
-        None => state.hub.open(&user_id),
+        None => streams.hub.open(&user_id),
     };
     let notices = registered.map_err(|refused| {
         let (reason, error) = match refused {
             Refused::UserLimit(_) => (
                 "user_limit",
-                ApiError::TooManyStreams {
-                    limit: state.limits.max_streams_per_user,
+                OpenError::UserLimit {
+                    limit: streams.max_streams_per_user,
                 },
             ),
-            Refused::InstanceFull(_) => (
-                "instance_full",
-                ApiError::Unavailable("this instance holds all the streams it may; try another"),
-            ),
+            Refused::InstanceFull(_) => ("instance_full", OpenError::InstanceFull),
         };
-        state.metrics.stream_refused(reason);
+        streams.metrics.stream_refused(reason);
         error
     })?;
     let context = StreamContext {
-        bus: state.bus.clone(),
-        metrics: state.metrics.clone(),
+        bus: streams.bus.clone(),
+        metrics: streams.metrics.clone(),
         user_id,
-        server_id: state.server_id.clone(),
-        max_replay: state.limits.max_replay,
+        server_id: streams.server_id.clone(),
+        max_replay: streams.max_replay,
     };
 
     let owner = events::owner_tag(&context.user_id);
@@ -160,22 +190,32 @@ pub async fn open(
             (requested, cursor, outcome)
         }
         Start::Resync(reason) => {
-            let head = context.head_cursor(owner).await?;
+            // Where the client stands is unknown: say so once per history, then send
+            // everything still kept, as for a cursor of this user's that history
+            // trimmed past.
+            let start = Cursor {
+                owner,
+                ..Cursor::default()
+            };
+            let mut cursor = start;
             for scope in [ResyncScope::User, ResyncScope::Broadcast] {
-                opening.push(context.resync_frame(scope, reason, &head));
+                let caught_up = context
+                    .catch_up_from(&mut cursor, scope, Some(reason))
+                    .await?;
+                opening.extend(caught_up.frames);
             }
-            (head, head, ResumeOutcome::resync)
+            (start, cursor, ResumeOutcome::resync)
         }
     };
-    state.metrics.resumed(outcome);
+    streams.metrics.resumed(outcome);
 
     let opened = Envelope {
-        server_id: Some(state.server_id.clone()),
+        server_id: Some(streams.server_id.clone()),
         ..Envelope::new(
             context.user_id.clone(),
             event_type::STREAM_OPENED,
             Payload::of(&StreamOpened {
-                server_id: state.server_id.clone(),
+                server_id: streams.server_id.clone(),
                 user_id: context.user_id.clone(),
             })
             .unwrap_or_default(),
@@ -229,7 +269,7 @@ pub struct StreamContext {
 
 /// The frames that bring a stream up to date, and what kind of catching up it was.
 #[derive(Debug)]
-pub struct CatchUp {
+pub struct CaughtUp {
     pub frames: Vec<Frame>,
     pub outcome: ResumeOutcome,
 }
@@ -255,7 +295,19 @@ impl StreamContext {
         &self,
         cursor: &mut Cursor,
         scope: ResyncScope,
-    ) -> Result<CatchUp, BusError> {
+    ) -> Result<CaughtUp, BusError> {
+        self.catch_up_from(cursor, scope, None).await
+    }
+
+    /// [`StreamContext::catch_up`], resyncing for `unknown` (why the client's own
+    /// position cannot be trusted) even where the history alone would not: exactly one
+    /// `stream.resync`, then every kept event after the cursor.
+    async fn catch_up_from(
+        &self,
+        cursor: &mut Cursor,
+        scope: ResyncScope,
+        unknown: Option<&'static str>,
+    ) -> Result<CaughtUp, BusError> {
         let topic = self.topic(scope);
         let at = position(cursor, scope);
         let limit = self.read_limit();
@@ -272,6 +324,9 @@ impl StreamContext {
                 resync_to: from,
                 ..again
             };
+        }
+        if step.resync.is_none() {
+            step.resync = unknown;
         }
 
         let mut frames = Vec::with_capacity(step.replay.len() + 1);
@@ -295,7 +350,7 @@ impl StreamContext {
         } else {
             ResumeOutcome::replayed
         };
-        Ok(CatchUp { frames, outcome })
+        Ok(CaughtUp { frames, outcome })
     }
 
     fn delivered(&self, event_type: &str) {
@@ -404,7 +459,7 @@ impl StreamContext {
                         LiveStep::Skip => continue,
                         LiveStep::Send { with_id } => {
                             notices.set_cursor(cursor);
-                            count_delivered(&self.metrics, published, 1);
+                            published.count_delivered(&self.metrics, 1);
                             yield published.frame(with_id.then(|| cursor.to_string()));
                             continue;
                         }
@@ -425,107 +480,6 @@ impl StreamContext {
                 notices.set_cursor(cursor);
             }
         }
-    }
-}
-
-/// What a stream does with a live event, given where it stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LiveStep {
-    /// Send it, with the cursor (already moved past it) as its `id:`, or without an id
-    /// for a message that bypassed the backend and so has no position.
-    Send { with_id: bool },
-    /// Sent already (from history, at the seam).
-    Skip,
-    /// Events are missing before it, or its history restarted: catch up from that
-    /// history first (which has this event too).
-    Repair(ResyncScope),
-}
-
-/// Decides what a stream at `cursor` does with `published`, moving the cursor past it
-/// when it is sent. The one rule for every live event, whether the stream's task
-/// handles it or the hub writes it directly.
-pub(crate) fn live_step(cursor: &mut Cursor, published: &Published) -> LiveStep {
-    let scope = if published.broadcast {
-        ResyncScope::Broadcast
-    } else {
-        ResyncScope::User
-    };
-    let Some(p) = published.position else {
-        return LiveStep::Send { with_id: false };
-    };
-    match arrival(position(cursor, scope), p) {
-        Arrival::Duplicate => LiveStep::Skip,
-        Arrival::Next => {
-            *position_mut(cursor, scope) = p;
-            LiveStep::Send { with_id: true }
-        }
-        Arrival::Gap => LiveStep::Repair(scope),
-    }
-}
-
-/// Counts a live event on its way to `streams` connections, with its delivery latency.
-/// Called once for all the streams a dispatcher wrote it to: the counters are shared by
-/// every worker, and one update per stream from two threads at once would make their
-/// cache line travel between cores for each.
-pub(crate) fn count_delivered(metrics: &Metrics, published: &Published, streams: u64) {
-    match &published.delivered {
-        Some(counter) => {
-            counter.inc_by(streams);
-        }
-        None => {
-            metrics
-                .events_delivered
-                .get_or_create(&metrics.event_labels(&published.event_type))
-                .inc_by(streams);
-        }
-    }
-    if let Some(at) = published.published_at {
-        let latency = now_millis().saturating_sub(at) as f64 / 1000.0;
-        for _ in 0..streams {
-            metrics.delivery_latency.observe(latency);
-        }
-    }
-}
-
-fn position(cursor: &Cursor, scope: ResyncScope) -> Position {
-    match scope {
-        ResyncScope::User => cursor.user,
-        ResyncScope::Broadcast => cursor.broadcast,
-    }
-}
-
-fn position_mut(cursor: &mut Cursor, scope: ResyncScope) -> &mut Position {
-    match scope {
-        ResyncScope::User => &mut cursor.user,
-        ResyncScope::Broadcast => &mut cursor.broadcast,
-    }
-}
-
-/// How a live event at `p` relates to a stream at `at` in the same history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Arrival {
-    /// Sent already.
-    Duplicate,
-    /// The very next one: send it.
-    Next,
-    /// Events are missing before it, or the history restarted.
-    Gap,
-}
-
-/// Pure, like [`reconcile`], and with its notion of one history's life: a stream that
-/// opened before anything was published (at the default position) is in the life of
-/// whatever epoch comes first, so the first event ever published reaches it directly
-/// instead of sending every open stream to history at once.
-fn arrival(at: Position, p: Position) -> Arrival {
-    let same_life = p.epoch == at.epoch || at == Position::default();
-    if !same_life {
-        Arrival::Gap
-    } else if p.seq <= at.seq {
-        Arrival::Duplicate
-    } else if Some(p.seq) == at.seq.checked_add(1) {
-        Arrival::Next
-    } else {
-        Arrival::Gap
     }
 }
 
@@ -712,27 +666,6 @@ mod tests {
             reconcile(Position::default(), &HistoryRead::default(), ALL).resync,
             None
         );
-    }
-
-    #[test]
-    fn live_events_are_sent_in_sequence_and_gaps_go_to_history() {
-        let at = Position::new(E, 5);
-        assert_eq!(arrival(at, Position::new(E, 4)), Arrival::Duplicate);
-        assert_eq!(arrival(at, Position::new(E, 5)), Arrival::Duplicate);
-        assert_eq!(arrival(at, Position::new(E, 6)), Arrival::Next);
-        assert_eq!(arrival(at, Position::new(E, 8)), Arrival::Gap);
-        // The history restarted: what this stream missed of the old one is unknown.
-        assert_eq!(arrival(at, Position::new(E + 1, 1)), Arrival::Gap);
-        // The largest cursor a client can send is no exception.
-        let far = Position::new(E, u64::MAX);
-        assert_eq!(arrival(far, Position::new(E, 1)), Arrival::Duplicate);
-    }
-
-    #[test]
-    fn the_first_event_ever_reaches_streams_opened_before_it_directly() {
-        let never = Position::default();
-        assert_eq!(arrival(never, Position::new(E, 1)), Arrival::Next);
-        assert_eq!(arrival(never, Position::new(E, 3)), Arrival::Gap);
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! here), within the one request-head timeout: a connection whose head has not arrived by
 //! then is closed here, not handed to actix-web to wait out a second timeout.
 //!
-//! Both carriers open the stream with [`delivery::open`], answer errors with
+//! Both carriers read the request into one `carrier::StreamRequest` and open it the same
+//! way (`delivery::open`), answer errors with
 //! [`ApiError`]'s responses and encode frames with the same SSE encoder (russe, which
 //! actix-web-lab uses). This one ends the body by closing the connection instead of
 //! chunking it: a stream's connection is never reused anyway.
@@ -33,25 +34,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix_web::{ResponseError, body::to_bytes, web};
+use actix_web::{ResponseError, body::to_bytes, http::Version, web};
 use bytes::{Buf, BytesMut};
 use futures_util::{FutureExt, Stream, StreamExt};
 use russe::Encoder;
 use std::time::Duration as StdDuration;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::{io::AsyncReadExt, net::TcpStream};
 use tokio_util::codec::Encoder as _;
 
 use crate::{
-    delivery,
-    error::ApiError,
-    frame::Frame,
-    hub::{CarrierEnd, ShardId},
-    metrics::Carrier,
-    state::AppState,
-    telemetry, tickets,
+    carrier::StreamRequest, connection, error::ApiError, frame::Frame, hub::CarrierEnd,
+    hub::ShardId, metrics::Carrier, state::AppState, telemetry,
 };
 
 /// The path this module serves.
@@ -62,6 +55,9 @@ const PEEK_LIMIT: usize = 16 * 1024;
 
 /// The first peek's size: most request heads fit.
 const FIRST_PEEK: usize = 1024;
+
+/// How long a refused client may take to read its error response.
+const ERROR_STALL: Duration = Duration::from_secs(5);
 
 /// Frames queued on a stream are written together, up to about this many bytes a write.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -85,22 +81,17 @@ fn date_line() -> String {
 
 /// A stream request read off a connection's first bytes.
 #[derive(Debug, PartialEq, Eq)]
-pub struct StreamRequest {
+pub struct Peek {
     /// The bytes of the request head, to consume once the connection is ours.
     head_len: usize,
-    query: String,
-    /// `Some("")` when present but not text.
-    authorization: Option<String>,
-    last_event_id: Option<String>,
-    /// Every `Cookie` header, joined.
-    cookies: Option<String>,
+    request: StreamRequest,
 }
 
 /// What the first request of a new connection is.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Peeked {
     /// A stream request this module serves.
-    Stream(StreamRequest),
+    Stream(Peek),
     /// Anything else: the connection goes, unread, to actix-web.
     Other,
     /// The head did not arrive within the timeout: close the connection.
@@ -145,7 +136,7 @@ pub async fn stream_request(io: &TcpStream, timeout: Duration) -> Peeked {
 }
 
 enum Parsed {
-    Stream(StreamRequest),
+    Stream(Peek),
     Other,
 }
 
@@ -169,12 +160,24 @@ fn parse(bytes: &[u8]) -> Option<Parsed> {
     if path != PATH {
         return Some(Parsed::Other);
     }
+    // One set of HTTP rules for both carriers: a request with bad hosts is actix-web's
+    // to answer, as every other request is (`connection::rules`).
+    let version = if request.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let hosts = request
+        .headers
+        .iter()
+        .filter(|header| header.name.eq_ignore_ascii_case("host"))
+        .map(|header| header.value);
+    if !connection::valid_hosts(version, hosts) {
+        return Some(Parsed::Other);
+    }
     let mut stream = StreamRequest {
-        head_len,
         query: query.to_string(),
-        authorization: None,
-        last_event_id: None,
-        cookies: None,
+        ..StreamRequest::default()
     };
     for header in request.headers.iter() {
         let value = || {
@@ -197,14 +200,13 @@ fn parse(bytes: &[u8]) -> Option<Parsed> {
         } else if name.eq_ignore_ascii_case("last-event-id") && stream.last_event_id.is_none() {
             stream.last_event_id = value();
         } else if name.eq_ignore_ascii_case("cookie") {
-            let cookie = std::str::from_utf8(header.value).unwrap_or_default();
-            stream.cookies = Some(match stream.cookies.take() {
-                Some(before) => format!("{before}; {cookie}"),
-                None => cookie.to_string(),
-            });
+            stream.add_cookies(std::str::from_utf8(header.value).unwrap_or_default());
         }
     }
-    Some(Parsed::Stream(stream))
+    Some(Parsed::Stream(Peek {
+        head_len,
+        request: stream,
+    }))
 }
 
 /// A stream being served: drive it until it ends.
@@ -216,14 +218,14 @@ pub type Serving = Pin<Box<dyn Future<Output = ()>>>;
 /// two keep-alive periods). The stream joins `shard`, its worker's.
 pub async fn open(
     mut io: TcpStream,
-    request: StreamRequest,
+    peek: Peek,
     state: web::Data<AppState>,
     shard: ShardId,
 ) -> Option<Serving> {
     let started = Instant::now();
-    discard(&mut io, request.head_len).await.ok()?;
+    discard(&mut io, peek.head_len).await.ok()?;
     let io = Arc::new(io);
-    let opened = open_frames(&state, &request, (io.clone(), shard)).await;
+    let opened = peek.request.open(&state, Some((io.clone(), shard))).await;
     let status = match &opened {
         Ok(_) => 200,
         Err(error) => error.status_code().as_u16(),
@@ -246,31 +248,12 @@ pub async fn open(
             ))
         }
         Err(error) => {
-            // Refused streams never registered: the socket is ours alone again.
-            if let Ok(mut io) = Arc::try_unwrap(io) {
-                let _ = respond_with_error(&mut io, &error).await;
-            }
+            // The stream never opened, or opened and was dropped with the error: nothing
+            // else writes to the socket, and this handle answers through it.
+            let _ = respond_with_error(&io, &error).await;
             None
         }
     }
-}
-
-/// Authenticates `request` and opens its stream.
-async fn open_frames(
-    state: &AppState,
-    request: &StreamRequest,
-    socket: (Arc<TcpStream>, ShardId),
-) -> Result<(impl Stream<Item = Frame> + use<>, CarrierEnd), ApiError> {
-    let credential = tickets::authenticate_stream(
-        state,
-        request.authorization.as_deref(),
-        &request.query,
-        request.cookies.as_deref(),
-    )
-    .await?;
-    let resume_from = delivery::resume_point(request.last_event_id.as_deref(), &request.query);
-    let naming = delivery::Naming::from_query(&request.query);
-    delivery::open(state, credential, resume_from, naming, Some(socket)).await
 }
 
 /// Reads and drops the `len` bytes of the request head, which were only peeked at.
@@ -376,41 +359,43 @@ fn encode(event: russe::Event, out: &mut BytesMut) {
 }
 
 /// Writes `error`'s response, as actix-web would have written it, and ends the
-/// connection.
-async fn respond_with_error(io: &mut TcpStream, error: &ApiError) -> io::Result<()> {
+/// connection (its sending half; the socket closes when its last handle drops).
+async fn respond_with_error(io: &TcpStream, error: &ApiError) -> io::Result<()> {
     let response = error.error_response();
     let status = response.status();
-    let mut head = format!(
+    let mut out = format!(
         "HTTP/1.1 {} {}\r\n",
         status.as_str(),
         status.canonical_reason().unwrap_or_default()
     );
     for (name, value) in response.headers() {
-        head.push_str(name.as_str());
-        head.push_str(": ");
-        head.push_str(value.to_str().unwrap_or_default());
-        head.push_str("\r\n");
+        out.push_str(name.as_str());
+        out.push_str(": ");
+        out.push_str(value.to_str().unwrap_or_default());
+        out.push_str("\r\n");
     }
     let body = to_bytes(response.into_body())
         .await
         .map_err(|_| io::Error::other("error body"))?;
-    head.push_str(&date_line());
-    head.push_str(&format!(
+    out.push_str(&date_line());
+    out.push_str(&format!(
         "content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     ));
-    io.write_all(head.as_bytes()).await?;
-    io.write_all(&body).await?;
-    io.shutdown().await
+    let mut out = BytesMut::from(out.as_bytes());
+    out.extend_from_slice(&body);
+    write_out(io, &mut out, ERROR_STALL).await?;
+    socket2::SockRef::from(io).shutdown(std::net::Shutdown::Write)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
-    fn parsed(head: &str) -> Option<StreamRequest> {
+    fn parsed(head: &str) -> Option<Peek> {
         match parse(head.as_bytes()) {
-            Some(Parsed::Stream(request)) => Some(request),
+            Some(Parsed::Stream(peek)) => Some(peek),
             Some(Parsed::Other) | None => None,
         }
     }
@@ -422,12 +407,14 @@ mod tests {
                     Cookie: st_abc=s\r\n\r\n";
         assert_eq!(
             parsed(head),
-            Some(StreamRequest {
+            Some(Peek {
                 head_len: head.len(),
-                query: "ticket=abc&lastEventId=1-2.3-4".into(),
-                authorization: Some("Bearer t".into()),
-                last_event_id: Some("5-6.7-8".into()),
-                cookies: Some("a=1; st_abc=s".into()),
+                request: StreamRequest {
+                    query: "ticket=abc&lastEventId=1-2.3-4".into(),
+                    authorization: Some("Bearer t".into()),
+                    last_event_id: Some("5-6.7-8".into()),
+                    cookies: Some("a=1; st_abc=s".into()),
+                },
             })
         );
         assert!(
@@ -453,10 +440,10 @@ mod tests {
             client.write_all(head.as_bytes()).await.expect("writes");
             let peeked = stream_request(&server, Duration::from_secs(5)).await;
             match peeked {
-                Peeked::Stream(request) => {
+                Peeked::Stream(peek) => {
                     assert!(served_here, "{cookie_len}");
-                    assert_eq!(request.cookies, Some(cookie));
-                    assert_eq!(request.head_len, head.len());
+                    assert_eq!(peek.request.cookies, Some(cookie));
+                    assert_eq!(peek.head_len, head.len());
                 }
                 Peeked::Other => assert!(!served_here, "{cookie_len}"),
                 Peeked::TimedOut => panic!("the head was all there"),
@@ -478,6 +465,10 @@ mod tests {
             "GET /api/events HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
             // Not HTTP.
             "\x16\x03\x01 hello",
+            // No Host, two, or one that is not a host.
+            "GET /api/events HTTP/1.1\r\n\r\n",
+            "GET /api/events HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET /api/events HTTP/1.1\r\nHost: a b\r\n\r\n",
         ] {
             assert_eq!(parsed(head), None, "{head:?}");
         }

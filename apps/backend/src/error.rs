@@ -6,12 +6,15 @@
 
 use actix_web::{
     HttpResponse, ResponseError,
-    error::{JsonPayloadError, QueryPayloadError},
+    error::{JsonPayloadError, PayloadError, QueryPayloadError},
     http::{StatusCode, header},
 };
 use events::{ErrorBody, ErrorDetail, ValidationError};
 
-use crate::{auth::AuthError, bus::BusError, store::StoreError, tickets::TicketError};
+use crate::{
+    admission::Breach, auth::AuthError, bus::BusError, delivery::OpenError, store::StoreError,
+    tickets::TicketError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -26,16 +29,22 @@ pub enum ApiError {
     Validation(#[from] ValidationError),
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The request body did not arrive in time (`REQUEST_BODY_TIMEOUT_SECS`).
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("event data exceeds {limit} bytes")]
     EventTooLarge { limit: u64 },
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
     #[error("{0}")]
-    Unauthorized(#[from] AuthError),
+    Unauthorized(AuthError),
     #[error("{0}")]
     Forbidden(&'static str),
     #[error("no such route")]
     NotFound,
+    /// The request has no `Host`, several, or one that is not a host (RFC 9112 §3.2).
+    #[error("a request must have exactly one valid Host header")]
+    BadHost,
     /// The caller holds as many streams as it may on this instance.
     #[error("too many open streams for this user (at most {limit} per instance)")]
     TooManyStreams { limit: u64 },
@@ -74,10 +83,12 @@ impl ApiError {
             Self::InvalidBody(_) => "invalid_body",
             Self::Validation(_) => "validation_failed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::RequestTimeout => "request_timeout",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound => "not_found",
+            Self::BadHost => "bad_host",
             Self::EventTooLarge { .. } => "event_too_large",
             Self::TooManyStreams { .. } => "too_many_streams",
             Self::TooManyTickets { .. } => "too_many_tickets",
@@ -94,6 +105,12 @@ impl ApiError {
                 Self::PayloadTooLarge { limit }
             }
             JsonPayloadError::ContentType => Self::UnsupportedMediaType,
+            // The deadline `connection::rules` gives every body.
+            JsonPayloadError::Payload(PayloadError::Io(io))
+                if io.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                Self::RequestTimeout
+            }
             JsonPayloadError::Deserialize(e) if e.is_syntax() || e.is_eof() => {
                 Self::MalformedJson(e.to_string())
             }
@@ -110,13 +127,14 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::MalformedJson(_) | Self::InvalidBody(_) | Self::Validation(_) => {
+            Self::MalformedJson(_) | Self::InvalidBody(_) | Self::Validation(_) | Self::BadHost => {
                 StatusCode::BAD_REQUEST
             }
             Self::PayloadTooLarge { .. } | Self::EventTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -182,8 +200,47 @@ impl From<BusError> for ApiError {
             BusError::Stopping => Self::Unavailable("this instance is shutting down; reconnect"),
             BusError::NotReplicated { .. } => {
                 tracing::warn!(error = %err, "publish not acknowledged by enough replicas");
-                Self::Unavailable("the event could not be stored durably now; retry")
+                // The event is in the history already, and is delivered if a replica
+                // takes it later: a retry must not publish it twice.
+                Self::Unavailable(
+                    "replicas did not acknowledge the event in time; it may have been published: \
+                     retry with the same Idempotency-Key",
+                )
             }
+        }
+    }
+}
+
+impl From<OpenError> for ApiError {
+    fn from(error: OpenError) -> Self {
+        match error {
+            OpenError::Draining => Self::Unavailable("this instance is shutting down; reconnect"),
+            OpenError::UserLimit { limit } => Self::TooManyStreams { limit },
+            OpenError::InstanceFull => {
+                Self::Unavailable("this instance holds all the streams it may; try another")
+            }
+            OpenError::Bus(bus) => Self::from(bus),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::MayNotPublish => Self::Forbidden("this token may not publish"),
+            other => Self::Unauthorized(other),
+        }
+    }
+}
+
+impl From<Breach> for ApiError {
+    fn from(breach: Breach) -> Self {
+        match breach {
+            Breach::TooLarge { limit } => Self::EventTooLarge { limit },
+            _ => Self::Validation(ValidationError {
+                field: breach.field(),
+                message: breach.to_string(),
+            }),
         }
     }
 }
@@ -196,6 +253,7 @@ impl From<TicketError> for ApiError {
             TicketError::UserLimit => Self::TooManyTickets {
                 limit: crate::tickets::MAX_TICKETS_PER_USER,
             },
+            TicketError::Refused(auth) => Self::from(auth.clone()),
         }
     }
 }

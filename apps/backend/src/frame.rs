@@ -9,6 +9,8 @@ use events::{Envelope, Position};
 use prometheus_client::metrics::counter::Counter;
 use tokio_util::codec::Encoder as _;
 
+use crate::{clock::now_millis, metrics::Metrics};
+
 /// An event as the hub fans it out: its position and its `event:` and `data:` fields,
 /// already encoded. The `id:` is per stream (it carries the stream's whole cursor).
 #[derive(Debug)]
@@ -58,6 +60,30 @@ impl Published {
                 frame.encode(&mut out).then(|| out.freeze())
             })
             .as_ref()
+    }
+
+    /// Counts this event as delivered live to `streams` connections, with its delivery
+    /// latency. Called once for all the streams one dispatcher pass or one relay call
+    /// wrote it to: the counters are shared by every worker, and one update per stream
+    /// from two threads at once would make their cache line travel between cores for
+    /// each. The latency is observed once per such batch (prometheus-client's histogram
+    /// has no weighted observation), so `event_delivery_latency_seconds` counts batches.
+    pub fn count_delivered(&self, metrics: &Metrics, streams: u64) {
+        match &self.delivered {
+            Some(counter) => {
+                counter.inc_by(streams);
+            }
+            None => {
+                metrics
+                    .events_delivered
+                    .get_or_create(&metrics.event_labels(&self.event_type))
+                    .inc_by(streams);
+            }
+        }
+        if let Some(at) = self.published_at {
+            let latency = now_millis().saturating_sub(at) as f64 / 1000.0;
+            metrics.delivery_latency.observe(latency);
+        }
     }
 
     /// The SSE frame, with `id` if given.

@@ -2,11 +2,14 @@
 //!
 //! [`Application`] assembles an instance; `main` only reads settings, binds, and runs it.
 
+pub mod admission;
 mod app;
 pub mod auth;
 pub mod bus;
+mod carrier;
 mod clock;
 pub mod config;
+mod connection;
 mod delivery;
 mod direct;
 mod error;
@@ -17,9 +20,11 @@ mod query;
 pub mod readiness;
 mod redis;
 mod routes;
+mod sequence;
 pub mod snapshots;
 mod state;
 pub mod store;
+mod tasks;
 pub mod telemetry;
 mod tickets;
 

@@ -88,7 +88,9 @@ pub struct Metrics {
     pub slow_consumer_disconnects: Counter,
     pub events_published: Family<EventLabels, Counter>,
     pub events_delivered: Family<EventLabels, Counter>,
-    /// From `publishedAt` to the frame being handed to the connection, live events only.
+    /// From `publishedAt` to the frame being handed to the connection, live events only:
+    /// one observation per batch of streams written together (a dispatcher pass, a
+    /// user's streams), not per stream.
     pub delivery_latency: Histogram,
     pub redis_reconnects: Counter,
     pub probe_round_trip: Gauge<f64, AtomicU64>,
@@ -110,6 +112,8 @@ pub struct Metrics {
     pub subscription_batches: Counter,
     /// Times the Redis Cluster's slots were seen to have moved (reshard, failover).
     pub slots_moved: Counter,
+    /// Times arriving users overflowed their queue (see `hub::Hub::missed_arrivals`).
+    pub arrivals_missed: Counter,
     seen_event_types: Mutex<HashSet<String>>,
 }
 
@@ -144,6 +148,7 @@ impl Metrics {
             subscription_commands: Family::default(),
             subscription_batches: Counter::default(),
             slots_moved: Counter::default(),
+            arrivals_missed: Counter::default(),
             seen_event_types: Mutex::new(HashSet::new()),
         };
         let r = &mut metrics.registry;
@@ -179,7 +184,8 @@ impl Metrics {
         );
         r.register(
             "event_delivery_latency_seconds",
-            "Time from publication to the frame reaching the connection, live events",
+            "Time from publication to the frame reaching the connections, live events, one \
+             observation per batch of streams written together",
             metrics.delivery_latency.clone(),
         );
         r.register(
@@ -244,6 +250,12 @@ impl Metrics {
             "Times the Redis Cluster's slots were seen to have moved (reshard, failover): \
              subscriptions renewed and streams caught up",
             metrics.slots_moved.clone(),
+        );
+        r.register(
+            "hub_arrivals_missed",
+            "Times users arrived faster than the subscriptions took them, so that the queue \
+             of arrivals was full: the subscriptions then took every user holding a stream",
+            metrics.arrivals_missed.clone(),
         );
         metrics
     }

@@ -3,8 +3,9 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    auth::Tokens, bus::Bus, config::Secret, config::Settings, hub::Hub, metrics::Metrics,
-    readiness::Readiness, snapshots::SnapshotRequests, store::Store, tickets::Tickets,
+    admission::Rules, auth::Tokens, bus::Bus, config::Secret, config::Settings, delivery::Streams,
+    hub::Hub, metrics::Metrics, readiness::Readiness, snapshots::SnapshotRequests, store::Store,
+    tickets::Tickets,
 };
 
 /// What one caller may use, from the settings.
@@ -17,6 +18,13 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The rules events and control messages are admitted by.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            max_event_bytes: self.max_event_bytes,
+        }
+    }
+
     pub fn from_settings(settings: &Settings) -> Self {
         Self {
             max_streams_per_user: settings.max_streams_per_user,
@@ -37,6 +45,8 @@ pub struct AppState {
     pub publish_key: Option<Secret>,
     pub hub: Hub,
     pub bus: Arc<Bus>,
+    /// What opening a stream needs (the hub, the bus and the limits again).
+    pub streams: Streams,
     pub store: Arc<Store>,
     pub snapshots: SnapshotRequests,
     /// Stream tickets waiting to be redeemed.

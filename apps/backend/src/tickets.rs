@@ -29,10 +29,8 @@ use fred::{
 use subtle::ConstantTimeEq;
 
 use crate::{
-    auth::{self, AuthError, Credential},
+    auth::{self, AuthError, Credential, Tokens},
     clock,
-    error::ApiError,
-    state::AppState,
 };
 
 /// How long a ticket can be redeemed after it is issued.
@@ -90,6 +88,9 @@ pub enum TicketError {
     Full,
     #[error("this user was issued {MAX_TICKETS_PER_USER} stream tickets in the last 30 s")]
     UserLimit,
+    /// The stream request's credential (token or ticket) was refused.
+    #[error("{0}")]
+    Refused(#[from] AuthError),
 }
 
 #[derive(Debug)]
@@ -181,13 +182,14 @@ impl Tickets {
 /// `Authorization` header (for clients that can send one), else a stream ticket (its
 /// handle in the query, its secret in the cookie named after it), redeemed here.
 pub async fn authenticate_stream(
-    state: &AppState,
+    tokens: &Tokens,
+    tickets: &Tickets,
     authorization: Option<&str>,
     query: &str,
     cookies: Option<&str>,
-) -> Result<Credential, ApiError> {
+) -> Result<Credential, TicketError> {
     if authorization.is_some() {
-        return auth::authenticate(&state.tokens, authorization);
+        return Ok(auth::authenticate(tokens, authorization)?);
     }
     let Some(handle) = crate::query::param(query, "ticket") else {
         return Err(if crate::query::param(query, "token").is_some() {
@@ -200,8 +202,7 @@ pub async fn authenticate_stream(
     let secret = cookies
         .and_then(|cookies| secret_from_cookies(cookies, &handle))
         .ok_or(AuthError::BadTicket)?;
-    let credential = state
-        .tickets
+    let credential = tickets
         .redeem(&handle, secret)
         .await?
         .ok_or(AuthError::BadTicket)?;

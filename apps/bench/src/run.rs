@@ -347,6 +347,9 @@ async fn publish(
     let in_flight = Arc::new(Semaphore::new(256));
     let rng = Mutex::new(0x2545_F491_4F6C_DD1D_u64);
     let started = Instant::now();
+    // Every publish carries an Idempotency-Key, as a publisher should (a 503 may have
+    // published): this run's start time makes the keys of two runs differ.
+    let run = now_ms();
     let mut sent: u64 = 0;
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -391,6 +394,7 @@ async fn publish(
             let request = client
                 .post(url)
                 .bearer_auth(&scenario.publish_key)
+                .header("idempotency-key", format!("bench-{run}-{sent}"))
                 .json(&body);
             let (accepted, broadcasts, failed) =
                 (accepted.clone(), broadcasts.clone(), failed.clone());

@@ -7,6 +7,7 @@
 //! browser client share one definition.
 
 mod api;
+mod control;
 mod cursor;
 mod envelope;
 pub mod event_type;
@@ -19,6 +20,7 @@ pub use api::{
     Snapshot, SnapshotsGenerated, StreamEnded, StreamOpened, StreamTicket, TokenRequest,
     TokenResponse, ValidationError,
 };
+pub use control::{CONTROL_CHANNEL, Control};
 pub use cursor::{BadCursor, Cursor, Position, owner_tag};
 pub use envelope::{BROADCAST_USER_ID, Envelope, SYSTEM_EVENTS_CHANNEL, USER_EVENTS_CHANNEL};
 pub use payload::{MAX_PAYLOAD_DEPTH, Payload};

@@ -144,8 +144,12 @@ impl LocalBus {
         *bytes += cost(&envelope);
         ring.events.push_back(envelope.clone());
         *bytes = bytes.saturating_sub(ring.trim(self.retention, now));
-        self.hub.deliver(&envelope);
         self.evict(&mut state);
+        // Delivered once the histories' lock is let go: delivering writes to sockets,
+        // and every publish and every history read waits on that lock. In the history
+        // before it is delivered, so a stream that finds a gap reads it there.
+        drop(state);
+        self.hub.deliver(&envelope);
         Publication::Published(envelope)
     }
 

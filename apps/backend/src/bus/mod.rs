@@ -12,28 +12,15 @@ mod subscriptions;
 
 use std::{sync::Arc, time::Duration};
 
-use events::{BROADCAST_USER_ID, Envelope, Position};
+use events::{BROADCAST_USER_ID, Control, Envelope, Position};
 use tokio_util::sync::CancellationToken;
 
 use crate::{clock::now_millis, metrics::Metrics};
 
 pub use self::{
     local::LocalBus,
-    redis::{Admission, Listening, RedisBus, Rejection, start_relay},
+    redis::{Listening, RedisBus, start_relay},
 };
-
-/// The Redis Pub/Sub channel on which instances tell each other to act on streams
-/// (every instance subscribes).
-pub const CONTROL_CHANNEL: &str = "stream-control";
-
-/// What one instance asks every instance to do, on [`CONTROL_CHANNEL`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase", tag = "action")]
-pub enum Control {
-    /// End every stream of `user_id`, telling it `reason`.
-    #[serde(rename_all = "camelCase")]
-    Disconnect { user_id: String, reason: String },
-}
 
 /// The bus of one instance: an engine, and what it stamps and counts on the way.
 #[derive(Debug)]
@@ -188,8 +175,14 @@ impl Bus {
         Ok(publication)
     }
 
+    /// Whether histories are kept in this process, and so must be swept
+    /// ([`Bus::expire_histories`]); Redis expires its keys itself.
+    pub fn keeps_histories_in_memory(&self) -> bool {
+        matches!(self.engine, Engine::Local(_))
+    }
+
     /// Drops expired histories every [`SWEEP_INTERVAL`] until `shutdown`. Only the
-    /// in-process bus needs it: Redis expires its keys itself.
+    /// in-process bus needs it (returns at once for the other).
     pub async fn expire_histories(self: Arc<Self>, shutdown: CancellationToken) {
         let Engine::Local(bus) = &self.engine else {
             return;

@@ -85,11 +85,7 @@ impl Subscriptions {
     }
 
     /// Subscribes for each arrival, and sweeps, until `shutdown`.
-    pub async fn run(
-        mut self,
-        mut arrivals: mpsc::UnboundedReceiver<String>,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(mut self, mut arrivals: mpsc::Receiver<String>, shutdown: CancellationToken) {
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_batch = Instant::now() - BATCH_WINDOW;
@@ -109,11 +105,19 @@ impl Subscriptions {
                     {
                         batch.push(user);
                     }
+                    // Some did not fit in the queue: take every user here instead.
+                    batch.extend(self.hub.missed_arrivals().unwrap_or_default());
                     last_batch = Instant::now();
                     self.metrics.subscription_batches.inc();
                     self.subscribe(batch).await;
                 }
-                _ = sweep.tick() => self.sweep().await,
+                _ = sweep.tick() => {
+                    // Missed arrivals, noted after the last batch was taken.
+                    if let Some(missed) = self.hub.missed_arrivals() {
+                        self.subscribe(missed).await;
+                    }
+                    self.sweep().await;
+                }
             }
         }
         tracing::info!("subscriptions stopped");

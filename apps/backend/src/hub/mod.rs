@@ -26,24 +26,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::frame::{Frame, Published};
 use crate::metrics::Metrics;
-pub use outlet::{CarrierEnd, KEEP_ALIVE, Socket};
-use outlet::{Delivery, Notices, Offer, Outlet};
+pub use outlet::{CarrierEnd, KEEP_ALIVE, Notice, Socket};
+use outlet::{Notices, Offering, Outlet, offer_each};
 use shard::{Dispatcher, Shard};
 
-/// What the hub queues on a stream.
-#[derive(Debug, Clone)]
-pub enum Notice {
-    /// A published event, encoded once and shared by every stream it goes to.
-    Event(Arc<Published>),
-    /// Events may have been missed (the Redis subscription reconnected or fell behind):
-    /// the stream should catch up from history.
-    CatchUp,
-    /// The user's own events may have been missed (published before this instance was
-    /// subscribed to them): the stream should catch up from the user's history only.
-    CatchUpUser,
-    /// A publisher disconnected the stream's user: say why, then end.
-    Disconnect(Arc<str>),
-}
+/// Arriving users queued for the subscriptions at most. Past that, arrivals are not
+/// queued one by one: the hub notes that some were missed, and the subscriptions take
+/// every user holding a stream here instead (see [`Hub::missed_arrivals`]).
+const ARRIVALS_QUEUE: usize = 16_384;
 
 /// Why the hub would not open a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -95,7 +85,9 @@ struct Shared {
     /// Set at shutdown: streams opened from then on end at once.
     closing: AtomicBool,
     /// Told each user who gets their first stream here (see [`Hub::watch_arrivals`]).
-    arrivals: OnceLock<mpsc::UnboundedSender<String>>,
+    arrivals: OnceLock<mpsc::Sender<String>>,
+    /// An arrival did not fit in the queue: the subscriptions must resynchronise.
+    arrivals_missed: AtomicBool,
     /// The hub's own shard first (for streams without a worker's), then one per worker.
     shards: RwLock<Vec<Arc<Shard>>>,
     /// Cancelled by `close_all`: stops the dispatchers.
@@ -138,6 +130,7 @@ impl Hub {
                 alive: AtomicUsize::new(0),
                 closing: AtomicBool::new(false),
                 arrivals: OnceLock::new(),
+                arrivals_missed: AtomicBool::new(false),
                 shards: RwLock::new(vec![Arc::new(Shard::new(None))]),
                 stopped: CancellationToken::new(),
                 metrics,
@@ -187,8 +180,8 @@ impl Hub {
         shards.get(id.0).unwrap_or(&shards[0]).clone()
     }
 
-    fn delivery(&self) -> Delivery<'_> {
-        Delivery {
+    fn offering(&self) -> Offering<'_> {
+        Offering {
             queue_size: self.shared.queue_size,
             metrics: &self.shared.metrics,
             now: Instant::now(),
@@ -250,8 +243,16 @@ impl Hub {
             self.shared.alive.fetch_add(1, Ordering::AcqRel);
             first
         };
-        if arrived && let Some(arrivals) = self.shared.arrivals.get() {
-            let _ = arrivals.send(user_id.to_string());
+        if arrived
+            && let Some(arrivals) = self.shared.arrivals.get()
+            && let Err(mpsc::error::TrySendError::Full(_)) = arrivals.try_send(user_id.to_string())
+            && !self.shared.arrivals_missed.swap(true, Ordering::AcqRel)
+        {
+            self.shared.metrics.arrivals_missed.inc();
+            tracing::warn!(
+                "arriving users came faster than the subscriptions took them; they will \
+                 subscribe every user holding a stream here"
+            );
         }
         self.shared.metrics.streams_opened.inc();
         self.shared.metrics.streams_open.inc();
@@ -271,11 +272,21 @@ impl Hub {
 
     /// From now on, the id of each user who opens a stream here while holding none (the
     /// first of their streams, or the first since their last closed), so that the bus can
-    /// subscribe to their events. Unbounded, but one message per arrival, which the
-    /// per-instance stream limit bounds. Only the first call gets a receiver.
-    pub fn watch_arrivals(&self) -> Option<mpsc::UnboundedReceiver<String>> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// subscribe to their events. Bounded ([`ARRIVALS_QUEUE`]): an arrival that does not
+    /// fit is not lost but noted, and [`Hub::missed_arrivals`] then answers every user
+    /// holding a stream. Only the first call gets a receiver.
+    pub fn watch_arrivals(&self) -> Option<mpsc::Receiver<String>> {
+        let (tx, rx) = mpsc::channel(ARRIVALS_QUEUE);
         self.shared.arrivals.set(tx).ok().map(|()| rx)
+    }
+
+    /// When arrivals were dropped for a full queue since the last call: every user
+    /// holding a stream here now, whom the watcher should treat as arrived.
+    pub fn missed_arrivals(&self) -> Option<Vec<String>> {
+        if !self.shared.arrivals_missed.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(self.streams().keys().cloned().collect())
     }
 
     /// Whether the instance holds as many streams as it may (and so is not ready for more).
@@ -290,11 +301,11 @@ impl Hub {
             return 0;
         };
         let reason: Arc<str> = reason.into();
-        let delivery = self.delivery();
+        let offering = self.offering();
         for entry in &entries {
             entry
                 .outlet
-                .offer(&Notice::Disconnect(reason.clone()), &delivery);
+                .offer(&Notice::Disconnect(reason.clone()), &offering);
             entry.outlet.close();
         }
         tracing::info!(user_id, streams = entries.len(), "user disconnected");
@@ -314,18 +325,15 @@ impl Hub {
                 return;
             }
             let published = self.published(envelope);
-            let delivery = self.delivery();
+            let offering = self.offering();
             for shard in self.shards().iter() {
-                shard.broadcast(&published, &delivery);
+                shard.broadcast(&published, &offering);
             }
             return;
         }
-        let mut streams = self.streams();
-        if let Some(entries) = streams.get_mut(&envelope.user_id) {
+        if self.has_streams(&envelope.user_id) {
             let notice = Notice::Event(self.published(envelope));
-            if !self.offer(entries, &notice) {
-                streams.remove(&envelope.user_id);
-            }
+            self.offer_user(&envelope.user_id, &notice, |_| false);
         }
     }
 
@@ -345,12 +353,7 @@ impl Hub {
     /// may have been published before this instance was subscribed to them; broadcasts
     /// have their own subscription, held all along).
     pub fn catch_up(&self, user_id: &str) {
-        let mut streams = self.streams();
-        if let Some(entries) = streams.get_mut(user_id)
-            && !self.offer(entries, &Notice::CatchUpUser)
-        {
-            streams.remove(user_id);
-        }
+        self.offer_user(user_id, &Notice::CatchUpUser, |_| false);
     }
 
     /// Tells the streams of `user_id` to catch up from the user's history unless they
@@ -358,14 +361,9 @@ impl Hub {
     /// everything after it arrives live). A stream whose position is not known yet (still
     /// opening) or is behind catches up.
     pub fn catch_up_unless_at(&self, user_id: &str, head: events::Position) {
-        let mut streams = self.streams();
-        if let Some(entries) = streams.get_mut(user_id)
-            && !self.offer_unless(entries, &Notice::CatchUpUser, |outlet| {
-                outlet.stands_at_user(head)
-            })
-        {
-            streams.remove(user_id);
-        }
+        self.offer_user(user_id, &Notice::CatchUpUser, |outlet| {
+            outlet.stands_at_user(head)
+        });
     }
 
     /// Which of `users` hold no stream here.
@@ -376,51 +374,53 @@ impl Hub {
 
     /// Tells every stream to catch up from history.
     pub fn catch_up_all(&self) {
-        let mut streams = self.streams();
-        let count: usize = streams.values().map(Vec::len).sum();
-        streams.retain(|_, entries| self.offer(entries, &Notice::CatchUp));
-        tracing::info!(streams = count, "streams told to catch up from history");
+        let outlets: Vec<(u64, Arc<Outlet>)> = self
+            .streams()
+            .values()
+            .flatten()
+            .map(|entry| (entry.id, entry.outlet.clone()))
+            .collect();
+        self.offer_to(&outlets, &Notice::CatchUp);
+        tracing::info!(
+            streams = outlets.len(),
+            "streams told to catch up from history"
+        );
     }
 
-    /// Offers `notice` to each of `entries`, dropping those that are full or gone.
-    /// Returns whether any remain.
-    fn offer(&self, entries: &mut Vec<Entry>, notice: &Notice) -> bool {
-        self.offer_unless(entries, notice, |_| false)
+    /// Offers `notice` to the streams of `user_id` that `skip` does not pick.
+    ///
+    /// The streams are taken out of the hub's map first, and the map's lock is let go
+    /// before any is offered anything: an offer may write to a socket (a system call),
+    /// and every other user's delivery and every stream that opens or closes waits on
+    /// that lock. Two publishers delivering one user's events from two threads at once
+    /// (the in-process bus) may then offer them out of order; a stream takes the later
+    /// one as a gap and reads both from history, so nothing is lost or repeated.
+    fn offer_user(&self, user_id: &str, notice: &Notice, skip: impl Fn(&Outlet) -> bool) {
+        let outlets: Vec<(u64, Arc<Outlet>)> = match self.streams().get(user_id) {
+            Some(entries) => entries
+                .iter()
+                .filter(|entry| !skip(&entry.outlet))
+                .map(|entry| (entry.id, entry.outlet.clone()))
+                .collect(),
+            None => return,
+        };
+        self.offer_to(&outlets, notice);
     }
 
-    /// [`Hub::offer`] to the entries whose outlet `skip` does not pick.
-    fn offer_unless(
-        &self,
-        entries: &mut Vec<Entry>,
-        notice: &Notice,
-        skip: impl Fn(&Outlet) -> bool,
-    ) -> bool {
-        let delivery = self.delivery();
-        let mut written = 0;
-        entries.retain(|entry| {
-            if skip(&entry.outlet) {
-                return true;
+    /// Offers `notice` to `outlets`, outside the map's lock, then removes from the map
+    /// the streams that are full or gone.
+    fn offer_to(&self, outlets: &[(u64, Arc<Outlet>)], notice: &Notice) {
+        let removed = offer_each(
+            outlets.iter().map(|(id, outlet)| (*id, &**outlet)),
+            notice,
+            &self.offering(),
+        );
+        if !removed.is_empty() {
+            let mut streams = self.streams();
+            for (id, outlet) in outlets.iter().filter(|(id, _)| removed.contains(id)) {
+                unregister(&mut streams, &outlet.user_id, *id);
             }
-            match entry.outlet.offer(notice, &delivery) {
-                Offer::Written => {
-                    written += 1;
-                    true
-                }
-                Offer::Taken => true,
-                Offer::Full => {
-                    cut_off(&self.shared.metrics, &entry.outlet.user_id, entry.id);
-                    false
-                }
-                // Closed; its registration removes it when its task ends.
-                Offer::Gone => false,
-            }
-        });
-        if let Notice::Event(published) = notice
-            && written > 0
-        {
-            crate::delivery::count_delivered(delivery.metrics, published, written);
         }
-        !entries.is_empty()
     }
 
     /// Ends every stream at once, and any opened later: clients see the response end
@@ -504,16 +504,6 @@ fn unregister(streams: &mut HashMap<String, Vec<Entry>>, user_id: &str, id: u64)
             streams.remove(user_id);
         }
     }
-}
-
-/// Counts and logs a stream closed for a full queue.
-fn cut_off(metrics: &Metrics, user_id: &str, stream: u64) {
-    metrics.slow_consumer_disconnects.inc();
-    tracing::warn!(
-        user_id,
-        stream,
-        "stream closed: its queue is full (the client stopped reading)"
-    );
 }
 
 /// What one stream's task receives: its notices, in order. Ends when the hub closes the
@@ -675,6 +665,29 @@ mod tests {
         drop(a1);
         assert!(!hub.is_full());
         hub.open("carol").expect("room again once a stream closes");
+    }
+
+    #[tokio::test]
+    async fn arrivals_past_the_queue_are_noted_and_then_every_user_is_answered() {
+        let hub = hub(8);
+        let mut arrivals = hub.watch_arrivals().expect("the first watcher");
+        assert!(hub.watch_arrivals().is_none(), "one watcher");
+        let _streams: Vec<_> = (0..ARRIVALS_QUEUE + 10)
+            .map(|i| hub.open(&format!("user-{i}")).expect("opens"))
+            .collect();
+        let mut queued = 0;
+        while arrivals.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, ARRIVALS_QUEUE, "bounded");
+        let missed = hub.missed_arrivals().expect("the overflow was noted");
+        assert_eq!(
+            missed.len(),
+            ARRIVALS_QUEUE + 10,
+            "every user holding a stream"
+        );
+        assert_eq!(hub.shared.metrics.arrivals_missed.get(), 1);
+        assert!(hub.missed_arrivals().is_none(), "answered once");
     }
 
     #[tokio::test]

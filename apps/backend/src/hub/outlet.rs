@@ -7,16 +7,17 @@
 //! dispatcher for a broadcast, see `shard`) write it to the socket itself, without
 //! waking anyone, when the stream is *at rest*: its task waits for a notice and its
 //! carrier has written all it was given. The event must also be the stream's very next
-//! one, by the rule every live event follows (`delivery::live_step`). Anything else (a
+//! one, by the rule every live event follows (`sequence::live_step`). Anything else (a
 //! gap to repair from history, a catch-up, a disconnect, a stream carried by actix-web,
 //! bytes the socket would not take at once) goes to the task as before, through the
 //! outlet's bounded queue, and the stream stays off the direct path until its task has
 //! handled all of it and its carrier has written all of it. So the order of a stream's
 //! frames, its cursor and the slow-consumer rule are the same on both paths.
 //!
-//! A direct write never waits: it is one non-blocking `writev` of the stream's own
-//! `id:` line and the event's shared bytes (encoded once per event). What the socket does
-//! not take is left to the carrier, which writes it first, with the usual stall limit.
+//! A direct write never waits: it is one non-blocking `send` of the stream's own `id:`
+//! line and the event's shared bytes (encoded once per event; `sendmsg` of the two for a
+//! frame over [`SMALL_FRAME`]). What the socket does not take is left to the carrier,
+//! which writes it first, with the usual stall limit.
 
 use std::{
     collections::VecDeque,
@@ -32,11 +33,26 @@ use events::Cursor;
 use futures_util::{Stream, task::AtomicWaker};
 use tokio::net::TcpStream;
 
-use super::{Notice, Published};
 use crate::{
-    delivery::{self, LiveStep},
+    frame::Published,
     metrics::Metrics,
+    sequence::{self, LiveStep},
 };
+
+/// What the hub queues on a stream.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// A published event, encoded once and shared by every stream it goes to.
+    Event(Arc<Published>),
+    /// Events may have been missed (the Redis subscription reconnected or fell behind):
+    /// the stream should catch up from history.
+    CatchUp,
+    /// The user's own events may have been missed (published before this instance was
+    /// subscribed to them): the stream should catch up from the user's history only.
+    CatchUpUser,
+    /// A publisher disconnected the stream's user: say why, then end.
+    Disconnect(Arc<str>),
+}
 
 /// Frames up to this size are written from one buffer on the stack.
 const SMALL_FRAME: usize = 2048;
@@ -66,12 +82,13 @@ pub enum Offer {
     Gone,
 }
 
-/// What every offer needs from the one delivering.
+/// What every offer of one round (one notice to some streams) needs from the one
+/// offering it.
 #[derive(Debug, Clone, Copy)]
-pub struct Delivery<'a> {
+pub struct Offering<'a> {
     pub queue_size: usize,
     pub metrics: &'a Metrics,
-    /// Read once per delivery, not once per stream.
+    /// Read once per round, not once per stream.
     pub now: Instant,
 }
 
@@ -139,7 +156,7 @@ impl Outlet {
     /// Hands `notice` to the stream: written to its socket now when the stream is at
     /// rest and the notice is its next event (or skipped when it has it already), else
     /// queued for its task. A full queue closes the stream.
-    pub fn offer(&self, notice: &Notice, delivery: &Delivery<'_>) -> Offer {
+    pub fn offer(&self, notice: &Notice, offering: &Offering<'_>) -> Offer {
         let mut state = self.lock();
         if state.closed {
             return Offer::Gone;
@@ -147,10 +164,10 @@ impl Outlet {
         if let (Some(socket), Notice::Event(published)) = (&self.socket, notice)
             && state.at_rest()
         {
-            match delivery::live_step(&mut state.cursor, published) {
+            match sequence::live_step(&mut state.cursor, published) {
                 LiveStep::Skip => return Offer::Taken,
                 LiveStep::Send { with_id } => {
-                    self.write_event(&mut state, socket, with_id, published, delivery.now);
+                    self.write_event(&mut state, socket, with_id, published, offering.now);
                     let gone = state.closed;
                     drop(state);
                     if gone {
@@ -162,7 +179,7 @@ impl Outlet {
                 LiveStep::Repair(_) => {}
             }
         }
-        let full = state.queue.len() >= delivery.queue_size;
+        let full = state.queue.len() >= offering.queue_size;
         if full {
             state.closed = true;
         } else {
@@ -285,6 +302,46 @@ impl Outlet {
         let state = self.lock();
         state.cursor_known && state.cursor.user == head
     }
+}
+
+/// Offers `notice` to each of `outlets` (with their stream ids), counting the events
+/// written directly once for all of them. Returns the ids of the streams to remove: those
+/// whose queue was full (closed now, and counted as cut off) and those already closed.
+pub fn offer_each<'a>(
+    outlets: impl IntoIterator<Item = (u64, &'a Outlet)>,
+    notice: &Notice,
+    offering: &Offering<'_>,
+) -> Vec<u64> {
+    let mut written = 0;
+    let mut removed = Vec::new();
+    for (id, outlet) in outlets {
+        match outlet.offer(notice, offering) {
+            Offer::Written => written += 1,
+            Offer::Taken => {}
+            Offer::Full => {
+                cut_off(offering.metrics, &outlet.user_id, id);
+                removed.push(id);
+            }
+            // Closed; its registration removes it from the shard when its task ends.
+            Offer::Gone => removed.push(id),
+        }
+    }
+    if let Notice::Event(published) = notice
+        && written > 0
+    {
+        published.count_delivered(offering.metrics, written);
+    }
+    removed
+}
+
+/// Counts and logs a stream closed for a full queue.
+fn cut_off(metrics: &Metrics, user_id: &str, stream: u64) {
+    metrics.slow_consumer_disconnects.inc();
+    tracing::warn!(
+        user_id,
+        stream,
+        "stream closed: its queue is full (the client stopped reading)"
+    );
 }
 
 /// The stream's task's end of its outlet: the notices it handles, in order. Ends once

@@ -30,11 +30,8 @@ use std::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Notice, Published,
-    outlet::{Delivery, Offer, Outlet},
-};
-use crate::metrics::Metrics;
+use super::outlet::{Notice, Offering, Outlet, offer_each};
+use crate::{frame::Published, metrics::Metrics};
 
 #[derive(Debug)]
 pub struct Shard {
@@ -68,7 +65,7 @@ impl Shard {
     }
 
     /// Hands a broadcast to the dispatcher, or offers it here and now.
-    pub fn broadcast(&self, published: &Arc<Published>, delivery: &Delivery<'_>) {
+    pub fn broadcast(&self, published: &Arc<Published>, offering: &Offering<'_>) {
         match &self.dispatcher {
             Some(dispatcher) => match dispatcher.try_send(published.clone()) {
                 Ok(()) => {}
@@ -82,30 +79,49 @@ impl Shard {
                 // Its worker stopped: so did its streams.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             },
-            None => self.offer(&Notice::Event(published.clone()), delivery),
+            None => self.offer(&Notice::Event(published.clone()), offering, &mut Vec::new()),
         }
     }
 
-    fn offer(&self, notice: &Notice, delivery: &Delivery<'_>) {
-        let mut written = 0;
-        for (id, outlet) in self.members().iter() {
-            match outlet.offer(notice, delivery) {
-                Offer::Written => written += 1,
-                Offer::Full => super::cut_off(delivery.metrics, &outlet.user_id, *id),
-                Offer::Taken | Offer::Gone => {}
-            }
-        }
-        if let Notice::Event(published) = notice
-            && written > 0
-        {
-            crate::delivery::count_delivered(delivery.metrics, published, written);
-        }
+    /// Offers `notice` to every member. The members are taken out of the lock first
+    /// (into `members`, kept by the caller from one round to the next): writing to a
+    /// socket is a system call, and streams joining and leaving the shard must not wait
+    /// for a round over thousands of them.
+    fn offer(
+        &self,
+        notice: &Notice,
+        offering: &Offering<'_>,
+        members: &mut Vec<(u64, Arc<Outlet>)>,
+    ) {
+        members.extend(
+            self.members()
+                .iter()
+                .map(|(id, outlet)| (*id, outlet.clone())),
+        );
+        // Members that are full or gone leave when their registration drops.
+        offer_each(
+            members.iter().map(|(id, outlet)| (*id, &**outlet)),
+            notice,
+            offering,
+        );
+        members.clear();
     }
 
-    fn keep_alive(&self, quiet_since: Instant, now: Instant) {
-        for outlet in self.members().values() {
+    fn keep_alive(
+        &self,
+        quiet_since: Instant,
+        now: Instant,
+        members: &mut Vec<(u64, Arc<Outlet>)>,
+    ) {
+        members.extend(
+            self.members()
+                .iter()
+                .map(|(id, outlet)| (*id, outlet.clone())),
+        );
+        for (_, outlet) in members.iter() {
             outlet.keep_alive(quiet_since, now);
         }
+        members.clear();
     }
 }
 
@@ -127,27 +143,29 @@ impl Dispatcher {
     pub async fn run(mut self) {
         let tick = self.keep_alive / 4;
         let mut sweep = tokio::time::interval(tick);
+        // The shard's members during a round, kept for the next one.
+        let mut members = Vec::new();
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = self.stopped.cancelled() => return,
                 published = self.broadcasts.recv() => {
                     let Some(published) = published else { return };
-                    let delivery = Delivery {
+                    let offering = Offering {
                         queue_size: self.queue_size,
                         metrics: &self.metrics,
                         now: Instant::now(),
                     };
-                    self.shard.offer(&Notice::Event(published), &delivery);
+                    self.shard.offer(&Notice::Event(published), &offering, &mut members);
                     // Caught up with what was queued: now repair what was dropped.
                     if self.broadcasts.is_empty() && self.shard.lagged.swap(false, Ordering::AcqRel) {
-                        self.shard.offer(&Notice::CatchUp, &delivery);
+                        self.shard.offer(&Notice::CatchUp, &offering, &mut members);
                     }
                 }
                 _ = sweep.tick() => {
                     let now = Instant::now();
                     let quiet_since = now.checked_sub(self.keep_alive - tick).unwrap_or(now);
-                    self.shard.keep_alive(quiet_since, now);
+                    self.shard.keep_alive(quiet_since, now, &mut members);
                 }
             }
         }

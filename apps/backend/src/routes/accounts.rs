@@ -1,7 +1,9 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use events::{Account, CreateAccountRequest};
 
-use crate::{auth::AuthenticatedUser, clock, error::ApiError, state::AppState, store::Insertion};
+use crate::{
+    clock, error::ApiError, routes::extract::AuthenticatedUser, state::AppState, store::Insertion,
+};
 
 /// `POST /api/accounts`: creates an account for the caller, then asks the snapshot
 /// service (asynchronously) to snapshot the caller's accounts.

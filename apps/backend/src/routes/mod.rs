@@ -1,6 +1,7 @@
 //! HTTP handlers: thin, each extracting what it needs and delegating to the domain.
 
 mod accounts;
+pub mod extract;
 mod health;
 mod publish;
 mod snapshots;

@@ -1,10 +1,10 @@
 use actix_web::{HttpRequest, HttpResponse, web};
-use events::{BROADCAST_USER_ID, Envelope, PublishRequest, ValidationError, event_type};
+use events::{BROADCAST_USER_ID, Envelope, PublishRequest, ValidationError};
 
 use crate::{
-    auth::Publisher,
     bus::{Guard, Publication},
     error::ApiError,
+    routes::extract::Publisher,
     state::AppState,
 };
 
@@ -36,32 +36,16 @@ pub async fn publish(
         }
         (None, false) => return Err(invalid("userId", "is required (or broadcast: true)")),
         (None, true) => BROADCAST_USER_ID.to_string(),
-        (Some(user_id), false) => {
-            events::validate_user_id(&user_id).map_err(|message| invalid("userId", message))?;
-            user_id
+        // `*` names every user only through `broadcast: true`.
+        (Some(user_id), false) if user_id == BROADCAST_USER_ID => {
+            return Err(invalid(
+                "userId",
+                "`*` is not a user id; use broadcast: true",
+            ));
         }
+        (Some(user_id), false) => user_id,
     };
-    if u64::try_from(data.json().len()).unwrap_or(u64::MAX) > state.limits.max_event_bytes {
-        return Err(ApiError::EventTooLarge {
-            limit: state.limits.max_event_bytes,
-        });
-    }
-    if data.depth() > events::MAX_PAYLOAD_DEPTH {
-        return Err(invalid(
-            "data",
-            &format!(
-                "nests arrays and objects more than {} deep",
-                events::MAX_PAYLOAD_DEPTH
-            ),
-        ));
-    }
-    if !event_type::is_publishable(&event_type) {
-        return Err(invalid(
-            "eventType",
-            "must be lowercase dot-separated segments like `orders.shipped`, at most 64 bytes, \
-             outside the reserved `stream.` domain",
-        ));
-    }
+    state.limits.rules().event(&recipient, &event_type, &data)?;
     let guard = Guard {
         idempotency_key: super::idempotency_key(&req)?,
         version: None,

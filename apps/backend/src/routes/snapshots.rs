@@ -1,6 +1,6 @@
 use actix_web::{HttpResponse, web};
 
-use crate::{auth::AuthenticatedUser, error::ApiError, state::AppState};
+use crate::{error::ApiError, routes::extract::AuthenticatedUser, state::AppState};
 
 /// `GET /api/snapshots`: the caller's latest snapshots, newest first.
 #[tracing::instrument(skip_all, fields(user_id = %user.0.user_id))]

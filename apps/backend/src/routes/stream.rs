@@ -1,13 +1,13 @@
 use actix_web::{
     HttpRequest, HttpResponse, Responder, ResponseError,
-    http::{ConnectionType, header},
+    http::{ConnectionType, Version, header},
     web,
 };
 use actix_web_lab::sse::{self, Sse};
 use futures_util::StreamExt;
 
 use crate::{
-    auth, delivery, error::ApiError, frame::Frame, metrics::Carrier, state::AppState, tickets,
+    carrier::StreamRequest, error::ApiError, frame::Frame, metrics::Carrier, state::AppState,
 };
 
 /// `GET /api/events`: the caller's event stream (`text/event-stream`), when actix-web
@@ -17,7 +17,7 @@ use crate::{
 /// served straight off the socket by [`crate::direct`]. This handler serves the rest (a
 /// stream asked for on a connection that already carried other requests, or a request
 /// head too large to be peeked), with the same headers and the same frames: `retry:`,
-/// then those of [`delivery::open`]; idle streams get a keep-alive comment at the
+/// then those of `delivery::open`; idle streams get a keep-alive comment at the
 /// configured interval. `sse_streams_carried_total{carrier}` counts which layer served.
 ///
 /// Two differences remain, both below the handler's reach: the body is chunked, and a
@@ -35,27 +35,16 @@ pub async fn open(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
     response
         .head_mut()
         .set_connection_type(ConnectionType::Close);
+    // HTTP/1.0 has no chunked coding (RFC 9112 §7): its body ends with the connection,
+    // as every direct stream's does.
+    if req.version() < Version::HTTP_11 {
+        response.head_mut().no_chunking(true);
+    }
     response
 }
 
 async fn stream(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
-    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let cookies = req
-        .headers()
-        .get_all(header::COOKIE)
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join("; ");
-    let credential = tickets::authenticate_stream(
-        state,
-        auth::authorization(req),
-        req.query_string(),
-        (!cookies.is_empty()).then_some(cookies.as_str()),
-    )
-    .await?;
-    let resume_from = delivery::resume_point(header("last-event-id"), req.query_string());
-    let naming = delivery::Naming::from_query(req.query_string());
-    let (frames, _) = delivery::open(state, credential, resume_from, naming, None).await?;
+    let (frames, _) = StreamRequest::of(req).open(state, None).await?;
     state.metrics.stream_carried(Carrier::actix);
 
     let frames = frames.filter(|frame| std::future::ready(frame.is_framable()));

@@ -1,7 +1,7 @@
 use actix_web::{HttpResponse, http::header, web};
 use events::StreamTicket;
 
-use crate::{auth::AuthenticatedUser, clock, error::ApiError, state::AppState};
+use crate::{clock, error::ApiError, routes::extract::AuthenticatedUser, state::AppState};
 
 /// `POST /api/stream-tickets`: a single-use ticket to open the caller's stream with, for
 /// browsers, whose EventSource cannot send the token in a header (see `crate::tickets`).

@@ -6,6 +6,7 @@ mod carriers;
 mod cluster;
 mod delivery;
 mod helpers;
+mod http_rules;
 mod no_loss;
 mod publish;
 mod security;

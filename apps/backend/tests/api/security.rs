@@ -652,6 +652,23 @@ async fn raw_messages_that_break_the_rules_are_dropped_and_every_stream_survives
         ("user-events", "not json".to_string()),
         ("user-events", "[1,2,3]".to_string()),
         ("stream-control", r#"{"action":"nonsense"}"#.to_string()),
+        // Control messages are held to the disconnect API's rules before any stream of
+        // the user is ended: a user id that is none, a reason the API would refuse.
+        (
+            "stream-control",
+            r#"{"action":"disconnect","userId":"al ice","reason":"x"}"#.to_string(),
+        ),
+        (
+            "stream-control",
+            r#"{"action":"disconnect","userId":"alice","reason":"a\u0000b"}"#.to_string(),
+        ),
+        (
+            "stream-control",
+            format!(
+                r#"{{"action":"disconnect","userId":"alice","reason":"{}"}}"#,
+                "r".repeat(events::MAX_REASON_CHARS + 1)
+            ),
+        ),
     ];
     for (channel, message) in &hostile {
         redis
@@ -688,16 +705,70 @@ async fn raw_messages_that_break_the_rules_are_dropped_and_every_stream_survives
         async move { app.metric_value(&series).await }
     };
     assert_eq!(rejected("bad_event_type").await, Some(4.0));
-    assert_eq!(rejected("bad_user_id").await, Some(1.0));
+    assert_eq!(rejected("bad_user_id").await, Some(2.0));
+    assert_eq!(rejected("bad_reason").await, Some(2.0));
     assert_eq!(rejected("too_large").await, Some(1.0));
     assert_eq!(rejected("not_an_envelope").await, Some(3.0));
+    // A well-formed control message still acts.
+    redis
+        .command(&[
+            "PUBLISH",
+            "stream-control",
+            r#"{"action":"disconnect","userId":"alice","reason":"signed out"}"#,
+        ])
+        .await
+        .expect("publish raw");
+    let ended = alice.next_event().await;
+    assert_eq!(ended.event.as_deref(), Some("stream.disconnected"));
+    assert_eq!(ended.json()["data"]["reason"], "signed out");
+}
+
+/// A history entry no publish wrote (a hand-written `XADD`, a field an older version
+/// left) is skipped and counted; the events around it are still replayed, and the
+/// stream does not fail (and reconnect, and read it again) over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_entry_in_a_history_is_skipped_and_the_rest_replayed() {
+    let redis = RedisServer::start().await;
+    let app = spawn_app(Some(&redis)).await;
+    let token = app.token("alice").await;
+    let mut stream = app.open_stream(&token).await;
+    app.publish("alice", "test.counted", json!({"n": 1})).await;
+    let first = stream.next_event().await;
+    drop(stream);
+    let log = cli(redis.port, &["--scan", "--pattern", "ev:*:log:alice"]);
+    let meta = log.trim().replace(":log:", ":meta:");
+    for entry in [["e", "not json"], ["x", "a field of another version"]] {
+        let seq = redis
+            .command(&["HINCRBY", &meta, "seq", "1"])
+            .await
+            .expect("HINCRBY");
+        let id = format!("{}-0", seq.trim_start_matches(':'));
+        let added = redis
+            .command(&["XADD", log.trim(), &id, entry[0], entry[1]])
+            .await
+            .expect("XADD");
+        assert!(!added.starts_with('-'), "{added}");
+    }
+    app.publish("alice", "test.counted", json!({"n": 4})).await;
+
+    let mut resumed = app.resume_stream(&token, first.id.as_deref()).await;
+    let next = resumed.next_event().await;
+    assert_eq!(next.json()["data"]["n"], 4, "{}", resumed.raw);
+    assert_eq!(next.json()["id"], 4);
+    let skipped = app
+        .metric_value("relay_messages_rejected_total{reason=\"not_an_envelope\"}")
+        .await;
+    assert!(skipped.is_some_and(|n| n >= 2.0), "{skipped:?}");
 }
 
 /// Finding 1 of the correctness issue, in both modes: user X's cursor presented on user
 /// Y's stream (a page that signed X out and Y in, keeping its last id) must not be read
-/// as Y's position, whose events would then be skipped without a word.
+/// as Y's position, whose events would then be skipped without a word. One rule for
+/// every cursor the server cannot place (another user's, one of the earlier format
+/// without its owner, one it never wrote): one `stream.resync` per history, each
+/// followed by every event that history still keeps, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cursor_of_another_users_stream_resyncs_instead_of_skipping_events() {
+async fn an_unknown_or_foreign_cursor_resyncs_once_per_history_then_replays_what_is_kept() {
     let redis = RedisServer::start().await;
     for redis in [None, Some(&redis)] {
         let app = spawn_app(redis).await;
@@ -709,27 +780,33 @@ async fn a_cursor_of_another_users_stream_resyncs_instead_of_skipping_events() {
         for n in 1..=3 {
             app.publish("user-y", "test.counted", json!({"n": n})).await;
         }
+        app.publish_broadcast("test.counted", json!({"n": 10}))
+            .await;
         x_stream.next_event().await;
         let x_last = x_stream.next_event().await.id.expect("a cursor");
 
-        let mut y_stream = app.resume_stream(&y, Some(&x_last)).await;
-        let mut seen = Vec::new();
-        for _ in 0..2 {
-            let frame = y_stream.next_event().await;
+        for cursor in [x_last.as_str(), "0-0.0-0", "not-a-cursor"] {
+            let mut y_stream = app.resume_stream(&y, Some(cursor)).await;
+            let mut seen = Vec::new();
+            for _ in 0..6 {
+                let frame = y_stream.next_event().await;
+                let json = frame.json();
+                seen.push(match frame.event.as_deref() {
+                    Some("stream.resync") => format!(
+                        "resync:{}",
+                        json["data"]["scope"].as_str().unwrap_or_default()
+                    ),
+                    _ => json["data"]["n"].to_string(),
+                });
+            }
             assert_eq!(
-                frame.event.as_deref(),
-                Some("stream.resync"),
-                "{}",
-                y_stream.raw
+                seen,
+                ["resync:user", "1", "2", "3", "resync:broadcast", "10"],
+                "cursor {cursor:?}, redis: {}",
+                redis.is_some()
             );
-            seen.push(
-                frame.json()["data"]["scope"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            );
+            y_stream.expect_no_event(Duration::from_millis(300)).await;
         }
-        assert_eq!(seen, ["user", "broadcast"], "redis: {}", redis.is_some());
         // Y's own cursor still resumes exactly.
         let mut y_own = app.open_stream(&y).await;
         app.publish("user-y", "test.counted", json!({"n": 4})).await;

@@ -99,6 +99,19 @@ impl Api {
         response.json().await.expect("publish response is JSON")
     }
 
+    /// Publishes a broadcast with the publish API key and asserts it was accepted.
+    pub async fn publish_broadcast(&self, event_type: &str, data: Value) -> Value {
+        let response = self
+            .post_json(
+                "/api/publish",
+                Some(PUBLISH_KEY),
+                &json!({"broadcast": true, "eventType": event_type, "data": data}),
+            )
+            .await;
+        assert_eq!(response.status(), 202, "broadcast accepted");
+        response.json().await.expect("publish response is JSON")
+    }
+
     /// Opens a stream (token in the `Authorization` header, as a service would),
     /// resuming after `last_event_id` if given, and reads up to its `stream.opened`
     /// frame, after which it is sure to receive events. Returns it with the id of the
