@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admission::{Gate, Rules},
     auth::Tokens,
-    bus::{self, Bus, Engine, LocalBus, RedisBus},
+    bus::{self, Bus, Engine, LocalBus, RedisBus, Retention},
     config::Settings,
     connection::{self, Guarded, Timeouts},
     delivery::Streams,
@@ -69,6 +69,14 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
+}
+
+/// How much history is kept per topic, from the settings.
+fn retention(settings: &Settings) -> Retention {
+    Retention {
+        max_len: settings.history_max_len,
+        max_age: Duration::from_secs(settings.history_max_age_secs),
+    }
 }
 
 /// How an instance stops.
@@ -148,7 +156,7 @@ impl Application {
                 .await?;
                 let bus = RedisBus::new(
                     &redis,
-                    settings.retention(),
+                    retention(&settings),
                     settings.publish_replicas,
                     gate,
                     &mut tasks,
@@ -166,7 +174,7 @@ impl Application {
                 );
                 let bus = Engine::Local(LocalBus::new(
                     hub.clone(),
-                    settings.retention(),
+                    retention(&settings),
                     settings.history_max_memory_bytes(),
                 ));
                 let tickets = Tickets::Memory(MemoryTickets::default());

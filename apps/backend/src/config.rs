@@ -342,83 +342,18 @@ impl Settings {
             .unwrap_or(usize::MAX)
     }
 
-    pub fn retention(&self) -> crate::bus::Retention {
-        crate::bus::Retention {
-            max_len: self.history_max_len,
-            max_age: Duration::from_secs(self.history_max_age_secs),
-        }
-    }
-
-    /// One line describing the effective configuration, secrets left out.
+    /// One line describing the effective configuration, secrets left out: every field as
+    /// declared (a `Secret` prints redacted), so a new setting shows up here by itself,
+    /// and where Redis is, without its password.
     pub fn summary(&self) -> String {
         let redis = match &self.redis_url {
             Some(url) => redact_url(url.expose()),
             None => "none (single node: in-process bus, in-memory store)".into(),
         };
-        format!(
-            "host={} port={} redis={} dev_tokens={} jwt_secret={} publish_key={} keep_alive={}s \
-             stream_queue_size={} history_max_len={} history_max_age={}s \
-             history_max_memory={}MiB drain={}s sse_retry={}ms \
-             token_ttl={}s max_body={}B max_event={}B max_streams_per_user={} max_streams={} \
-             max_accounts_per_user={} max_replay={} request_head_timeout={}s \
-             request_body_timeout={}s metrics_addr={} \
-             jwt_public_key_file={} jwt_jwks_file={} jwt_audience={} jwt_issuer={} web_dir={} \
-             workers={} log_format={:?}",
-            self.host,
-            self.port,
-            redis,
-            self.dev_tokens,
-            if self.jwt_secret.is_some() {
-                "set"
-            } else {
-                "development default"
-            },
-            if self.publish_key.is_some() {
-                "set"
-            } else {
-                "unset"
-            },
-            self.keep_alive_secs,
-            self.stream_queue_size,
-            self.history_max_len,
-            self.history_max_age_secs,
-            self.history_max_memory_mib,
-            self.drain_secs,
-            self.sse_retry_ms,
-            self.token_ttl_secs,
-            self.max_body_bytes,
-            self.max_event_bytes,
-            self.max_streams_per_user,
-            self.max_streams,
-            self.max_accounts_per_user,
-            self.max_replay,
-            self.request_head_timeout_secs,
-            self.request_body_timeout_secs,
-            self.metrics_addr
-                .map_or_else(|| "public port".to_string(), |a| a.to_string()),
-            shown(
-                self.jwt_public_key_file
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-            ),
-            shown(self.jwt_jwks_file.as_ref().map(|p| p.display().to_string())),
-            shown(self.jwt_audience.clone()),
-            shown(self.jwt_issuer.clone()),
-            self.web_dir
-                .as_ref()
-                .map_or_else(|| "none".to_string(), |d| d.display().to_string()),
-            self.workers
-                .map_or_else(|| "auto".to_string(), |w| w.to_string()),
-            self.log_format,
-        )
+        format!("redis at {redis}; {self:?}")
     }
 }
 
-fn shown(value: Option<String>) -> String {
-    value.unwrap_or_else(|| "none".into())
-}
-
-/// Whether a `redis://` URL names this machine.
 /// The URL schemes fred takes: one node, or a cluster (its seeds in `node=` parameters).
 const REDIS_SCHEMES: [&str; 4] = [
     "redis://",
