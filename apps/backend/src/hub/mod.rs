@@ -331,9 +331,10 @@ impl Hub {
             }
             return;
         }
-        if self.has_streams(&envelope.user_id) {
+        let outlets = self.outlets_of(&envelope.user_id, |_| false);
+        if !outlets.is_empty() {
             let notice = Notice::Event(self.published(envelope));
-            self.offer_user(&envelope.user_id, &notice, |_| false);
+            self.offer_to(&outlets, &notice);
         }
     }
 
@@ -396,15 +397,23 @@ impl Hub {
     /// (the in-process bus) may then offer them out of order; a stream takes the later
     /// one as a gap and reads both from history, so nothing is lost or repeated.
     fn offer_user(&self, user_id: &str, notice: &Notice, skip: impl Fn(&Outlet) -> bool) {
-        let outlets: Vec<(u64, Arc<Outlet>)> = match self.streams().get(user_id) {
+        let outlets = self.outlets_of(user_id, skip);
+        if !outlets.is_empty() {
+            self.offer_to(&outlets, notice);
+        }
+    }
+
+    /// The streams of `user_id` that `skip` does not pick, taken out of the map (the
+    /// lock is held only while they are copied).
+    fn outlets_of(&self, user_id: &str, skip: impl Fn(&Outlet) -> bool) -> Vec<(u64, Arc<Outlet>)> {
+        match self.streams().get(user_id) {
             Some(entries) => entries
                 .iter()
                 .filter(|entry| !skip(&entry.outlet))
                 .map(|entry| (entry.id, entry.outlet.clone()))
                 .collect(),
-            None => return,
-        };
-        self.offer_to(&outlets, notice);
+            None => Vec::new(),
+        }
     }
 
     /// Offers `notice` to `outlets`, outside the map's lock, then removes from the map
