@@ -63,12 +63,17 @@ pub async fn request_token(user_id: &str) -> Result<TokenResponse, ApiFailure> {
     read(request.send().await.map_err(unreachable)?).await
 }
 
+/// Creates an account. `idempotency_key` names this creation: a retry with the same key
+/// (after a failure that may have created it) creates nothing and answers with the account
+/// the first attempt created.
 pub async fn create_account(
     token: &str,
     body: &CreateAccountRequest,
+    idempotency_key: &str,
 ) -> Result<Account, ApiFailure> {
     let request = Request::post("/api/accounts")
         .header("Authorization", &bearer(token))
+        .header("Idempotency-Key", idempotency_key)
         .json(body)
         .map_err(unreachable)?;
     read(request.send().await.map_err(unreachable)?).await

@@ -6,5 +6,6 @@ pub mod api;
 mod components;
 pub mod format;
 pub mod hooks;
+mod session;
 
 pub use components::App;

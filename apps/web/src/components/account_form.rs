@@ -16,6 +16,10 @@ pub fn AccountForm(
     let balance = RwSignal::new(String::from("0"));
     let busy = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
+    // Names the account being created, so that submitting again after a failure (which
+    // may have created it after all) never creates a second: a fresh one after each
+    // success, and the form's content is part of the key.
+    let attempt = StoredValue::new(fresh_attempt());
 
     let submit = move || {
         let Ok(amount) = balance.get_untracked().trim().parse::<i64>() else {
@@ -28,10 +32,16 @@ pub fn AccountForm(
         };
         busy.set(true);
         error.set(None);
+        let key = format!(
+            "account-{}-{:016x}",
+            attempt.get_value(),
+            events::owner_tag(&format!("{}\n{}", request.name, request.balance))
+        );
         spawn_local(async move {
-            match api::create_account(&token.get_value(), &request).await {
+            match api::create_account(&token.get_value(), &request, &key).await {
                 Ok(account) => {
                     name.set(String::new());
+                    attempt.set_value(fresh_attempt());
                     on_created.run(account);
                 }
                 Err(failure) => error.set(Some(failure.message)),
@@ -78,4 +88,13 @@ pub fn AccountForm(
             {move || error.get().map(|e| view! { <p class="error" role="alert" data-testid="form-error">{e}</p> })}
         </section>
     }
+}
+
+/// A name for the next account creation: random, in the characters an
+/// `Idempotency-Key` allows.
+fn fresh_attempt() -> String {
+    format!(
+        "{:013x}",
+        (js_sys::Math::random() * (1u64 << 52) as f64) as u64
+    )
 }

@@ -1,13 +1,7 @@
 use leptos::prelude::*;
 
 use super::{dashboard::Dashboard, user_box::UserBox};
-
-/// A signed-in user: who, and the token that proves it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    pub user_id: String,
-    pub token: String,
-}
+use crate::session::Session;
 
 /// The whole page: pick a user, then watch their events.
 #[component]
@@ -21,7 +15,10 @@ pub fn App() -> impl IntoView {
             </p>
         </header>
         <main class="page">
-            <UserBox on_session=Callback::new(move |s| session.set(Some(s))) />
+            <UserBox
+                on_session=Callback::new(move |s| session.set(Some(s)))
+                on_sign_out=Callback::new(move |()| session.set(None))
+            />
             // Keyed on the session: a new user gets a new dashboard, and so a new stream.
             {move || session.get().map(|s| view! { <Dashboard session=s /> })}
         </main>

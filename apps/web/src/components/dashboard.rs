@@ -4,13 +4,13 @@ use leptos::{prelude::*, task::spawn_local};
 use super::{
     account_form::AccountForm,
     accounts_panel::AccountsPanel,
-    app::Session,
     connection_badge::ConnectionBadge,
     event_log::{EventLog, LogEntry},
 };
 use crate::{
     api,
     hooks::{Credentials, use_events},
+    session::Session,
 };
 
 /// How many log lines are kept on the page.
@@ -87,7 +87,6 @@ pub fn Dashboard(session: Session) -> impl IntoView {
             {move || events.last_resync.get().map(|r| view! {
                 <p class="warning" data-testid="resync">"Resynchronised (" {r.reason} "): state was refetched."</p>
             })}
-            <p class="hint">"Signed in as " <strong>{session.user_id.clone()}</strong></p>
         </section>
         <AccountForm token=token on_created=Callback::new(move |account: Account| {
             accounts.update(|list| {

@@ -1,13 +1,15 @@
 use leptos::{prelude::*, task::spawn_local};
 
-use super::app::Session;
-use crate::{api, format};
+use crate::{api, format, session::Session};
 
-/// Enter (or generate) a user id and get a token for it.
+/// Enter (or generate) a user id and get a token for it; once signed in, who it is and a
+/// way out.
 ///
-/// `on_session` receives the user and their token once the server has issued it.
+/// `on_session` receives the user and their token once the server has issued it; the form
+/// then gives way to "Signed in as …" and a Disconnect button, which calls `on_sign_out`
+/// (the dashboard, and with it the stream, goes) and brings the form back.
 #[component]
-pub fn UserBox(on_session: Callback<Session>) -> impl IntoView {
+pub fn UserBox(on_session: Callback<Session>, on_sign_out: Callback<()>) -> impl IntoView {
     let user_id = RwSignal::new(String::new());
     let busy = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
@@ -36,41 +38,55 @@ pub fn UserBox(on_session: Callback<Session>) -> impl IntoView {
         });
     };
 
+    let disconnect = move |_| {
+        current.set(None);
+        on_sign_out.run(());
+    };
+
     view! {
         <section class="card user-box">
             <h2>"User"</h2>
-            <form
-                class="row"
-                on:submit=move |ev| {
-                    ev.prevent_default();
-                    connect();
+            {move || match current.get() {
+                Some(id) => view! {
+                    <div class="row signed-in">
+                        <p class="hint">"Signed in as " <strong data-testid="current-user">{id}</strong></p>
+                        <button type="button" class="secondary" data-testid="disconnect" on:click=disconnect>
+                            "Disconnect"
+                        </button>
+                    </div>
                 }
-            >
-                <input
-                    type="text"
-                    data-testid="user-id"
-                    placeholder="user id, e.g. alice"
-                    maxlength="128"
-                    prop:value=move || user_id.get()
-                    on:input=move |ev| user_id.set(event_target_value(&ev))
-                />
-                <button
-                    type="button"
-                    class="secondary"
-                    on:click=move |_| user_id.set(format::generated_user_id(js_sys::Math::random()))
-                >
-                    "Generate"
-                </button>
-                <button type="submit" data-testid="connect" disabled=move || busy.get()>
-                    {move || if busy.get() { "Connecting…" } else { "Connect" }}
-                </button>
-            </form>
-            {move || error.get().map(|e| view! { <p class="error" data-testid="user-error">{e}</p> })}
-            {move || {
-                current
-                    .get()
-                    .map(|id| view! { <p class="hint">"Signed in as " <strong data-testid="current-user">{id}</strong></p> })
+                .into_any(),
+                None => view! {
+                    <form
+                        class="row"
+                        on:submit=move |ev| {
+                            ev.prevent_default();
+                            connect();
+                        }
+                    >
+                        <input
+                            type="text"
+                            data-testid="user-id"
+                            placeholder="user id, e.g. alice"
+                            maxlength="128"
+                            prop:value=move || user_id.get()
+                            on:input=move |ev| user_id.set(event_target_value(&ev))
+                        />
+                        <button
+                            type="button"
+                            class="secondary"
+                            on:click=move |_| user_id.set(format::generated_user_id(js_sys::Math::random()))
+                        >
+                            "Generate"
+                        </button>
+                        <button type="submit" data-testid="connect" disabled=move || busy.get()>
+                            {move || if busy.get() { "Connecting…" } else { "Connect" }}
+                        </button>
+                    </form>
+                }
+                .into_any(),
             }}
+            {move || error.get().map(|e| view! { <p class="error" data-testid="user-error">{e}</p> })}
         </section>
     }
 }

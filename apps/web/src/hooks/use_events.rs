@@ -181,12 +181,7 @@ pub fn use_events_with_options(
     // The holder tells the others whenever its connection changes.
     let weak = SendWrapper::new(Rc::downgrade(&connection));
     Effect::new(move |_| {
-        let status = TabMessage::Status {
-            state: signals.state.get(),
-            server_id: signals.server_id.get(),
-            error: signals.last_error.get(),
-            last_event_id: signals.last_event_id.get_untracked(),
-        };
+        let status = signals.status();
         if let Some(connection) = weak.upgrade() {
             connection.relay(&status);
         }
@@ -217,6 +212,19 @@ struct Signals {
     server_id: RwSignal<Option<String>>,
     last_resync: RwSignal<Option<Resync>>,
     holder: RwSignal<Option<StreamHolder>>,
+}
+
+impl Signals {
+    /// The connection's status as the holder tells the other tabs (tracked, but for the
+    /// last id, which changes with every frame and travels with each).
+    fn status(&self) -> TabMessage {
+        TabMessage::Status {
+            state: self.state.get(),
+            server_id: self.server_id.get(),
+            error: self.last_error.get(),
+            last_event_id: self.last_event_id.get_untracked(),
+        }
+    }
 }
 
 type Listener = Closure<dyn FnMut(web_sys::Event)>;
@@ -269,14 +277,9 @@ impl Connection {
             return;
         }
         let weak = Rc::downgrade(self);
-        let in_hand = self.token.borrow().clone();
-        let credentials = self.credentials.clone();
+        let token = self.token_in_hand();
         leptos::task::spawn_local(async move {
-            let token = match (in_hand, credentials) {
-                (Some(token), _) => Some(token),
-                (None, Credentials::Renewing(fetch)) => fetch().await.ok(),
-                (None, Credentials::Fixed(_)) => None,
-            };
+            let token = token.await.ok();
             let Some(connection) = weak.upgrade().filter(|c| !c.is_closed()) else {
                 return;
             };
@@ -293,21 +296,11 @@ impl Connection {
 
     /// Gets in line for the user's shared stream; `false` where the browser cannot share.
     fn join(self: &Rc<Self>, name: &str) -> bool {
-        let lead = Rc::downgrade(self);
-        let step_down = Rc::downgrade(self);
         let listen = Rc::downgrade(self);
         let Some(leadership) = Leadership::join(
             name,
-            move || {
-                if let Some(connection) = lead.upgrade() {
-                    connection.lead();
-                }
-            },
-            move || {
-                if let Some(connection) = step_down.upgrade() {
-                    connection.step_down();
-                }
-            },
+            self.weakly(|connection| connection.lead()),
+            self.weakly(|connection| connection.step_down()),
             move |message| {
                 if let Some(connection) = listen.upgrade() {
                     connection.on_tab_message(message);
@@ -345,10 +338,8 @@ impl Connection {
         if self.role.get() != Role::Holder {
             return;
         }
-        if let Some(timer) = self.retry.borrow_mut().take() {
-            timer.clear();
-        }
-        self.opening.set(self.opening.get().wrapping_add(1));
+        self.cancel_retry();
+        self.forget_opening();
         self.drop_source();
         self.role.set(Role::Follower);
         self.signals.holder.set(None);
@@ -361,12 +352,7 @@ impl Connection {
     /// What another tab of the user posted.
     fn on_tab_message(self: &Rc<Self>, message: TabMessage) {
         match (self.role.get(), message) {
-            (Role::Holder, TabMessage::Hello) => self.relay(&TabMessage::Status {
-                state: self.signals.state.get_untracked(),
-                server_id: self.signals.server_id.get_untracked(),
-                error: self.signals.last_error.get_untracked(),
-                last_event_id: self.signals.last_event_id.get_untracked(),
-            }),
+            (Role::Holder, TabMessage::Hello) => self.relay(&untrack(|| self.signals.status())),
             (Role::Follower, TabMessage::Frame { id, data }) => {
                 self.signals.holder.set(Some(StreamHolder::AnotherTab));
                 self.on_frame(id, &data);
@@ -410,26 +396,58 @@ impl Connection {
             .is_none_or(|state| state == ConnectionState::Closed)
     }
 
+    /// `act` on this connection for as long as it lives, for a callback that must not keep
+    /// it alive.
+    fn weakly<F: Fn(&Rc<Self>)>(self: &Rc<Self>, act: F) -> impl Fn() + use<F> {
+        let weak = Rc::downgrade(self);
+        move || {
+            if let Some(connection) = weak.upgrade() {
+                act(&connection);
+            }
+        }
+    }
+
+    /// The token in hand, or (with none) a fresh one from a renewing source.
+    fn token_in_hand(&self) -> impl std::future::Future<Output = Result<String, String>> + use<> {
+        let in_hand = self.token.borrow().clone();
+        let credentials = self.credentials.clone();
+        async move {
+            match (in_hand, credentials) {
+                (Some(token), _) => Ok(token),
+                (None, Credentials::Renewing(fetch)) => fetch().await,
+                (None, Credentials::Fixed(_)) => Err("the credential is no longer valid".into()),
+            }
+        }
+    }
+
+    fn cancel_retry(&self) {
+        if let Some(timer) = self.retry.borrow_mut().take() {
+            timer.clear();
+        }
+    }
+
+    /// Makes any `open` still waiting for its ticket drop it when it arrives; returns the
+    /// number of the next `open`.
+    fn forget_opening(&self) -> u64 {
+        let next = self.opening.get().wrapping_add(1);
+        self.opening.set(next);
+        next
+    }
+
     /// Gets a token if it has none, then a stream ticket, then opens the EventSource.
     fn open(self: &Rc<Self>) {
         self.drop_source();
-        let attempt = self.opening.get().wrapping_add(1);
-        self.opening.set(attempt);
+        let attempt = self.forget_opening();
         let weak = Rc::downgrade(self);
         let ticket_url = self.options.ticket_url.clone();
-        let in_hand = self.token.borrow().clone();
-        let credentials = self.credentials.clone();
+        let token = self.token_in_hand();
         // Whether this is still the latest `open` of a hook that is not closed.
         let current = move |connection: &Connection| {
             connection.opening.get() == attempt
                 && connection.signals.state.get_untracked() != ConnectionState::Closed
         };
         leptos::task::spawn_local(async move {
-            let token = match (in_hand, credentials) {
-                (Some(token), _) => Ok(token),
-                (None, Credentials::Renewing(fetch)) => fetch().await,
-                (None, Credentials::Fixed(_)) => Err("the credential is no longer valid".into()),
-            };
+            let token = token.await;
             let Some(connection) = weak.upgrade().filter(|c| current(c)) else {
                 return;
             };
@@ -484,10 +502,8 @@ impl Connection {
     /// Ends the stream for good from inside a listener (not `close`: the listener must
     /// outlive its own call).
     fn end(&self, signal: SourceSignal) {
-        if let Some(timer) = self.retry.borrow_mut().take() {
-            timer.clear();
-        }
-        self.opening.set(self.opening.get().wrapping_add(1));
+        self.cancel_retry();
+        self.forget_opening();
         self.drop_source();
         self.apply(signal);
         // A follower leaves the line, so that it never reopens what the server ended. The
@@ -546,20 +562,14 @@ impl Connection {
                 };
                 // A follower's state is its holder's.
                 if connection.role.get() != Role::Follower && connection.apply(signal) {
-                    if let Some(timer) = connection.retry.borrow_mut().take() {
-                        timer.clear();
-                    }
+                    connection.cancel_retry();
                     connection.open();
                 }
             }));
         }
         if let Some(document) = window.document() {
-            let weak = Rc::downgrade(self);
-            listeners.push(listen_on(&document, "freeze", move |_| {
-                if let Some(connection) = weak.upgrade() {
-                    connection.step_down();
-                }
-            }));
+            let step_down = self.weakly(|connection| connection.step_down());
+            listeners.push(listen_on(&document, "freeze", move |_| step_down()));
             let weak = Rc::downgrade(self);
             listeners.push(listen_on(&document, "resume", move |_| {
                 if let Some(connection) = weak.upgrade()
@@ -727,19 +737,15 @@ impl Connection {
         {
             return;
         }
-        if let Some(timer) = self.retry.borrow_mut().take() {
-            timer.clear();
-        }
+        self.cancel_retry();
         self.signals.state.set(ConnectionState::Reconnecting);
         self.open();
     }
 
     fn close(&self) {
-        if let Some(timer) = self.retry.borrow_mut().take() {
-            timer.clear();
-        }
+        self.cancel_retry();
         // A ticket still on its way is dropped when it arrives.
-        self.opening.set(self.opening.get().wrapping_add(1));
+        self.forget_opening();
         self.drop_source();
         self.listeners.borrow_mut().clear();
         // The next tab in line takes the stream over; this one's last state is not relayed.
