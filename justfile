@@ -7,6 +7,8 @@ backend_1_port := "3000"
 backend_2_port := "3002"
 web_port := "3001"
 nginx_port := "8080"
+# Where trunk serve writes its build, auto-reload script included (dist/ is the release build's).
+serve_dist := "target/dev/serve-dist"
 
 # List the recipes.
 default:
@@ -43,15 +45,18 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Ctrl-C stops all. `just dev cluster` (or `just dev-cluster`) runs a Redis Cluster instead.
+# nginx serves the release build in dist/; trunk serve rebuilds on change into
+# target/dev/serve-dist/. Ctrl-C, or a SIGINT or SIGTERM to just alone (an IDE's stop
+# button), stops all. `just dev cluster` (or `just dev-cluster`) runs a Redis Cluster instead.
 # Run it all locally: Redis, two backends, nginx (8080), trunk serve (3001).
 dev redis="single": setup web-build
     #!/usr/bin/env bash
     set -euo pipefail
+    # Every process stops with the first, or when just is told to stop (see the file).
+    source .ci/dev-supervise.sh
+    dev_watch_just &
     cargo build -p backend
     mkdir -p target/dev/nginx
-    # Ctrl-C reaches every process of the group; this also cleans up if one of them dies.
-    trap 'trap - EXIT; kill 0 2>/dev/null; wait' INT TERM EXIT
     prefix() { sed -u "s/^/$(printf '\033[%sm%-9s\033[0m ' "$1" "$2")/"; }
     if [ "{{redis}}" = cluster ]; then
         # Three masters with a replica each, a new cluster every time.
@@ -90,7 +95,9 @@ dev redis="single": setup web-build
         -e 's|${NGINX_PORT}|{{nginx_port}}|g' -e "s|\${WEB_ROOT}|$PWD/dist|g" \
         -e "s|\${NGINX_RUN_DIR}|$PWD/target/dev/nginx|g" nginx.conf > target/dev/nginx/nginx.conf
     nginx -c "$PWD/target/dev/nginx/nginx.conf" -g 'daemon off;' 2>&1 | prefix 34 nginx &
-    trunk serve --port {{web_port}} 2>&1 | prefix 32 web &
+    # Its own output directory: nginx keeps serving the release build, without the
+    # auto-reload script that trunk serve adds (which nginx's CSP would refuse).
+    trunk serve --port {{web_port}} --dist {{serve_dist}} 2>&1 | prefix 32 web &
     for port in {{backend_1_port}} {{backend_2_port}}; do
         until curl -fs http://127.0.0.1:$port/healthz >/dev/null; do sleep 0.2; done
     done
@@ -110,12 +117,13 @@ dev-cluster: (dev "cluster")
 dev-single: setup
     #!/usr/bin/env bash
     set -euo pipefail
+    source .ci/dev-supervise.sh
+    dev_watch_just &
     cargo build -p backend
-    trap 'trap - EXIT; kill 0 2>/dev/null; wait' INT TERM EXIT
     prefix() { sed -u "s/^/$(printf '\033[%sm%-9s\033[0m ' "$1" "$2")/"; }
     PORT={{backend_1_port}} SERVER_ID=backend-1 PUBLISH_KEY=${PUBLISH_KEY:-dev-publish-key} \
         DEV_TOKENS=true target/debug/backend 2>&1 | prefix 36 backend &
-    trunk serve --port {{web_port}} 2>&1 | prefix 32 web &
+    trunk serve --port {{web_port}} --dist {{serve_dist}} 2>&1 | prefix 32 web &
     until curl -fs http://127.0.0.1:{{web_port}}/ >/dev/null; do sleep 0.5; done
     printf '\n  open  http://127.0.0.1:{{web_port}}   (single node, no Redis)\n\n'
     wait -n

@@ -5,11 +5,19 @@
 // `just e2e` builds the first two. Everything it starts listens on 127.0.0.1 and is
 // stopped at the end; the whole run is bounded by RUN_DEADLINE_MS.
 // Screenshots go to target/e2e/.
+//
+// The last scenario runs `just dev` itself (just and trunk on PATH, or in ~/.cargo/bin),
+// on its fixed ports (DEV_PORTS; it fails at once if one is taken), its output in
+// target/e2e/just-dev.log. It runs the recipe's dependencies (`setup`: .ci/setup, a few
+// seconds when everything is installed; `web-build`, up to date after `just e2e`'s) and
+// trunk serve's first build (which reuses web-build's cargo artefacts).
 
 import { spawn } from 'node:child_process';
-import { mkdirSync, existsSync, readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { createServer } from 'node:net';
+import {
+  mkdirSync, existsSync, readFileSync, writeFileSync, mkdtempSync, openSync, closeSync, readdirSync,
+} from 'node:fs';
+import { tmpdir, homedir } from 'node:os';
+import { createServer, connect } from 'node:net';
 import http from 'node:http';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,9 +30,27 @@ const SHOTS = join(ROOT, 'target/e2e');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const PUBLISH_KEY = 'e2e-publish-key';
 const WAIT_MS = 15_000;
-const RUN_DEADLINE_MS = 180_000;
+// `just dev`: the ports of its topology, how long it may take to come up (its recipe's
+// dependencies, then trunk serve's first build of the web client: minutes when cold) and to stop.
+const DEV_PORTS = { redis: 6380, 'backend-1': 3000, 'backend-2': 3002, 'trunk serve': 3001, nginx: 8080 };
+const DEV_START_MS = 6 * 60_000;
+const DEV_STOP_MS = 15_000;
+const RUN_DEADLINE_MS = 180_000 + DEV_START_MS + 60_000;
 
 const children = new Set();
+// Process groups (`just dev` and all it starts) to kill whatever happens.
+const groups = new Set();
+
+function killGroups() {
+  for (const pgid of groups) {
+    try {
+      process.kill(-pgid, 'SIGKILL');
+    } catch {
+      // Gone already.
+    }
+  }
+  groups.clear();
+}
 
 function freePort() {
   return new Promise((ok, fail) => {
@@ -224,6 +250,67 @@ async function metric(base, name) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Whether anything accepts connections on 127.0.0.1:port.
+function listening(port) {
+  return new Promise((ok) => {
+    const socket = connect({ port, host: '127.0.0.1' });
+    socket.setTimeout(1000, () => { socket.destroy(); ok(false); });
+    socket.once('connect', () => { socket.destroy(); ok(true); });
+    socket.once('error', () => ok(false));
+  });
+}
+
+async function openPorts(ports) {
+  const open = [];
+  for (const [name, port] of Object.entries(ports)) if (await listening(port)) open.push(`${name} (${port})`);
+  return open;
+}
+
+// The live processes of session `sid` ("pid name"): a process started with setsid and all
+// it started, even those its end left to init.
+function sessionProcesses(sid) {
+  const found = [];
+  for (const pid of readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+    let stat;
+    try {
+      stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    } catch {
+      continue;
+    }
+    const end = stat.lastIndexOf(')');
+    const [state, , , session] = stat.slice(end + 2).split(' ');
+    if (Number(session) === sid && state !== 'Z') found.push(`${pid} ${stat.slice(stat.indexOf('(') + 1, end)}`);
+  }
+  return found;
+}
+
+// `just dev` as a terminal's job control would start it: in a process group (a session)
+// of its own, which its Ctrl-C handling signals. Output to target/e2e/just-dev.log.
+function startJustDev() {
+  const log = join(SHOTS, 'just-dev.log');
+  const fd = openSync(log, 'w');
+  const child = spawn('just', ['dev'], {
+    cwd: ROOT,
+    detached: true,
+    stdio: ['ignore', fd, fd],
+    env: { ...process.env, PATH: `${join(homedir(), '.cargo/bin')}:${process.env.PATH}` },
+  });
+  closeSync(fd);
+  const state = { exit: undefined };
+  child.on('error', (error) => { state.exit = `not started: ${error.message}`; });
+  child.on('exit', (code, signal) => { state.exit = signal ?? `code ${code}`; });
+  if (child.pid) groups.add(child.pid);
+  return {
+    child,
+    state,
+    // The end of its output, for a failure's message.
+    tail: (lines = 25) => {
+      const text = readFileSync(log, 'utf8').replace(/\x1b\[[0-9;]*m/g, '').trimEnd().split('\n');
+      return `\n--- last lines of ${log} ---\n${text.slice(-lines).join('\n')}`;
+    },
+  };
+}
 
 async function main() {
   for (const [what, path] of [['the web build (trunk build --release)', join(DIST, 'index.html')], ['the backend binary (cargo build -p backend)', BACKEND], ['Chromium', CHROMIUM]]) {
@@ -555,9 +642,96 @@ async function main() {
         await stop(short.child);
       }
     });
+
+    await test('signed in, the page says so once and offers Disconnect instead of Connect; Disconnect closes the stream and brings the form back', async () => {
+      const context = await browser.newContext();
+      const ivy = await context.newPage();
+      ivy.setDefaultTimeout(WAIT_MS);
+      const user = `ivy-${suffix}`;
+      const signedIn = () => ivy.evaluate(() => document.body.innerText.split('Signed in as').length - 1);
+      // The browser's side of a stream's end (the server sees it only at its next write).
+      const ended = [];
+      ivy.on('requestfailed', (request) => { if (request.url().includes('/api/events')) ended.push(request.failure()?.errorText); });
+      try {
+        await signIn(ivy, a.base, user);
+        if ((await signedIn()) !== 1) throw new Error(`"Signed in as" shown ${await signedIn()} times`);
+        if ((await ivy.getByTestId('current-user').textContent()) !== user) throw new Error('not the user signed in');
+        if ((await ivy.getByTestId('connect').count()) !== 0) throw new Error('the Connect button is still there');
+        await ivy.screenshot({ path: join(SHOTS, '10-signed-in.png'), fullPage: true });
+        const endedBefore = ended.length;
+        await ivy.getByTestId('disconnect').click();
+        await until('the form back, with her id in it', async () =>
+          (await ivy.getByTestId('connect').count()) === 1 && (await ivy.getByTestId('user-id').inputValue()) === user);
+        if ((await signedIn()) !== 0) throw new Error('"Signed in as" still shown');
+        if ((await ivy.getByTestId('badge').count()) !== 0) throw new Error('the stream card is still shown');
+        await until('the page to close her stream', async () => ended.length === endedBefore + 1);
+        await ivy.getByTestId('connect').click();
+        await until('her stream open again', async () =>
+          (await ivy.getByTestId('badge').getAttribute('data-state')) === 'open');
+      } finally {
+        await context.close().catch(() => {});
+      }
+    });
+
+    await test('`just dev`: nginx serves the release build with no console error, the page signs in once, and a SIGINT to just alone stops every process', async () => {
+      const taken = await openPorts(DEV_PORTS);
+      if (taken.length) throw new Error(`the ports of just dev are taken (another just dev running?): ${taken.join(', ')}`);
+      const dev = startJustDev();
+      const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+      try {
+        // Up once every port answers: trunk serve's (the last) only after its first build.
+        const up = async () => (await openPorts(DEV_PORTS)).length === Object.keys(DEV_PORTS).length
+          && (await fetch('http://127.0.0.1:3001/').then((r) => r.ok, () => false))
+          && (await fetch('http://127.0.0.1:8080/').then((r) => r.ok, () => false));
+        const startedAt = Date.now();
+        while (!(await up())) {
+          if (dev.state.exit) throw new Error(`just dev ended (${dev.state.exit}) before it was up${dev.tail()}`);
+          if (Date.now() - startedAt > DEV_START_MS) {
+            throw new Error(`just dev not up within ${DEV_START_MS / 60_000} min; listening: ${(await openPorts(DEV_PORTS)).join(', ') || 'nothing'}${dev.tail()}`);
+          }
+          await sleep(1000);
+        }
+        console.log(`     just dev up in ${Math.round((Date.now() - startedAt) / 1000)} s`);
+
+        const hana = await context.newPage();
+        hana.setDefaultTimeout(WAIT_MS);
+        const errors = [];
+        hana.on('console', (message) => { if (message.type() === 'error') errors.push(message.text()); });
+        hana.on('pageerror', (error) => errors.push(error.message));
+        await signIn(hana, 'http://127.0.0.1:8080', `hana-${suffix}`);
+        // Anything the page loaded (trunk serve's auto-reload script, say) has had its say.
+        await sleep(1000);
+        if (errors.length) throw new Error(`console errors through nginx: ${errors.join(' | ')}`);
+        const signedIn = await hana.evaluate(() => document.body.innerText.split('Signed in as').length - 1);
+        if (signedIn !== 1) throw new Error(`"Signed in as" shown ${signedIn} times`);
+        if ((await hana.getByRole('button', { name: 'Connect', exact: true }).count()) !== 0) {
+          throw new Error('the Connect button is still there once connected');
+        }
+        await hana.screenshot({ path: join(SHOTS, '11-just-dev.png'), fullPage: true });
+
+        // As an IDE's stop button or a supervisor does: just alone, not its process group.
+        const stoppedAt = Date.now();
+        process.kill(dev.child.pid, 'SIGINT');
+        const left = async () => ({ ports: await openPorts(DEV_PORTS), processes: sessionProcesses(dev.child.pid) });
+        let now = await left();
+        while (now.ports.length || now.processes.length || !dev.state.exit) {
+          if (Date.now() - stoppedAt > DEV_STOP_MS) {
+            throw new Error(`${DEV_STOP_MS / 1000} s after a SIGINT to just: ports still open: ${now.ports.join(', ') || 'none'}; `
+              + `processes left: ${now.processes.join(', ') || 'none'}; just ${dev.state.exit ? `ended (${dev.state.exit})` : 'still running'}${dev.tail()}`);
+          }
+          await sleep(250);
+          now = await left();
+        }
+        console.log(`     everything stopped ${Date.now() - stoppedAt} ms after the SIGINT`);
+      } finally {
+        await context.close().catch(() => {});
+        killGroups();
+      }
+    });
   } finally {
     await browser.close().catch(() => {});
     for (const child of [...children]) await stop(child);
+    killGroups();
   }
 
   const failed = results.filter((r) => !r.ok).length;
@@ -569,6 +743,7 @@ async function main() {
 const deadline = setTimeout(async () => {
   console.log(`e2e: over ${RUN_DEADLINE_MS} ms; stopping`);
   for (const child of [...children]) child.kill('SIGKILL');
+  killGroups();
   process.exit(1);
 }, RUN_DEADLINE_MS);
 
@@ -580,5 +755,6 @@ main()
   .catch(async (error) => {
     console.error(`e2e: ${error.stack ?? error}`);
     for (const child of [...children]) child.kill('SIGKILL');
+    killGroups();
     process.exit(1);
   });
