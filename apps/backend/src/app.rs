@@ -284,6 +284,7 @@ impl Application {
         let handle = server.handle();
         let mut server = std::pin::pin!(server);
         let mut failed = None;
+        let hub = state.hub.clone();
         let result = tokio::select! {
             result = &mut server => result,
             how = stop => Self::stop(&state, handle, server, how, drain_window).await,
@@ -291,6 +292,12 @@ impl Application {
                 tracing::error!(task = ended.name, "{ended}; stopping the instance");
                 let result = Self::stop(&state, handle, server, Stop::Graceful, drain_window).await;
                 failed = Some(ended.to_string());
+                result
+            }
+            () = hub.dispatcher_lost() => {
+                tracing::error!("a worker's broadcast dispatcher ended; stopping the instance");
+                let result = Self::stop(&state, handle, server, Stop::Graceful, drain_window).await;
+                failed = Some("a worker's broadcast dispatcher ended".to_string());
                 result
             }
         };
@@ -317,6 +324,7 @@ impl Application {
         drain_window: Duration,
     ) -> io::Result<()> {
         tracing::info!(?how, "shutting down");
+        state.hub.stopping();
         let graceful = how == Stop::Graceful;
         if graceful {
             state.readiness.start_draining();

@@ -28,7 +28,7 @@ pub use crate::frame::{Frame, Published};
 use crate::metrics::Metrics;
 pub use outlet::{CarrierEnd, KEEP_ALIVE, Notice, Socket};
 use outlet::{Notices, Offering, Outlet, offer_each};
-use shard::{Dispatcher, Shard};
+use shard::{Dispatcher, Lifeline, Shard};
 
 /// Arriving users queued for the subscriptions at most. Past that, arrivals are not
 /// queued one by one: the hub notes that some were missed, and the subscriptions take
@@ -92,6 +92,10 @@ struct Shared {
     shards: RwLock<Vec<Arc<Shard>>>,
     /// Cancelled by `close_all`: stops the dispatchers.
     stopped: CancellationToken,
+    /// Set once the instance begins to stop: dispatchers may end from then on.
+    stopping: Arc<AtomicBool>,
+    /// Cancelled when a dispatcher ended while the instance served.
+    dispatcher_lost: CancellationToken,
     metrics: Arc<Metrics>,
 }
 
@@ -133,6 +137,8 @@ impl Hub {
                 arrivals_missed: AtomicBool::new(false),
                 shards: RwLock::new(vec![Arc::new(Shard::new(None))]),
                 stopped: CancellationToken::new(),
+                stopping: Arc::new(AtomicBool::new(false)),
+                dispatcher_lost: CancellationToken::new(),
                 metrics,
             }),
         }
@@ -157,10 +163,25 @@ impl Hub {
                 queue_size: self.shared.queue_size,
                 keep_alive: keep_alive.max(Duration::from_millis(4)),
                 stopped: self.shared.stopped.clone(),
+                _lifeline: Lifeline {
+                    stopping: self.shared.stopping.clone(),
+                    lost: self.shared.dispatcher_lost.clone(),
+                },
             }
             .run(),
         );
         id
+    }
+
+    /// The instance begins to stop: from now on a worker's dispatcher may end.
+    pub fn stopping(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+    }
+
+    /// Completes if a worker's dispatcher ends while the instance serves (a bug: its
+    /// streams would get no more broadcasts), so that the instance stops.
+    pub async fn dispatcher_lost(&self) {
+        self.shared.dispatcher_lost.cancelled().await;
     }
 
     fn shards(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Shard>>> {

@@ -135,6 +135,28 @@ pub struct Dispatcher {
     pub keep_alive: Duration,
     /// Cancelled when the hub closes every stream.
     pub stopped: CancellationToken,
+    /// Held only for its `Drop`: tells the hub if this dispatcher ends while the
+    /// instance still serves.
+    pub _lifeline: Lifeline,
+}
+
+/// Held by a dispatcher for as long as it runs: if it ends (returns, panics, or its
+/// worker's runtime drops it) before the instance began to stop, the hub learns that a
+/// worker's streams no longer get broadcasts, and the instance stops rather than serve
+/// them silence (see `Hub::dispatcher_lost`).
+#[derive(Debug)]
+pub struct Lifeline {
+    pub stopping: Arc<AtomicBool>,
+    pub lost: CancellationToken,
+}
+
+impl Drop for Lifeline {
+    fn drop(&mut self) {
+        if !self.stopping.load(Ordering::Acquire) {
+            tracing::error!("a worker's broadcast dispatcher ended while the instance serves");
+            self.lost.cancel();
+        }
+    }
 }
 
 impl Dispatcher {

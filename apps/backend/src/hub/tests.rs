@@ -425,3 +425,28 @@ async fn drain_spreads_closing_over_the_window() {
     assert_eq!(hub.stream_count(), 0);
     drop(streams);
 }
+
+#[test]
+fn a_dispatcher_that_ends_while_serving_is_reported_and_one_ended_by_a_stop_is_not() {
+    for stopping in [false, true] {
+        let hub = hub(8);
+        if stopping {
+            hub.stopping();
+        }
+        let worker = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        worker.block_on(async {
+            hub.start_shard(Duration::from_secs(60));
+            tokio::task::yield_now().await;
+        });
+        // The worker's runtime stops, and drops its dispatcher with it.
+        drop(worker);
+        assert_eq!(
+            hub.shared.dispatcher_lost.is_cancelled(),
+            !stopping,
+            "stopping: {stopping}"
+        );
+    }
+}
