@@ -102,6 +102,43 @@ async fn malformed_publishes_are_refused_and_deliver_nothing() {
     assert_eq!(stream.next_event().await.json()["data"], Value::Null);
 }
 
+/// With `PUBLISH_REPLICAS`, a publish the replicas did not acknowledge in time is in the
+/// history already: its 503 says it may have been published and to retry with the same
+/// key, and a stream that resumes from before it does get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_for_late_replicas_says_the_event_may_have_been_published() {
+    let redis = RedisServer::start().await;
+    let mut settings = settings(Some(&redis));
+    // This Redis has no replica: none ever acknowledges.
+    settings.publish_replicas = 1;
+    let app = spawn_app_with(settings).await;
+    let token = app.token("alice").await;
+    let (_stream, opened) = app.open_stream_opened(&token, None).await;
+    let cursor = opened.id.expect("the opening frame carries the cursor");
+    let response = app
+        .client
+        .post(app.url("/api/publish"))
+        .bearer_auth(PUBLISH_KEY)
+        .header("idempotency-key", "late-replicas")
+        .json(&json!({"userId": "alice", "eventType": "test.counted", "data": {"n": 1}}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.expect("an error body");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("may have been published") && message.contains("Idempotency-Key"),
+        "{message}"
+    );
+    let mut resumed = app.resume_stream(&token, Some(&cursor)).await;
+    assert_eq!(
+        resumed.next_event().await.json()["data"]["n"],
+        1,
+        "it is in the history"
+    );
+}
+
 /// Finding 2 of the correctness issue: a 503 can mean the write happened (Redis ran the
 /// queued script once it caught up). With an idempotency key, the retry publishes
 /// nothing and answers with the event that was published.

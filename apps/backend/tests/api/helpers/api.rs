@@ -88,27 +88,21 @@ impl Api {
 
     /// Publishes with the publish API key and asserts it was accepted.
     pub async fn publish(&self, user_id: &str, event_type: &str, data: Value) -> Value {
-        let response = self
-            .post_json(
-                "/api/publish",
-                Some(PUBLISH_KEY),
-                &json!({"userId": user_id, "eventType": event_type, "data": data}),
-            )
-            .await;
-        assert_eq!(response.status(), 202, "publish accepted");
-        response.json().await.expect("publish response is JSON")
+        self.publish_body(&json!({"userId": user_id, "eventType": event_type, "data": data}))
+            .await
     }
 
     /// Publishes a broadcast with the publish API key and asserts it was accepted.
     pub async fn publish_broadcast(&self, event_type: &str, data: Value) -> Value {
+        self.publish_body(&json!({"broadcast": true, "eventType": event_type, "data": data}))
+            .await
+    }
+
+    async fn publish_body(&self, body: &Value) -> Value {
         let response = self
-            .post_json(
-                "/api/publish",
-                Some(PUBLISH_KEY),
-                &json!({"broadcast": true, "eventType": event_type, "data": data}),
-            )
+            .post_json("/api/publish", Some(PUBLISH_KEY), body)
             .await;
-        assert_eq!(response.status(), 202, "broadcast accepted");
+        assert_eq!(response.status(), 202, "publish accepted: {body}");
         response.json().await.expect("publish response is JSON")
     }
 
