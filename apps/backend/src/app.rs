@@ -404,6 +404,9 @@ fn http_server(
             .keep_alive(KeepAlive::default())
             .client_request_timeout(timeouts.head)
             .client_disconnect_timeout(Duration::from_secs(1))
+            // A client that sends FIN has left, as the direct carrier takes it: its stream
+            // ends at once rather than at the second failed keep-alive write.
+            .h1_allow_half_closed(false)
             .local_addr(addr)
             .on_connect_ext(connection::on_connect)
             .h1(map_config(

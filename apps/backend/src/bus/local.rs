@@ -150,7 +150,7 @@ impl LocalBus {
         // before it is delivered, so a stream that finds a gap reads it there.
         drop(state);
         self.hub.deliver(&envelope);
-        Publication::Published(envelope)
+        Publication::New(envelope)
     }
 
     pub(super) fn read(&self, topic: &Topic, after: u64, limit: usize) -> HistoryRead {
@@ -324,7 +324,7 @@ mod tests {
 
     fn publish(bus: &LocalBus, user: &str) -> Envelope {
         match bus.publish(event(user), Guard::default()) {
-            Publication::Published(envelope) => envelope,
+            Publication::New(envelope) => envelope,
             other => panic!("not published: {other:?}"),
         }
     }
@@ -364,7 +364,7 @@ mod tests {
             idempotency_key: Some(key),
             ..Guard::default()
         };
-        let Publication::Published(first) = bus.publish(event(1), key("k1")) else {
+        let Publication::New(first) = bus.publish(event(1), key("k1")) else {
             panic!("published")
         };
         assert_eq!(
@@ -372,7 +372,7 @@ mod tests {
             Publication::Replayed(first.clone()),
             "the first event, as delivered"
         );
-        let Publication::Published(other) = bus.publish(event(3), key("k2")) else {
+        let Publication::New(other) = bus.publish(event(3), key("k2")) else {
             panic!("published")
         };
         assert_eq!(other.id, Some(2), "only one event per key");
@@ -384,7 +384,7 @@ mod tests {
             key("k1"),
         );
         assert!(
-            matches!(elsewhere, Publication::Published(_)),
+            matches!(elsewhere, Publication::New(_)),
             "keys are per topic"
         );
     }
@@ -398,7 +398,7 @@ mod tests {
         };
         assert!(matches!(
             bus.publish(event("u"), versioned(81)),
-            Publication::Published(_)
+            Publication::New(_)
         ));
         assert_eq!(
             bus.publish(event("u"), versioned(34)),
@@ -410,7 +410,7 @@ mod tests {
         );
         assert!(matches!(
             bus.publish(event("u"), versioned(82)),
-            Publication::Published(_)
+            Publication::New(_)
         ));
     }
 
@@ -474,7 +474,7 @@ mod tests {
             idempotency_key: Some("k"),
             ..Guard::default()
         };
-        let Publication::Published(first) = bus.publish(event("user-9"), keyed) else {
+        let Publication::New(first) = bus.publish(event("user-9"), keyed) else {
             panic!("published")
         };
         for user in 10..30 {

@@ -58,8 +58,9 @@ pub struct Guard<'a> {
 /// What a publish did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Publication {
-    /// Published now: the event as delivered.
-    Published(Envelope),
+    /// Published now: the event as delivered. (Not `frame::Published`, which is an event
+    /// as the hub fans it out.)
+    New(Envelope),
     /// The idempotency key had been used, so nothing was published: the first call's
     /// event, as delivered.
     Replayed(Envelope),
@@ -141,7 +142,7 @@ impl Bus {
     /// in one atomic step; returns it as delivered.
     pub async fn publish(&self, envelope: Envelope) -> Result<Envelope, BusError> {
         match self.publish_guarded(envelope, Guard::default()).await? {
-            Publication::Published(envelope) | Publication::Replayed(envelope) => Ok(envelope),
+            Publication::New(envelope) | Publication::Replayed(envelope) => Ok(envelope),
             Publication::Superseded => Err(BusError::Reply(
                 "an unversioned publish was superseded".into(),
             )),
@@ -166,7 +167,7 @@ impl Bus {
             Engine::Local(bus) => bus.publish(envelope, guard),
             Engine::Redis(bus) => bus.publish(envelope, guard).await?,
         };
-        if let Publication::Published(envelope) = &publication {
+        if let Publication::New(envelope) = &publication {
             self.metrics
                 .events_published
                 .get_or_create(&self.metrics.event_labels(&envelope.event_type))

@@ -55,7 +55,7 @@ pub async fn publish(
         .publish_guarded(Envelope::new(recipient, event_type, data), guard)
         .await?;
     match publication {
-        Publication::Published(envelope) => Ok(HttpResponse::Accepted().json(envelope)),
+        Publication::New(envelope) => Ok(HttpResponse::Accepted().json(envelope)),
         Publication::Replayed(envelope) => Ok(HttpResponse::Accepted()
             .insert_header(super::REPLAYED)
             .json(envelope)),

@@ -20,10 +20,9 @@ use crate::{
 /// then those of `delivery::open`; idle streams get a keep-alive comment at the
 /// configured interval. `sse_streams_carried_total{carrier}` counts which layer served.
 ///
-/// Two differences remain, both below the handler's reach: the body is chunked, and a
-/// client that half-closes (FIN) is noticed at the next write that fails (within two
-/// keep-alive intervals) rather than at once, as actix-http allows half-closed
-/// connections. A stalled client is cut off by the hub when its queue fills.
+/// One difference remains, below the handler's reach: on HTTP/1.1 the body is chunked.
+/// A client that closes its side (FIN) has left, on either carrier; a stalled client is
+/// cut off by the hub when its queue fills.
 pub async fn open(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let mut response = match stream(&req, &state).await {
         Ok(response) => response,

@@ -232,3 +232,37 @@ async fn a_stream_request_with_a_missing_doubled_or_broken_host_is_refused_like_
         Some(0.0)
     );
 }
+
+/// A client that closes its side of the connection has left, whichever carrier serves
+/// its stream: the stream ends at once, not at a later keep-alive write that fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_leaves_ends_at_once_on_either_carrier() {
+    let app = spawn_app(None).await;
+    let token = app.token("alice").await;
+    let stream_request =
+        format!("GET /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    for after_another in [false, true] {
+        let mut socket = connect(&app).await;
+        if after_another {
+            // A first request keeps the connection with actix-web.
+            socket
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("writes");
+            read_until(&mut socket, "\"status\"").await;
+        }
+        socket
+            .write_all(stream_request.as_bytes())
+            .await
+            .expect("writes");
+        let opened = read_until(&mut socket, "event: stream.opened").await;
+        assert!(opened.contains("stream.opened"), "{opened}");
+        assert_eq!(app.metric_value("sse_streams_open").await, Some(1.0));
+        socket.shutdown().await.expect("half-closes");
+        // Well within the 15 s keep-alive interval: no write has to fail first.
+        eventually("the stream ends", Duration::from_secs(3), || async {
+            (app.metric_value("sse_streams_open").await == Some(0.0)).then_some(())
+        })
+        .await;
+    }
+}

@@ -219,7 +219,7 @@ impl RedisBus {
                 self.publish_once_replicated(&topic, slot, seq, number(1)?, &json)
                     .await?;
             }
-            return Ok(Publication::Published(envelope));
+            return Ok(Publication::New(envelope));
         };
         // A repeated key: the first publish's event, as delivered, when still kept.
         let kept = first
