@@ -28,8 +28,8 @@ use std::{
 
 use actix_http::{ConnectionType, Extensions};
 use actix_web::{
-    Error, HttpMessage,
-    body::MessageBody,
+    Error, HttpMessage, ResponseError,
+    body::{EitherBody, MessageBody},
     dev::{Payload, ServiceRequest, ServiceResponse},
     error::PayloadError,
     http::{Version, header},
@@ -79,6 +79,30 @@ pub struct Guarded {
     /// A write or flush is waiting for the socket: the connection is not ended before it
     /// completes.
     writing: bool,
+    /// Finds where a head ends in the bytes read.
+    head_ends: HeadEnd,
+}
+
+/// Finds a blank line (`\n\n` or `\n\r\n`: the end of a request head) in bytes that
+/// arrive in pieces.
+#[derive(Debug, Default)]
+struct HeadEnd {
+    /// The last bytes seen: a blank line may span two reads.
+    last: [u8; 2],
+}
+
+impl HeadEnd {
+    fn seen_in(&mut self, bytes: &[u8]) -> bool {
+        let mut found = false;
+        for &byte in bytes {
+            found |= byte == b'\n' && (self.last[1] == b'\n' || (self.last == *b"\n\r"));
+            self.last = [self.last[1], byte];
+        }
+        if found {
+            self.last = [0, 0];
+        }
+        found
+    }
 }
 
 impl Guarded {
@@ -94,6 +118,7 @@ impl Guarded {
             }),
             head_deadline: None,
             writing: false,
+            head_ends: HeadEnd::default(),
         }
     }
 }
@@ -108,9 +133,15 @@ impl AsyncRead for Guarded {
         let connection = &*this.connection;
         if connection.ended.get() {
             if this.writing {
-                // Woken when the socket takes the rest of what was written.
+                // Woken when the socket takes the rest of what was written (`wrote`).
                 return Poll::Pending;
             }
+            // All is written: say so with a FIN, and take what the client pipelined
+            // (unread bytes would make the close a reset, which can cut the answer short).
+            let sock = socket2::SockRef::from(&this.io);
+            let _ = sock.shutdown(std::net::Shutdown::Write);
+            let mut scratch = [0u8; 4096];
+            while matches!(this.io.try_read(&mut scratch), Ok(1..)) {}
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "a request came after a response that closed the connection",
@@ -135,15 +166,22 @@ impl AsyncRead for Guarded {
         }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if buf.filled().len() > before
-            && connection.awaiting_head.get()
-            && this.head_deadline.is_none()
-        {
-            // The first byte of a head: its clock starts.
-            let mut deadline = Box::pin(tokio::time::sleep(connection.timeouts.head));
-            // Polled once, so that the connection wakes when it runs out.
-            let _ = deadline.as_mut().poll(cx);
-            this.head_deadline = Some((heads_read, deadline));
+        let new = &buf.filled()[before..];
+        // Nothing after a closing response is served, so nothing after it is timed.
+        if !new.is_empty() && connection.awaiting_head.get() && !connection.closed.get() {
+            if this.head_deadline.is_none() {
+                // The first byte of a head: its clock starts.
+                let mut deadline = Box::pin(tokio::time::sleep(connection.timeouts.head));
+                // Polled once, so that the connection wakes when it runs out.
+                let _ = deadline.as_mut().poll(cx);
+                this.head_deadline = Some((heads_read, deadline));
+            }
+            if this.head_ends.seen_in(new) {
+                // The head is in, in time: a request pipelined behind a response still
+                // being written waits for it untimed (actix-http serves it afterwards).
+                this.head_deadline = None;
+                connection.awaiting_head.set(false);
+            }
         }
         read
     }
@@ -151,8 +189,12 @@ impl AsyncRead for Guarded {
 
 impl Guarded {
     /// Notes whether a write is left waiting for the socket.
-    fn wrote<T>(&mut self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        self.writing = poll.is_pending();
+    fn wrote<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        let was_writing = std::mem::replace(&mut self.writing, poll.is_pending());
+        if was_writing && !self.writing && self.connection.ended.get() {
+            // A read waits for this write to end the connection: poll again.
+            cx.waker().wake_by_ref();
+        }
         poll
     }
 }
@@ -165,7 +207,7 @@ impl AsyncWrite for Guarded {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.wrote(poll)
+        this.wrote(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -175,7 +217,7 @@ impl AsyncWrite for Guarded {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.wrote(poll)
+        this.wrote(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -185,7 +227,7 @@ impl AsyncWrite for Guarded {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.io).poll_flush(cx);
-        this.wrote(poll)
+        this.wrote(cx, poll)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -208,8 +250,10 @@ pub fn on_connect(io: &Guarded, data: &mut Extensions) {
 pub fn valid_hosts<'a>(version: Version, mut hosts: impl Iterator<Item = &'a [u8]>) -> bool {
     match (hosts.next(), hosts.next()) {
         (None, _) => version < Version::HTTP_11,
+        // `uri-host[:port]`: an authority without user info.
         (Some(host), None) => std::str::from_utf8(host)
             .ok()
+            .filter(|value| !value.contains('@'))
             .and_then(|value| value.parse::<actix_web::http::uri::Authority>().ok())
             .is_some(),
         (Some(_), Some(_)) => false,
@@ -223,7 +267,7 @@ pub fn valid_hosts<'a>(version: Version, mut hosts: impl Iterator<Item = &'a [u8
 pub async fn rules(
     mut req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
     let connection = req.conn_data::<ConnectionHandle>().cloned();
     if let Some(ConnectionHandle(connection)) = &connection {
         if connection.closed.get() {
@@ -239,13 +283,11 @@ pub async fn rules(
         .headers()
         .get_all(header::HOST)
         .map(|value| value.as_bytes());
-    if !valid_hosts(req.version(), hosts) {
-        return Err(ApiError::BadHost.into());
-    }
+    let host_ok = valid_hosts(req.version(), hosts);
     // Said by the request itself (`Connection: close`, or HTTP/1.0 without keep-alive).
     let asked_to_close = req.head().connection_type() == ConnectionType::Close;
     let late = Rc::new(Cell::new(false));
-    if let Some(ConnectionHandle(connection)) = &connection {
+    if host_ok && let Some(ConnectionHandle(connection)) = &connection {
         let payload = req.take_payload();
         req.set_payload(Payload::Stream {
             payload: Box::pin(TimedBody {
@@ -257,7 +299,13 @@ pub async fn rules(
             }),
         });
     }
-    let mut response = next.call(req).await?;
+    // Refused here, the request still counts as answered below.
+    let mut response = if host_ok {
+        next.call(req).await?.map_into_left_body()
+    } else {
+        req.into_response(ApiError::BadHost.error_response())
+            .map_into_right_body()
+    };
     if late.get() {
         response
             .response_mut()
@@ -320,5 +368,36 @@ impl Stream for TimedBody {
             )))));
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_ends_at_its_blank_line_however_the_bytes_arrive() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in 0..head.len() {
+            let mut ends = HeadEnd::default();
+            let (a, b) = head.split_at(split);
+            assert!(!ends.seen_in(a) || split == head.len(), "{split}");
+            assert!(ends.seen_in(b), "{split}");
+        }
+        assert!(HeadEnd::default().seen_in(b"GET / HTTP/1.0\n\n"));
+        assert!(!HeadEnd::default().seen_in(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+    }
+
+    #[test]
+    fn hosts_follow_rfc_9112() {
+        let one = |host: &'static str| std::iter::once(host.as_bytes());
+        assert!(valid_hosts(Version::HTTP_11, one("example.com:8080")));
+        assert!(valid_hosts(Version::HTTP_10, std::iter::empty()));
+        assert!(!valid_hosts(Version::HTTP_11, std::iter::empty()));
+        for bad in ["a b", "user:pw@x", ""] {
+            assert!(!valid_hosts(Version::HTTP_11, one(bad)), "{bad:?}");
+        }
+        let two = [b"a".as_slice(), b"a".as_slice()];
+        assert!(!valid_hosts(Version::HTTP_11, two.into_iter()));
     }
 }

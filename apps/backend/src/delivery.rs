@@ -561,6 +561,10 @@ fn reconcile(at: Position, read: &HistoryRead, limit: u64) -> Step {
         .cloned()
         .collect();
     let to = replay.last().and_then(Envelope::position).unwrap_or(from);
+    // Entries the rules left out of the read are events this stream will never get: say
+    // so rather than step over their numbers in silence.
+    let resync =
+        resync.or((read.skipped > 0).then_some("history holds entries that break the rules"));
     Step {
         resync,
         resync_to: from,
@@ -581,6 +585,7 @@ mod tests {
 
     fn history(epoch: u64, oldest: u64, head: u64, after: u64) -> HistoryRead {
         HistoryRead {
+            skipped: 0,
             head: Position::new(epoch, head),
             oldest,
             events: (oldest.max(after + 1)..=head)
@@ -633,6 +638,7 @@ mod tests {
         assert_eq!(step.to, Position::new(E, 9));
 
         let expired = HistoryRead {
+            skipped: 0,
             head: Position::new(E, 9),
             oldest: 0,
             events: vec![],
@@ -716,6 +722,20 @@ mod tests {
                 proptest::prop_assert!(continues && step.resync_to.seq == at_seq, "no resync only when nothing is skipped");
             }
         }
+    }
+
+    #[test]
+    fn entries_left_out_by_the_rules_mean_resync_then_the_rest() {
+        let mut read = history(E, 1, 6, 3);
+        read.events.retain(|e| e.id != Some(5));
+        read.skipped = 1;
+        let step = reconcile(Position::new(E, 3), &read, ALL);
+        assert_eq!(
+            step.resync,
+            Some("history holds entries that break the rules")
+        );
+        assert_eq!(ids(&step), [4, 6]);
+        assert_eq!(step.to, Position::new(E, 6));
     }
 
     #[test]

@@ -162,6 +162,7 @@ impl LocalBus {
         };
         *bytes = bytes.saturating_sub(ring.trim(self.retention, now_millis()));
         HistoryRead {
+            skipped: 0,
             head: Position::new(ring.epoch, ring.last_seq),
             oldest: ring.events.front().and_then(|e| e.id).unwrap_or(0),
             events: ring

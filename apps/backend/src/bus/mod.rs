@@ -110,6 +110,9 @@ pub struct HistoryRead {
     /// The kept events after the sequence number asked for, in order (at most the
     /// number asked for).
     pub events: Vec<Envelope>,
+    /// Entries read but left out of `events` because they break the event rules (see
+    /// `admission::Gate`): the stream must not skip them silently.
+    pub skipped: usize,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

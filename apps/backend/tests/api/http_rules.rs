@@ -164,6 +164,46 @@ async fn a_later_request_head_trickled_byte_by_byte_is_cut_off() {
     );
 }
 
+/// A request refused for its `Host` leaves the connection open, and the next head on it
+/// is timed like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_trickled_after_a_bad_host_is_cut_off_too() {
+    let app = strict_app().await;
+    let mut socket = connect(&app).await;
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+        .await
+        .expect("writes");
+    let first = read_until(&mut socket, "bad_host").await;
+    assert_eq!(statuses(&first), ["400"], "{first}");
+    let started = Instant::now();
+    let mut cut_off = false;
+    for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: abcdefgh\r\n\r\n" {
+        if socket.write_all(&[*byte]).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        let mut buffer = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(300), socket.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => {
+                cut_off = true;
+                break;
+            }
+            Ok(Ok(n)) => panic!(
+                "answered a head still arriving: {}",
+                String::from_utf8_lossy(&buffer[..n])
+            ),
+            Err(_) => {}
+        }
+    }
+    assert!(cut_off, "the trickled head was waited for whole");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_trickled_byte_by_byte_is_answered_408_and_closed() {
     let app = strict_app().await;

@@ -724,8 +724,9 @@ async fn raw_messages_that_break_the_rules_are_dropped_and_every_stream_survives
 }
 
 /// A history entry no publish wrote (a hand-written `XADD`, a field an older version
-/// left) is skipped and counted; the events around it are still replayed, and the
-/// stream does not fail (and reconnect, and read it again) over it.
+/// left) is skipped and counted, and the stream says so (`stream.resync`); the events
+/// around it are still replayed, and the stream does not fail (and reconnect, and read
+/// it again) over it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_entry_in_a_history_is_skipped_and_the_rest_replayed() {
     let redis = RedisServer::start().await;
@@ -752,6 +753,14 @@ async fn a_bad_entry_in_a_history_is_skipped_and_the_rest_replayed() {
     app.publish("alice", "test.counted", json!({"n": 4})).await;
 
     let mut resumed = app.resume_stream(&token, first.id.as_deref()).await;
+    let resync = resumed.next_event().await;
+    assert_eq!(
+        resync.event.as_deref(),
+        Some("stream.resync"),
+        "the skipped numbers are said, not stepped over: {}",
+        resumed.raw
+    );
+    assert_eq!(resync.json()["data"]["scope"], "user");
     let next = resumed.next_event().await;
     assert_eq!(next.json()["data"]["n"], 4, "{}", resumed.raw);
     assert_eq!(next.json()["id"], 4);

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use events::Position;
+use events::{Envelope, Position};
 use fred::{
     clients::Client,
     types::{Value, scripts::Script},
@@ -83,7 +83,8 @@ impl History {
         // An entry that breaks the rules (written by hand, or by an older version) is
         // skipped and counted: one bad entry must not make every read of the history
         // fail, and so its streams reconnect and read it again, forever.
-        let events = reply[3..]
+        let entries = &reply[3..];
+        let events: Vec<Envelope> = entries
             .iter()
             .filter_map(|value| {
                 let bytes = value.as_bytes().unwrap_or_default();
@@ -93,6 +94,7 @@ impl History {
         Ok(HistoryRead {
             head,
             oldest,
+            skipped: entries.len() - events.len(),
             events,
         })
     }
