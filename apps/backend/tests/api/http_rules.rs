@@ -52,6 +52,26 @@ async fn read_until(socket: &mut TcpStream, needle: &str) -> String {
     String::from_utf8_lossy(&received).into()
 }
 
+/// Sends `head` one byte every 300 ms; returns whether the server closed the connection
+/// before it was all sent. Fails if the server answers a head still arriving.
+async fn trickle_head(socket: &mut TcpStream, head: &[u8]) -> bool {
+    for byte in head {
+        if socket.write_all(&[*byte]).await.is_err() {
+            return true;
+        }
+        let mut buffer = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(300), socket.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(n)) => panic!(
+                "answered a head still arriving: {}",
+                String::from_utf8_lossy(&buffer[..n])
+            ),
+            Err(_) => {}
+        }
+    }
+    false
+}
+
 fn statuses(text: &str) -> Vec<&str> {
     text.match_indices("HTTP/1.")
         .filter_map(|(at, _)| text[at..].split(' ').nth(1))
@@ -135,27 +155,12 @@ async fn a_later_request_head_trickled_byte_by_byte_is_cut_off() {
     let first = read_until(&mut socket, "\"status\"").await;
     assert_eq!(statuses(&first), ["200"], "{first}");
     // The second head arrives one byte every 300 ms: 12 s in all, were it let through.
-    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: abcd\r\n\r\n";
     let started = Instant::now();
-    let mut cut_off = false;
-    for byte in head {
-        if socket.write_all(&[*byte]).await.is_err() {
-            cut_off = true;
-            break;
-        }
-        let mut buffer = [0u8; 256];
-        match tokio::time::timeout(Duration::from_millis(300), socket.read(&mut buffer)).await {
-            Ok(Ok(0) | Err(_)) => {
-                cut_off = true;
-                break;
-            }
-            Ok(Ok(n)) => panic!(
-                "answered a head still arriving: {}",
-                String::from_utf8_lossy(&buffer[..n])
-            ),
-            Err(_) => {}
-        }
-    }
+    let cut_off = trickle_head(
+        &mut socket,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: abcd\r\n\r\n",
+    )
+    .await;
     assert!(cut_off, "the trickled head was waited for whole");
     assert!(
         started.elapsed() < Duration::from_secs(6),
@@ -177,25 +182,11 @@ async fn a_head_trickled_after_a_bad_host_is_cut_off_too() {
     let first = read_until(&mut socket, "bad_host").await;
     assert_eq!(statuses(&first), ["400"], "{first}");
     let started = Instant::now();
-    let mut cut_off = false;
-    for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: abcdefgh\r\n\r\n" {
-        if socket.write_all(&[*byte]).await.is_err() {
-            cut_off = true;
-            break;
-        }
-        let mut buffer = [0u8; 256];
-        match tokio::time::timeout(Duration::from_millis(300), socket.read(&mut buffer)).await {
-            Ok(Ok(0) | Err(_)) => {
-                cut_off = true;
-                break;
-            }
-            Ok(Ok(n)) => panic!(
-                "answered a head still arriving: {}",
-                String::from_utf8_lossy(&buffer[..n])
-            ),
-            Err(_) => {}
-        }
-    }
+    let cut_off = trickle_head(
+        &mut socket,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: abcdefgh\r\n\r\n",
+    )
+    .await;
     assert!(cut_off, "the trickled head was waited for whole");
     assert!(
         started.elapsed() < Duration::from_secs(6),
