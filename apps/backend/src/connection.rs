@@ -140,8 +140,13 @@ impl AsyncRead for Guarded {
             // (unread bytes would make the close a reset, which can cut the answer short).
             let sock = socket2::SockRef::from(&this.io);
             let _ = sock.shutdown(std::net::Shutdown::Write);
+            // At most 64 KiB: a client that keeps sending must not keep this worker here.
             let mut scratch = [0u8; 4096];
-            while matches!(this.io.try_read(&mut scratch), Ok(1..)) {}
+            for _ in 0..16 {
+                if !matches!(this.io.try_read(&mut scratch), Ok(1..)) {
+                    break;
+                }
+            }
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "a request came after a response that closed the connection",
@@ -287,7 +292,14 @@ pub async fn rules(
     // Said by the request itself (`Connection: close`, or HTTP/1.0 without keep-alive).
     let asked_to_close = req.head().connection_type() == ConnectionType::Close;
     let late = Rc::new(Cell::new(false));
-    if host_ok && let Some(ConnectionHandle(connection)) = &connection {
+    // Only a request that has a body gets its deadline (a GET, a stream, has none to wait
+    // for: no timer for them).
+    let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    if host_ok
+        && has_body
+        && let Some(ConnectionHandle(connection)) = &connection
+    {
         let payload = req.take_payload();
         req.set_payload(Payload::Stream {
             payload: Box::pin(TimedBody {
