@@ -89,6 +89,16 @@ pub enum Stop {
     Abort,
 }
 
+/// What ended an instance's serving.
+enum Ending {
+    /// The HTTP server stopped by itself.
+    Server(io::Result<()>),
+    /// Its owner asked it to stop.
+    Asked(Stop),
+    /// A part it cannot serve without ended (a background task, a worker's dispatcher).
+    Failed(String),
+}
+
 /// A built instance, listening but not yet serving until [`Application::run_until_stopped`].
 pub struct Application {
     port: u16,
@@ -283,22 +293,26 @@ impl Application {
         } = self;
         let handle = server.handle();
         let mut server = std::pin::pin!(server);
-        let mut failed = None;
         let hub = state.hub.clone();
-        let result = tokio::select! {
-            result = &mut server => result,
-            how = stop => Self::stop(&state, handle, server, how, drain_window).await,
-            ended = tasks.ended() => {
-                tracing::error!(task = ended.name, "{ended}; stopping the instance");
-                let result = Self::stop(&state, handle, server, Stop::Graceful, drain_window).await;
-                failed = Some(ended.to_string());
-                result
-            }
+        let ending = tokio::select! {
+            result = &mut server => Ending::Server(result),
+            how = stop => Ending::Asked(how),
+            ended = tasks.ended() => Ending::Failed(ended.to_string()),
             () = hub.dispatcher_lost() => {
-                tracing::error!("a worker's broadcast dispatcher ended; stopping the instance");
-                let result = Self::stop(&state, handle, server, Stop::Graceful, drain_window).await;
-                failed = Some("a worker's broadcast dispatcher ended".to_string());
-                result
+                Ending::Failed("a worker's broadcast dispatcher ended".to_string())
+            }
+        };
+        let (result, failed) = match ending {
+            Ending::Server(result) => (result, None),
+            Ending::Asked(how) => (
+                Self::stop(&state, handle, server, how, drain_window).await,
+                None,
+            ),
+            Ending::Failed(why) => {
+                tracing::error!(%why, "stopping the instance");
+                let stopped =
+                    Self::stop(&state, handle, server, Stop::Graceful, drain_window).await;
+                (stopped, Some(why))
             }
         };
         shutdown.cancel();
