@@ -248,8 +248,12 @@ async fn a_stream_request_with_a_missing_doubled_or_broken_host_is_refused_like_
         let mut answers = Vec::new();
         for path in ["/api/events", "/healthz"] {
             let mut socket = connect(&app).await;
-            let request =
-                format!("GET {path} HTTP/1.1\r\n{hosts}Authorization: Bearer {token}\r\n\r\n");
+            // `Connection: close`, so that the answer ends with the connection rather than
+            // with actix's keep-alive timeout.
+            let request = format!(
+                "GET {path} HTTP/1.1\r\n{hosts}Authorization: Bearer {token}\r\n\
+                 Connection: close\r\n\r\n"
+            );
             socket.write_all(request.as_bytes()).await.expect("writes");
             let (text, closed) = read_until_closed(&mut socket, PATIENCE).await;
             assert!(closed, "{path} {hosts:?}: {text}");
