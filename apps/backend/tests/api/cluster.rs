@@ -9,9 +9,17 @@ use crate::helpers::*;
 
 /// Waits until `app` holds `count` streams (a stream without a cursor starts where its
 /// user's history stands when it opens).
+/// Waits until `count` streams without a cursor are open and have read where they start
+/// (counted once their start is known): an event published from then on reaches them.
+/// Open alone is not enough: a publish that lands before the start is read is part of
+/// where the stream starts, and so is never sent to it.
 async fn streams_open(app: &TestApp, count: usize) {
     eventually("the streams to open", PATIENCE, || async {
-        (app.metric_value("sse_streams_open").await == Some(count as f64)).then_some(())
+        let open = app.metric_value("sse_streams_open").await;
+        let started = app
+            .metric_value(r#"sse_resumes_total{outcome="fresh"}"#)
+            .await;
+        (open == Some(count as f64) && started == Some(count as f64)).then_some(())
     })
     .await;
 }
