@@ -41,9 +41,10 @@ fn parse_and_encode(c: &mut Criterion) {
         user: Position::new(1_764_000_000_123, 42),
         broadcast: Position::new(1_763_990_000_000, 7),
         owner: events::owner_tag("alice"),
+        topics: Vec::new(),
     };
     c.bench_function("frame build (per stream)", |b| {
-        b.iter(|| published.frame(Some(black_box(cursor).to_string())))
+        b.iter(|| published.frame(Some(black_box(&cursor).to_string())))
     });
     c.bench_function("frame SSE encoding, 100 frames (per stream)", |b| {
         b.iter(|| {
@@ -60,7 +61,7 @@ fn fan_out(c: &mut Criterion) {
     const STREAMS: usize = 10_000;
     let hub = Hub::new(backend::hub::Capacity::with_queue(64), Arc::default());
     let mut streams: Vec<_> = (0..STREAMS)
-        .filter_map(|i| hub.open(&format!("user-{i}")).ok())
+        .filter_map(|i| hub.open(&format!("user-{i}"), &[]).ok())
         .collect();
     let broadcast = envelope(BROADCAST_USER_ID);
     c.bench_function("hub deliver, one broadcast to 10,000 streams", |b| {
@@ -109,13 +110,14 @@ fn direct_fan_out(c: &mut Criterion) {
             let mut stream = hub
                 .open_direct(
                     &user,
+                    &[],
                     Direct {
                         socket,
                         shard: ShardId::OWN,
                     },
                 )
                 .expect("opens");
-            stream.set_cursor(Cursor {
+            stream.set_cursor(&Cursor {
                 owner: events::owner_tag(&user),
                 ..Cursor::default()
             });

@@ -27,6 +27,9 @@ pub enum Breach {
     /// The user id breaks the user id rule (and is not the broadcast's `*`).
     #[error("{0}")]
     BadUserId(&'static str),
+    /// The topic breaks the topic name rule, or comes with a user id.
+    #[error("{0}")]
+    BadTopic(&'static str),
     /// The event type breaks the naming rule, or claims the server's `stream.` domain.
     #[error(
         "must be lowercase dot-separated segments like `orders.shipped`, at most 64 \
@@ -51,6 +54,7 @@ impl Breach {
             Self::BadEventType => "bad_event_type",
             Self::TooDeep => "too_deep",
             Self::BadReason => "bad_reason",
+            Self::BadTopic(_) => "bad_topic",
         }
     }
 
@@ -62,11 +66,12 @@ impl Breach {
             Self::BadUserId(_) => "userId",
             Self::BadEventType => "eventType",
             Self::BadReason => "reason",
+            Self::BadTopic(_) => "topic",
         }
     }
 
     /// How many kinds there are.
-    const KINDS: usize = 6;
+    const KINDS: usize = 7;
 
     /// The kind's place among the [`Breach::KINDS`].
     fn index(self) -> usize {
@@ -77,6 +82,7 @@ impl Breach {
             Self::BadEventType => 3,
             Self::TooDeep => 4,
             Self::BadReason => 5,
+            Self::BadTopic(_) => 6,
         }
     }
 }
@@ -88,12 +94,26 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Whether an event of `event_type` carrying `data` may go to `recipient` (a user id,
-    /// or [`events::BROADCAST_USER_ID`]).
-    pub fn event(&self, recipient: &str, event_type: &str, data: &Payload) -> Result<(), Breach> {
-        if recipient != events::BROADCAST_USER_ID {
-            events::validate_user_id(recipient).map_err(Breach::BadUserId)?;
+    /// Whether `envelope` may be delivered: to a valid user id, to everyone, or (with no
+    /// user id) to a valid topic; its type and data by [`Rules::event`].
+    pub fn envelope(&self, envelope: &Envelope) -> Result<(), Breach> {
+        match &envelope.topic {
+            Some(topic) if envelope.user_id.is_empty() => {
+                events::validate_topic(topic).map_err(Breach::BadTopic)?;
+            }
+            Some(_) => {
+                return Err(Breach::BadTopic(
+                    "an event has a userId or a topic, not both",
+                ));
+            }
+            None if envelope.user_id == events::BROADCAST_USER_ID => {}
+            None => events::validate_user_id(&envelope.user_id).map_err(Breach::BadUserId)?,
         }
+        self.event(&envelope.event_type, &envelope.data)
+    }
+
+    /// Whether an event of `event_type` may carry `data`.
+    pub fn event(&self, event_type: &str, data: &Payload) -> Result<(), Breach> {
         if u64::try_from(data.json().len()).unwrap_or(u64::MAX) > self.max_event_bytes {
             return Err(Breach::TooLarge {
                 limit: self.max_event_bytes,
@@ -121,9 +141,11 @@ impl Rules {
 /// Room for an envelope's fields around its `data`: the longest user id, event type and
 /// server id, two 20-digit numbers, a 13-digit time and the keys, with room to spare.
 /// Bytes longer than the largest event plus this are refused before they are parsed.
-const ENVELOPE_OVERHEAD: u64 =
-    (events::MAX_USER_ID_CHARS + event_type::MAX_LEN + crate::config::MAX_SERVER_ID_CHARS + 512)
-        as u64;
+const ENVELOPE_OVERHEAD: u64 = (2 * events::MAX_USER_ID_CHARS
+    + events::MAX_TOPIC_CHARS
+    + event_type::MAX_LEN
+    + crate::config::MAX_SERVER_ID_CHARS
+    + 512) as u64;
 
 /// Where bytes read off Redis came from, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,8 +201,7 @@ impl Gate {
             });
         }
         let envelope = serde_json::from_slice::<Envelope>(bytes).map_err(|_| Breach::Unreadable)?;
-        self.rules
-            .event(&envelope.user_id, &envelope.event_type, &envelope.data)?;
+        self.rules.envelope(&envelope)?;
         Ok(envelope)
     }
 
@@ -240,7 +261,7 @@ mod tests {
             let json = serde_json::json!({"userId": user, "eventType": event_type, "data": data}).to_string();
             let gate = gate();
             let hub = Hub::new(Capacity::with_queue(8), Arc::default());
-            let mut stream = hub.open(&user).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let mut stream = hub.open(&user, &[]).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
             let mut admitted = 0;
             for bytes in [json.as_bytes(), &raw[..]] {
                 if let Some(envelope) = gate.envelope(bytes, Source::Message) {

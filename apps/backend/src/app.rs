@@ -46,6 +46,7 @@ use crate::{
     tasks::Tasks,
     telemetry,
     tickets::{MemoryTickets, RedisTickets, Tickets},
+    topics::TopicAccess,
 };
 
 /// How many `snapshots.generate` requests may wait for the snapshot service.
@@ -217,8 +218,17 @@ impl Application {
             max_streams_per_user: settings.max_streams_per_user,
             max_replay: settings.max_replay,
         };
+        let topics = match &settings.topic_auth_url {
+            Some(url) => TopicAccess::with_hook(
+                url.clone(),
+                Duration::from_secs(settings.topic_auth_cache_secs),
+                Duration::from_millis(settings.topic_auth_timeout_ms),
+            )?,
+            None => TopicAccess::claims_only(),
+        };
         let state = web::Data::new(AppState {
             streams,
+            topics,
             server_id: server_id.clone(),
             tokens,
             dev_tokens: settings.dev_tokens,

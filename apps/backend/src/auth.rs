@@ -48,7 +48,21 @@ pub struct Claims {
     /// Whether the bearer may publish events to any user through `POST /api/publish`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub publish: bool,
+    /// Topic patterns the user may subscribe to (see [`events::pattern_allows`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// Topic patterns the user may publish to with this token.
+    #[serde(
+        default,
+        rename = "publishTopics",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub publish_topics: Vec<String>,
 }
+
+/// Patterns a credential keeps at most per claim: a token is a header, and every stream
+/// opened with it holds its patterns.
+pub const MAX_PATTERNS: usize = 256;
 
 /// Why a credential was refused. Deliberately coarse: a client learns no more than it must.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,12 +85,38 @@ pub enum AuthError {
     MayNotPublish,
 }
 
-/// A user's verified credential: who, and until when (seconds since the Unix epoch). A
-/// stream opened with it ends when it expires.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A user's verified credential: who, until when (seconds since the Unix epoch), and the
+/// topics granted. A stream opened with it ends when it expires.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Credential {
     pub user_id: String,
     pub expires_at: u64,
+    /// Patterns of the topics the user may subscribe to (the `topics` claim).
+    pub topics: Vec<String>,
+    /// Patterns of the topics the user may publish to (the `publishTopics` claim).
+    pub publish_topics: Vec<String>,
+}
+
+/// The patterns of a claim a credential keeps: those that can allow a topic, at most
+/// [`MAX_PATTERNS`].
+fn patterns(claim: Vec<String>) -> Vec<String> {
+    claim
+        .into_iter()
+        .filter(|pattern| events::is_topic_pattern(pattern))
+        .take(MAX_PATTERNS)
+        .collect()
+}
+
+/// What a caller of `POST /api/publish` may publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishRight {
+    /// Anything: the publish key, or a token with the `publish` claim.
+    Any,
+    /// Only to the topics its `publishTopics` patterns allow, as `user_id`.
+    Topics {
+        user_id: String,
+        patterns: Vec<String>,
+    },
 }
 
 /// A public key a token may be signed with.
@@ -176,6 +216,16 @@ impl Tokens {
     /// Mints a user token; returns it with its expiry. `None` when no HS256 secret is
     /// configured (tokens then come from the host application only).
     pub fn issue(&self, user_id: &str) -> Option<(String, SystemTime)> {
+        self.issue_with(user_id, Vec::new(), Vec::new())
+    }
+
+    /// [`Tokens::issue`], granting the topics of `topics` and `publish_topics` patterns.
+    pub fn issue_with(
+        &self,
+        user_id: &str,
+        topics: Vec<String>,
+        publish_topics: Vec<String>,
+    ) -> Option<(String, SystemTime)> {
         let now = SystemTime::now();
         let expires = now + self.ttl;
         let claims = Claims {
@@ -184,6 +234,8 @@ impl Tokens {
             iat: epoch_secs(now),
             aud: self.audience.clone().map(serde_json::Value::String),
             iss: self.issuer.clone(),
+            topics,
+            publish_topics,
             ..Claims::default()
         };
         Some((self.sign(&claims)?, expires))
@@ -253,11 +305,16 @@ impl Tokens {
 
     /// Verifies a user's token into a [`Credential`].
     pub fn credential(&self, token: &str) -> Result<Credential, AuthError> {
-        let claims = self.verify(token)?;
-        Ok(Credential {
+        Ok(Self::credential_of(self.verify(token)?))
+    }
+
+    fn credential_of(claims: Claims) -> Credential {
+        Credential {
             user_id: claims.sub,
             expires_at: claims.exp,
-        })
+            topics: patterns(claims.topics),
+            publish_topics: patterns(claims.publish_topics),
+        }
     }
 }
 
@@ -284,19 +341,26 @@ pub fn authenticate(tokens: &Tokens, authorization: Option<&str>) -> Result<Cred
     tokens.credential(token)
 }
 
-/// Whether an `Authorization` header value lets its bearer publish: the publish API key,
-/// or a token whose `publish` claim is true.
+/// What an `Authorization` header value lets its bearer publish: anything, with the
+/// publish API key or a token whose `publish` claim is true; with any other user token,
+/// the topics its `publishTopics` claim allows (perhaps none).
 pub fn authorize_publisher(
     tokens: &Tokens,
     publish_key: Option<&Secret>,
     authorization: Option<&str>,
-) -> Result<(), AuthError> {
+) -> Result<PublishRight, AuthError> {
     match bearer_token(authorization) {
         None => Err(AuthError::Missing),
-        Some(token) if matches_key(token, publish_key) => Ok(()),
+        Some(token) if matches_key(token, publish_key) => Ok(PublishRight::Any),
         Some(token) => match tokens.verify(token)? {
-            claims if claims.publish => Ok(()),
-            _ => Err(AuthError::MayNotPublish),
+            claims if claims.publish => Ok(PublishRight::Any),
+            claims => {
+                let credential = Tokens::credential_of(claims);
+                Ok(PublishRight::Topics {
+                    user_id: credential.user_id,
+                    patterns: credential.publish_topics,
+                })
+            }
         },
     }
 }

@@ -14,7 +14,7 @@ use crate::{
     hub::{CarrierEnd, Frame, ShardId},
     routes::extract,
     state::AppState,
-    tickets,
+    tickets, topics,
 };
 
 /// A stream request: what either carrier reads from its head.
@@ -58,14 +58,16 @@ impl StreamRequest {
         });
     }
 
-    /// Authenticates the request (a bearer token, or a stream ticket with its cookie) and
-    /// opens its stream, resuming where it asks; served straight off `socket` when given.
+    /// Authenticates the request (a bearer token, or a stream ticket with its cookie),
+    /// checks the topics it asks for (`topic`, repeated) against what the user may have,
+    /// and opens its stream, resuming where it asks; served straight off `socket` when
+    /// given.
     pub async fn open(
         &self,
         state: &AppState,
         socket: Option<(Arc<TcpStream>, ShardId)>,
     ) -> Result<(impl Stream<Item = Frame> + use<>, CarrierEnd), ApiError> {
-        let credential = tickets::authenticate_stream(
+        let (credential, ticket_topics) = tickets::authenticate_stream(
             &state.tokens,
             &state.tickets,
             self.authorization.as_deref(),
@@ -73,8 +75,20 @@ impl StreamRequest {
             self.cookies.as_deref(),
         )
         .await?;
+        let limit = usize::try_from(state.limits.max_topics_per_stream).unwrap_or(usize::MAX);
+        let asked = crate::query::params(&self.query, "topic");
+        let topics = topics::named(ticket_topics.into_iter().chain(asked), limit)?;
+        state.topics.authorize(&credential, &topics).await?;
         let resume_from = delivery::resume_point(self.last_event_id.as_deref(), &self.query);
         let naming = Naming::from_query(&self.query);
-        Ok(delivery::open(&state.streams, credential, resume_from, naming, socket).await?)
+        let opened = delivery::open(
+            &state.streams,
+            credential,
+            topics,
+            resume_from,
+            naming,
+            socket,
+        );
+        Ok(opened.await?)
     }
 }

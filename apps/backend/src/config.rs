@@ -155,6 +155,25 @@ pub struct Settings {
     #[arg(long, env = "MAX_REPLAY", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_replay: u64,
 
+    /// Topics one stream may carry (`?topic=`, repeated); more get 400 `too_many_topics`.
+    #[arg(long, env = "MAX_TOPICS_PER_STREAM", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=events::MAX_CURSOR_TOPICS as u64))]
+    pub max_topics_per_stream: u64,
+
+    /// The host application's topic authorization endpoint, asked (`POST {userId,
+    /// topics}` → `{topics: [the allowed ones]}`) about the topics a token's `topics` claim
+    /// does not allow. Unset: the claim alone decides.
+    #[arg(long, env = "TOPIC_AUTH_URL")]
+    pub topic_auth_url: Option<reqwest::Url>,
+
+    /// Seconds each answer of TOPIC_AUTH_URL is kept, per user and topic (allowed or not).
+    #[arg(long, env = "TOPIC_AUTH_CACHE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub topic_auth_cache_secs: u64,
+
+    /// Milliseconds TOPIC_AUTH_URL has to answer; later (or failing) is a 503 for the
+    /// stream, never "allowed".
+    #[arg(long, env = "TOPIC_AUTH_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub topic_auth_timeout_ms: u64,
+
     /// Seconds a client may take to send a request head, in all, from its first byte (on
     /// every request of a connection).
     #[arg(long, env = "REQUEST_HEAD_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]

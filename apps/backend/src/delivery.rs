@@ -1,8 +1,9 @@
 //! What one stream sends: where it resumes, what it replays, and how it keeps its
 //! sequence whole while live.
 //!
-//! Each stream holds a [`Cursor`]: the last position it sent in the user's history and in
-//! the broadcast history. Every frame's `id:` is the cursor after that frame, so the
+//! Each stream holds a [`Cursor`]: the last position it sent in the user's history, in
+//! the broadcast history and in each of its topics'. Every frame's `id:` is the cursor
+//! after that frame, so the
 //! browser's `Last-Event-ID` is always exactly where to resume. The stream is registered
 //! with the hub *before* history is read, so nothing published in between is lost; what
 //! arrives twice (in history and live) is dropped by sequence number; a live event that
@@ -13,21 +14,21 @@
 use std::{sync::Arc, time::Duration};
 
 use events::{
-    BadCursor, Cursor, Envelope, Payload, Position, Resync, ResyncScope, StreamEnded, StreamOpened,
-    event_type,
+    BadCursor, Cursor, Envelope, Payload, Position, Resync, StreamEnded, StreamOpened,
+    TopicPosition, event_type,
 };
 use futures_util::{Stream, StreamExt, stream};
 
 use crate::{
     auth::Credential,
-    bus::{Bus, BusError, HistoryRead, Topic},
+    bus::{Bus, BusError, Feed, HistoryRead},
     clock::now_millis,
     hub::{
         CarrierEnd, Direct, EventStream, Frame, Hub, Notice, Published, Refused, ShardId, Socket,
     },
     metrics::{Metrics, ResumeOutcome},
     readiness::Readiness,
-    sequence::{LiveStep, live_step, position, position_mut},
+    sequence::{LiveStep, Scope, live_step, position, position_mut},
 };
 
 /// Where a client asks its stream to resume: the `Last-Event-ID` header (sent by the
@@ -113,13 +114,15 @@ pub enum OpenError {
     Bus(#[from] BusError),
 }
 
-/// Opens a stream for the user of `credential`, whichever HTTP layer carries it:
-/// registers it with the hub, then works out where it starts. Its frames are a
-/// `stream.opened` naming this instance; when resuming, every event missed since
-/// `resume_from` (or a `stream.resync` when they cannot all be replayed); then every
-/// event published to the user or broadcast while it is open; last, when the credential
-/// expires or a publisher disconnects the user, a frame that says so. Fails while the
-/// instance drains or is full, when the user holds too many streams, or when history
+/// Opens a stream for the user of `credential` and `topics` (valid names, each once, and
+/// allowed to the user: see `topics`), whichever HTTP layer carries it: registers it with
+/// the hub, then works out where it starts. Its frames are a `stream.opened` naming this
+/// instance; when resuming, every event missed since `resume_from` (or a `stream.resync`
+/// when they cannot all be replayed) in each history; then every event published to the
+/// user, to its topics or to everyone while it is open; last, when the credential expires
+/// or a publisher disconnects the user, a frame that says so. A topic the cursor does not
+/// name starts live; one the cursor names and `topics` does not is dropped. Fails while
+/// the instance drains or is full, when the user holds too many streams, or when history
 /// cannot be read.
 ///
 /// A stream served straight off its `socket` (with its worker's shard) is also written
@@ -128,6 +131,7 @@ pub enum OpenError {
 pub async fn open(
     streams: &Streams,
     credential: Credential,
+    topics: Vec<String>,
     resume_from: Option<Result<Cursor, BadCursor>>,
     naming: Naming,
     socket: Option<(Arc<tokio::net::TcpStream>, ShardId)>,
@@ -138,6 +142,7 @@ pub async fn open(
     let Credential {
         user_id,
         expires_at,
+        ..
     } = credential;
     // Registered before history is read, so nothing published in between is missed.
     let registered = match socket {
@@ -146,9 +151,11 @@ pub async fn open(
                 io,
                 named: naming.is_named(),
             };
-            streams.hub.open_direct(&user_id, Direct { socket, shard })
+            streams
+                .hub
+                .open_direct(&user_id, &topics, Direct { socket, shard })
         }
-        None => streams.hub.open(&user_id),
+        None => streams.hub.open(&user_id, &topics),
     };
     let notices = registered.map_err(|refused| {
         let (reason, error) = match refused {
@@ -167,6 +174,10 @@ pub async fn open(
         bus: streams.bus.clone(),
         metrics: streams.metrics.clone(),
         user_id,
+        topics: topics
+            .iter()
+            .map(|topic| (events::topic_tag(topic), topic.clone()))
+            .collect(),
         server_id: streams.server_id.clone(),
         max_replay: streams.max_replay,
     };
@@ -176,15 +187,16 @@ pub async fn open(
     let (opened_at, cursor, outcome) = match Start::of(resume_from, owner) {
         Start::Fresh => {
             let head = context.head_cursor(owner).await?;
-            (head, head, ResumeOutcome::fresh)
+            (head.clone(), head, ResumeOutcome::fresh)
         }
         Start::Resume(requested) => {
-            let mut cursor = requested;
+            let requested = context.for_topics(requested).await?;
+            let mut cursor = requested.clone();
             let mut outcome = ResumeOutcome::up_to_date;
-            for scope in [ResyncScope::User, ResyncScope::Broadcast] {
+            for scope in context.scopes() {
                 let caught_up = context.catch_up(&mut cursor, scope).await?;
                 opening.extend(caught_up.frames);
-                // The most telling outcome of the two histories wins.
+                // The most telling outcome of the histories wins.
                 outcome = outcome.max(caught_up.outcome);
             }
             (requested, cursor, outcome)
@@ -195,10 +207,18 @@ pub async fn open(
             // trimmed past.
             let start = Cursor {
                 owner,
+                topics: context
+                    .topics
+                    .iter()
+                    .map(|(tag, _)| TopicPosition {
+                        tag: *tag,
+                        at: Position::default(),
+                    })
+                    .collect(),
                 ..Cursor::default()
             };
-            let mut cursor = start;
-            for scope in [ResyncScope::User, ResyncScope::Broadcast] {
+            let mut cursor = start.clone();
+            for scope in context.scopes() {
                 let caught_up = context
                     .catch_up_from(&mut cursor, scope, Some(reason))
                     .await?;
@@ -217,6 +237,7 @@ pub async fn open(
             Payload::of(&StreamOpened {
                 server_id: streams.server_id.clone(),
                 user_id: context.user_id.clone(),
+                topics,
             })
             .unwrap_or_default(),
         )
@@ -231,7 +252,7 @@ pub async fn open(
 }
 
 /// Where a stream starts, from what its client asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Start {
     /// No cursor: at the head of both histories.
     Fresh,
@@ -262,6 +283,8 @@ pub struct StreamContext {
     pub bus: Arc<Bus>,
     pub metrics: Arc<Metrics>,
     pub user_id: String,
+    /// The stream's topics: each one's tag (as its cursor names it) and name.
+    pub topics: Vec<(u64, String)>,
     pub server_id: String,
     /// At most this many events are replayed in one catch-up.
     pub max_replay: u64,
@@ -275,11 +298,51 @@ pub struct CaughtUp {
 }
 
 impl StreamContext {
-    fn topic(&self, scope: ResyncScope) -> Topic {
+    /// The feed of `scope`; `None` for a topic the stream does not carry.
+    fn feed(&self, scope: Scope) -> Option<Feed> {
         match scope {
-            ResyncScope::User => Topic::User(self.user_id.clone()),
-            ResyncScope::Broadcast => Topic::Broadcast,
+            Scope::User => Some(Feed::User(self.user_id.clone())),
+            Scope::Broadcast => Some(Feed::Broadcast),
+            Scope::Topic(tag) => self
+                .topic_name(tag)
+                .map(|name| Feed::Topic(name.to_string())),
         }
+    }
+
+    fn topic_name(&self, tag: u64) -> Option<&str> {
+        self.topics
+            .iter()
+            .find(|(known, _)| *known == tag)
+            .map(|(_, name)| name.as_str())
+    }
+
+    /// Every history the stream reads: its user's, the broadcasts', each topic's.
+    fn scopes(&self) -> Vec<Scope> {
+        let topics = self.topics.iter().map(|(tag, _)| Scope::Topic(*tag));
+        [Scope::User, Scope::Broadcast]
+            .into_iter()
+            .chain(topics)
+            .collect()
+    }
+
+    /// `requested` for this stream's topics: the positions of the topics it names kept,
+    /// the topics it does not name at their heads (they start live), the rest dropped.
+    async fn for_topics(&self, requested: Cursor) -> Result<Cursor, BusError> {
+        let heads = futures_util::future::try_join_all(self.topics.iter().map(|(tag, name)| {
+            let known = requested.topic(*tag);
+            async move {
+                let at = match known {
+                    Some(at) => at,
+                    None => self.head(&Feed::Topic(name.clone())).await?,
+                };
+                Ok::<_, BusError>(TopicPosition { tag: *tag, at })
+            }
+        }))
+        .await?;
+        Ok(Cursor {
+            topics: heads,
+            ..requested
+        })
     }
 
     /// At most this many events are read from history at once: all that is kept, or the
@@ -291,11 +354,7 @@ impl StreamContext {
     /// Brings `cursor`'s position in `scope` up to the head of that history, returning
     /// the frames to send on the way (a resync, replayed events), each carrying the
     /// cursor as it stands after it.
-    pub async fn catch_up(
-        &self,
-        cursor: &mut Cursor,
-        scope: ResyncScope,
-    ) -> Result<CaughtUp, BusError> {
+    pub async fn catch_up(&self, cursor: &mut Cursor, scope: Scope) -> Result<CaughtUp, BusError> {
         self.catch_up_from(cursor, scope, None).await
     }
 
@@ -305,11 +364,15 @@ impl StreamContext {
     async fn catch_up_from(
         &self,
         cursor: &mut Cursor,
-        scope: ResyncScope,
+        scope: Scope,
         unknown: Option<&'static str>,
     ) -> Result<CaughtUp, BusError> {
-        let topic = self.topic(scope);
-        let at = position(cursor, scope);
+        let (Some(topic), Some(at)) = (self.feed(scope), position(cursor, scope)) else {
+            return Ok(CaughtUp {
+                frames: Vec::new(),
+                outcome: ResumeOutcome::up_to_date,
+            });
+        };
         let limit = self.read_limit();
         let read_limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let mut step = reconcile(at, &self.bus.read(&topic, at.seq, read_limit).await?, limit);
@@ -330,19 +393,24 @@ impl StreamContext {
         }
 
         let mut frames = Vec::with_capacity(step.replay.len() + 1);
+        let move_to = |cursor: &mut Cursor, p: Position| {
+            if let Some(at) = position_mut(cursor, scope) {
+                *at = p;
+            }
+        };
         if let Some(reason) = step.resync {
-            *position_mut(cursor, scope) = step.resync_to;
+            move_to(cursor, step.resync_to);
             frames.push(self.resync_frame(scope, reason, cursor));
             tracing::info!(user_id = %self.user_id, ?scope, reason, "stream resynchronised");
         }
         for envelope in &step.replay {
             if let Some(p) = envelope.position() {
-                *position_mut(cursor, scope) = p;
+                move_to(cursor, p);
                 frames.push(Published::new(envelope).frame(Some(cursor.to_string())));
                 self.delivered(&envelope.event_type);
             }
         }
-        *position_mut(cursor, scope) = step.to;
+        move_to(cursor, step.to);
         let outcome = if step.resync.is_some() {
             ResumeOutcome::resync
         } else if step.replay.is_empty() {
@@ -360,27 +428,41 @@ impl StreamContext {
             .inc();
     }
 
-    /// The head of `scope`'s history: where a stream that asks for nothing starts.
-    pub async fn head(&self, scope: ResyncScope) -> Result<Position, BusError> {
-        Ok(self.bus.read(&self.topic(scope), u64::MAX, 0).await?.head)
+    /// The head of `feed`'s history: where a stream that asks for nothing starts.
+    pub async fn head(&self, feed: &Feed) -> Result<Position, BusError> {
+        Ok(self.bus.read(feed, u64::MAX, 0).await?.head)
     }
 
-    /// The cursor at the head of both histories, owned by `owner`: both read at once,
-    /// the broadcast head in a read shared with the streams opening meanwhile.
+    /// The cursor at the head of every history of the stream, owned by `owner`: all read
+    /// at once, the broadcast head in a read shared with the streams opening meanwhile.
     async fn head_cursor(&self, owner: u64) -> Result<Cursor, BusError> {
-        let (user, broadcast) =
-            futures_util::future::try_join(self.head(ResyncScope::User), self.bus.broadcast_head())
+        let user = Feed::User(self.user_id.clone());
+        let topics = futures_util::future::try_join_all(self.topics.iter().map(|(tag, name)| {
+            let feed = Feed::Topic(name.clone());
+            async move {
+                let at = self.head(&feed).await?;
+                Ok::<_, BusError>(TopicPosition { tag: *tag, at })
+            }
+        }));
+        let (user, broadcast, topics) =
+            futures_util::future::try_join3(self.head(&user), self.bus.broadcast_head(), topics)
                 .await?;
         Ok(Cursor {
             user,
             broadcast,
             owner,
+            topics,
         })
     }
 
-    pub fn resync_frame(&self, scope: ResyncScope, reason: &str, cursor: &Cursor) -> Frame {
+    pub fn resync_frame(&self, scope: Scope, reason: &str, cursor: &Cursor) -> Frame {
+        let topic = match scope {
+            Scope::Topic(tag) => self.topic_name(tag).map(str::to_string),
+            Scope::User | Scope::Broadcast => None,
+        };
         let data = Resync {
-            scope,
+            scope: scope.resync_scope(),
+            topic,
             reason: reason.to_string(),
         };
         self.server_frame(event_type::STREAM_RESYNC, Payload::of(&data), cursor)
@@ -429,7 +511,7 @@ impl StreamContext {
             Expired,
         }
         async_stream::stream! {
-            notices.set_cursor(cursor);
+            notices.set_cursor(&cursor);
             // Boxed: a timer is not small, and the stream keeps it for as long as it lives.
             let mut expiry = Box::pin(tokio::time::sleep(lifetime));
             loop {
@@ -453,12 +535,12 @@ impl StreamContext {
                         yield self.ended_frame(event_type::STREAM_DISCONNECTED, reason, &cursor);
                         return;
                     }
-                    Notice::CatchUp => vec![ResyncScope::User, ResyncScope::Broadcast],
-                    Notice::CatchUpUser => vec![ResyncScope::User],
+                    Notice::CatchUp => self.scopes(),
+                    Notice::CatchUpIn(scope) => vec![*scope],
                     Notice::Event(published) => match live_step(&mut cursor, published) {
                         LiveStep::Skip => continue,
                         LiveStep::Send { with_id } => {
-                            notices.set_cursor(cursor);
+                            notices.set_cursor(&cursor);
                             published.count_delivered(&self.metrics, 1);
                             yield published.frame(with_id.then(|| cursor.to_string()));
                             continue;
@@ -477,7 +559,7 @@ impl StreamContext {
                         }
                     }
                 }
-                notices.set_cursor(cursor);
+                notices.set_cursor(&cursor);
             }
         }
     }

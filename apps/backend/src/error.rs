@@ -13,7 +13,7 @@ use events::{ErrorBody, ErrorDetail, ValidationError};
 
 use crate::{
     admission::Breach, auth::AuthError, bus::BusError, delivery::OpenError, store::StoreError,
-    tickets::TicketError,
+    tickets::TicketError, topics::TopicError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,9 @@ pub enum ApiError {
     /// request may be retried, elsewhere or later. Never carries a dependency's words.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// A stream's or a publish's topic is refused: a bad name, too many, or not allowed.
+    #[error("{0}")]
+    Topic(TopicError),
     /// Something unexpected; the cause is in the log under `request_id`.
     #[error("internal error (request id {request_id})")]
     Internal { request_id: String },
@@ -94,6 +97,10 @@ impl ApiError {
             Self::TooManyTickets { .. } => "too_many_tickets",
             Self::LimitReached(_) => "limit_reached",
             Self::Unavailable(_) => "unavailable",
+            Self::Topic(TopicError::Invalid { .. }) => "invalid_topic",
+            Self::Topic(TopicError::TooMany { .. }) => "too_many_topics",
+            Self::Topic(TopicError::Forbidden(_)) => "topic_forbidden",
+            Self::Topic(TopicError::Unavailable) => "topic_auth_unavailable",
             Self::Internal { .. } => "internal",
         }
     }
@@ -142,7 +149,13 @@ impl ResponseError for ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             Self::LimitReached(_) => StatusCode::CONFLICT,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Topic(TopicError::Unavailable) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Topic(TopicError::Invalid { .. } | TopicError::TooMany { .. }) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Topic(TopicError::Forbidden(_)) => StatusCode::FORBIDDEN,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -153,7 +166,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::Topic(TopicError::Unavailable) => {
                 response.insert_header((header::RETRY_AFTER, "1"));
             }
             Self::TooManyStreams { .. } | Self::TooManyTickets { .. } => {
@@ -230,6 +243,12 @@ impl From<AuthError> for ApiError {
             AuthError::MayNotPublish => Self::Forbidden("this token may not publish"),
             other => Self::Unauthorized(other),
         }
+    }
+}
+
+impl From<TopicError> for ApiError {
+    fn from(error: TopicError) -> Self {
+        Self::Topic(error)
     }
 }
 

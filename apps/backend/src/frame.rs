@@ -9,13 +9,14 @@ use events::{Envelope, Position};
 use prometheus_client::metrics::counter::Counter;
 use tokio_util::codec::Encoder as _;
 
-use crate::{clock::now_millis, metrics::Metrics};
+use crate::{clock::now_millis, metrics::Metrics, sequence::Scope};
 
 /// An event as the hub fans it out: its position and its `event:` and `data:` fields,
 /// already encoded. The `id:` is per stream (it carries the stream's whole cursor).
 #[derive(Debug)]
 pub struct Published {
-    pub broadcast: bool,
+    /// Which history it is in: a user's, the broadcasts', or a topic's.
+    pub scope: Scope,
     /// Absent for messages that bypassed the backend (a plain `PUBLISH`).
     pub position: Option<Position>,
     pub event_type: ByteString,
@@ -36,7 +37,11 @@ impl Published {
         // An Envelope is strings, numbers and a JSON value: it always serializes.
         let json = serde_json::to_string(envelope).unwrap_or_default();
         Self {
-            broadcast: envelope.is_broadcast(),
+            scope: match &envelope.topic {
+                Some(topic) => Scope::Topic(events::topic_tag(topic)),
+                None if envelope.is_broadcast() => Scope::Broadcast,
+                None => Scope::User,
+            },
             position: envelope.position(),
             event_type: envelope.event_type.as_str().into(),
             data: json.into(),

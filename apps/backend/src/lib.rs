@@ -13,6 +13,7 @@ mod connection;
 mod delivery;
 mod direct;
 mod error;
+pub mod feed;
 mod frame;
 pub mod hub;
 pub mod metrics;
@@ -27,6 +28,7 @@ pub mod store;
 mod tasks;
 pub mod telemetry;
 mod tickets;
+mod topics;
 
 pub use app::{Application, Stop, listen};
 pub use config::Settings;

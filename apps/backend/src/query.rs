@@ -10,6 +10,13 @@ pub fn param(query: &str, name: &str) -> Option<String> {
         .map(|(_, value)| value.into_owned())
 }
 
+/// Every value of `name` in `query`, in order, percent-decoded as [`param`] does.
+pub fn params<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = String> + 'a {
+    form_urlencoded::parse(query.as_bytes())
+        .filter(move |(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,26 @@ use events::{Cursor, Position, ResyncScope};
 
 use crate::frame::Published;
 
+/// Which of a stream's histories a position, an event or a catch-up is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    User,
+    Broadcast,
+    /// A topic, by its [`events::topic_tag`].
+    Topic(u64),
+}
+
+impl Scope {
+    /// What a `stream.resync` frame calls it.
+    pub fn resync_scope(self) -> ResyncScope {
+        match self {
+            Self::User => ResyncScope::User,
+            Self::Broadcast => ResyncScope::Broadcast,
+            Self::Topic(_) => ResyncScope::Topic,
+        }
+    }
+}
+
 /// What a stream does with a live event, given where it stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiveStep {
@@ -17,42 +37,45 @@ pub enum LiveStep {
     Skip,
     /// Events are missing before it, or its history restarted: catch up from that
     /// history first (which has this event too).
-    Repair(ResyncScope),
+    Repair(Scope),
 }
 
 /// Decides what a stream at `cursor` does with `published`, moving the cursor past it
 /// when it is sent. The one rule for every live event, whether the stream's task
 /// handles it or the hub writes it directly.
 pub fn live_step(cursor: &mut Cursor, published: &Published) -> LiveStep {
-    let scope = if published.broadcast {
-        ResyncScope::Broadcast
-    } else {
-        ResyncScope::User
-    };
+    let scope = published.scope;
     let Some(p) = published.position else {
         return LiveStep::Send { with_id: false };
     };
-    match arrival(position(cursor, scope), p) {
+    let Some(at) = position_mut(cursor, scope) else {
+        // A topic this stream does not carry (it never is offered one): not for it.
+        return LiveStep::Skip;
+    };
+    match arrival(*at, p) {
         Arrival::Duplicate => LiveStep::Skip,
         Arrival::Next => {
-            *position_mut(cursor, scope) = p;
+            *at = p;
             LiveStep::Send { with_id: true }
         }
         Arrival::Gap => LiveStep::Repair(scope),
     }
 }
 
-pub fn position(cursor: &Cursor, scope: ResyncScope) -> Position {
+/// Where `cursor` stands in `scope`; `None` for a topic it does not name.
+pub fn position(cursor: &Cursor, scope: Scope) -> Option<Position> {
     match scope {
-        ResyncScope::User => cursor.user,
-        ResyncScope::Broadcast => cursor.broadcast,
+        Scope::User => Some(cursor.user),
+        Scope::Broadcast => Some(cursor.broadcast),
+        Scope::Topic(tag) => cursor.topic(tag),
     }
 }
 
-pub fn position_mut(cursor: &mut Cursor, scope: ResyncScope) -> &mut Position {
+pub fn position_mut(cursor: &mut Cursor, scope: Scope) -> Option<&mut Position> {
     match scope {
-        ResyncScope::User => &mut cursor.user,
-        ResyncScope::Broadcast => &mut cursor.broadcast,
+        Scope::User => Some(&mut cursor.user),
+        Scope::Broadcast => Some(&mut cursor.broadcast),
+        Scope::Topic(tag) => cursor.topic_mut(tag),
     }
 }
 

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use crate::{
     admission::Rules, auth::Tokens, bus::Bus, config::Secret, config::Settings, delivery::Streams,
     hub::Hub, metrics::Metrics, readiness::Readiness, snapshots::SnapshotRequests, store::Store,
-    tickets::Tickets,
+    tickets::Tickets, topics::TopicAccess,
 };
 
 /// What one caller may use, from the settings.
@@ -15,6 +15,7 @@ pub struct Limits {
     pub max_event_bytes: u64,
     pub max_accounts_per_user: u64,
     pub max_replay: u64,
+    pub max_topics_per_stream: u64,
 }
 
 impl Limits {
@@ -31,6 +32,7 @@ impl Limits {
             max_event_bytes: settings.max_event_bytes,
             max_accounts_per_user: settings.max_accounts_per_user,
             max_replay: settings.max_replay,
+            max_topics_per_stream: settings.max_topics_per_stream,
         }
     }
 }
@@ -47,6 +49,8 @@ pub struct AppState {
     pub bus: Arc<Bus>,
     /// What opening a stream needs (the hub, the bus and the limits again).
     pub streams: Streams,
+    /// Who may subscribe to which topics.
+    pub topics: TopicAccess,
     pub store: Arc<Store>,
     pub snapshots: SnapshotRequests,
     /// Stream tickets waiting to be redeemed.

@@ -116,8 +116,13 @@ impl RedisTickets {
 }
 
 impl Tickets {
-    /// A ticket for `credential`, redeemable once within [`TICKET_TTL`].
-    pub async fn issue(&self, credential: &Credential) -> Result<Issued, TicketError> {
+    /// A ticket for `credential` and the stream `topics` (checked by the caller),
+    /// redeemable once within [`TICKET_TTL`].
+    pub async fn issue(
+        &self,
+        credential: &Credential,
+        topics: &[String],
+    ) -> Result<Issued, TicketError> {
         let issued = Issued {
             handle: random_hex(1),
             secret: random_hex(2),
@@ -126,6 +131,7 @@ impl Tickets {
         let record = Record {
             secret: issued.secret.clone(),
             credential: credential.clone(),
+            topics: topics.to_vec(),
         };
         match self {
             Self::Memory(tickets) => tickets.insert(&issued.handle, record)?,
@@ -160,7 +166,7 @@ impl Tickets {
         &self,
         handle: &str,
         secret: &str,
-    ) -> Result<Option<Credential>, TicketError> {
+    ) -> Result<Option<(Credential, Vec<String>)>, TicketError> {
         // Anything but a handle this module made is refused before it reaches a key.
         if handle.len() != 32 || !handle.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(None);
@@ -174,22 +180,23 @@ impl Tickets {
         };
         Ok(record
             .filter(|record| bool::from(record.secret.as_bytes().ct_eq(secret.as_bytes())))
-            .map(|record| record.credential))
+            .map(|record| (record.credential, record.topics)))
     }
 }
 
 /// The credential a stream request carries, for either carrier: a bearer token in the
 /// `Authorization` header (for clients that can send one), else a stream ticket (its
-/// handle in the query, its secret in the cookie named after it), redeemed here.
+/// handle in the query, its secret in the cookie named after it), redeemed here; with the
+/// topics the ticket was issued for (none for a token).
 pub async fn authenticate_stream(
     tokens: &Tokens,
     tickets: &Tickets,
     authorization: Option<&str>,
     query: &str,
     cookies: Option<&str>,
-) -> Result<Credential, TicketError> {
+) -> Result<(Credential, Vec<String>), TicketError> {
     if authorization.is_some() {
-        return Ok(auth::authenticate(tokens, authorization)?);
+        return Ok((auth::authenticate(tokens, authorization)?, Vec::new()));
     }
     let Some(handle) = crate::query::param(query, "ticket") else {
         return Err(if crate::query::param(query, "token").is_some() {
@@ -202,14 +209,14 @@ pub async fn authenticate_stream(
     let secret = cookies
         .and_then(|cookies| secret_from_cookies(cookies, &handle))
         .ok_or(AuthError::BadTicket)?;
-    let credential = tickets
+    let (credential, topics) = tickets
         .redeem(&handle, secret)
         .await?
         .ok_or(AuthError::BadTicket)?;
     if credential.expires_at <= clock::epoch_secs(SystemTime::now()) {
         return Err(AuthError::Expired.into());
     }
-    Ok(credential)
+    Ok((credential, topics))
 }
 
 /// The secret of the ticket `handle`, from a `Cookie` header.
@@ -225,28 +232,56 @@ pub fn secret_from_cookies<'a>(cookies: &'a str, handle: &str) -> Option<&'a str
 struct Record {
     secret: String,
     credential: Credential,
+    /// The topics the stream opened with the ticket carries.
+    topics: Vec<String>,
 }
 
 impl Record {
-    /// `<secret> <expires_at> <user_id>`: user ids hold no spaces.
+    /// `<secret> <expires_at> <user_id> <topics> <publishTopics> <stream topics>`, each
+    /// list joined with `,`: user ids, patterns and topic names hold neither spaces nor
+    /// commas.
     fn encode(&self) -> String {
+        let Credential {
+            user_id,
+            expires_at,
+            topics,
+            publish_topics,
+        } = &self.credential;
         format!(
-            "{} {} {}",
-            self.secret, self.credential.expires_at, self.credential.user_id
+            "{} {expires_at} {user_id} {} {} {}",
+            self.secret,
+            topics.join(","),
+            publish_topics.join(","),
+            self.topics.join(",")
         )
     }
 
     fn decode(text: &str) -> Option<Self> {
-        let mut parts = text.splitn(3, ' ');
+        let mut parts = text.splitn(6, ' ');
         let secret = parts.next()?.to_string();
         let expires_at = parts.next()?.parse().ok()?;
         let user_id = parts.next()?.to_string();
+        let mut patterns = || -> Vec<String> {
+            parts
+                .next()
+                .unwrap_or_default()
+                .split(',')
+                .filter(|pattern| !pattern.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let topics = patterns();
+        let publish_topics = patterns();
+        let stream_topics = patterns();
         Some(Self {
             secret,
             credential: Credential {
                 user_id,
                 expires_at,
+                topics,
+                publish_topics,
             },
+            topics: stream_topics,
         })
     }
 }
@@ -321,25 +356,26 @@ mod tests {
         Credential {
             user_id: "alice".into(),
             expires_at: 1_900_000_000,
+            ..Credential::default()
         }
     }
 
     #[tokio::test]
     async fn a_ticket_is_redeemed_once_and_only_with_its_secret() {
         let tickets = Tickets::Memory(MemoryTickets::default());
-        let issued = tickets.issue(&alice()).await.expect("issued");
+        let issued = tickets.issue(&alice(), &[]).await.expect("issued");
         assert_eq!(issued.handle.len(), 32);
         let wrong = tickets
             .redeem(&issued.handle, "guess")
             .await
             .expect("no error");
         assert_eq!(wrong, None, "a wrong secret redeems nothing");
-        let issued = tickets.issue(&alice()).await.expect("issued");
+        let issued = tickets.issue(&alice(), &[]).await.expect("issued");
         let first = tickets
             .redeem(&issued.handle, &issued.secret)
             .await
             .expect("no error");
-        assert_eq!(first, Some(alice()));
+        assert_eq!(first, Some((alice(), Vec::new())));
         let again = tickets
             .redeem(&issued.handle, &issued.secret)
             .await
@@ -355,10 +391,13 @@ mod tests {
     async fn one_user_cannot_take_every_ticket() {
         let tickets = Tickets::Memory(MemoryTickets::default());
         for _ in 0..MAX_TICKETS_PER_USER {
-            tickets.issue(&alice()).await.expect("within the limit");
+            tickets
+                .issue(&alice(), &[])
+                .await
+                .expect("within the limit");
         }
         assert!(matches!(
-            tickets.issue(&alice()).await,
+            tickets.issue(&alice(), &[]).await,
             Err(TicketError::UserLimit)
         ));
         let bob = Credential {
@@ -366,7 +405,7 @@ mod tests {
             ..alice()
         };
         tickets
-            .issue(&bob)
+            .issue(&bob, &[])
             .await
             .expect("another user is unaffected");
     }
@@ -404,9 +443,21 @@ mod tests {
             credential: Credential {
                 user_id: "user:42@example.com".into(),
                 expires_at: 7,
+                ..Credential::default()
             },
+            topics: Vec::new(),
         };
-        assert_eq!(Record::decode(&record.encode()), Some(record));
+        assert_eq!(Record::decode(&record.encode()), Some(record.clone()));
+        let granted = Record {
+            credential: Credential {
+                topics: vec!["chat:*".into(), "orders:42".into()],
+                publish_topics: vec!["chat:room-7".into()],
+                ..record.credential.clone()
+            },
+            topics: vec!["chat:room-7".into(), "orders:42".into()],
+            ..record
+        };
+        assert_eq!(Record::decode(&granted.encode()), Some(granted));
         assert_eq!(Record::decode("abc notanumber u"), None);
     }
 }

@@ -10,6 +10,12 @@ pub const MAX_ACCOUNT_NAME_CHARS: usize = 100;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenRequest {
     pub user_id: String,
+    /// Topic patterns the token lets its user subscribe to (its `topics` claim).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// Topic patterns the token lets its user publish to (its `publishTopics` claim).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish_topics: Vec<String>,
 }
 
 /// A signed token for a user and when it stops being accepted.
@@ -115,20 +121,35 @@ pub struct StreamOpened {
     /// The instance holding this stream.
     pub server_id: String,
     pub user_id: String,
+    /// The topics the stream carries besides its user's events and the broadcasts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
 }
 
 /// `POST /api/publish`: an event for one user, in the original design's message shape,
-/// or for everyone with `"broadcast": true` and no `userId`.
+/// for a topic's subscribers with `topic`, or for everyone with `"broadcast": true`:
+/// exactly one of the three.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PublishRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub broadcast: bool,
     pub event_type: String,
     #[serde(default)]
     pub data: crate::Payload,
+}
+
+/// `POST /api/stream-tickets`, optionally: the topics the stream opened with the ticket
+/// carries (besides any `topic` in its URL).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamTicketRequest {
+    #[serde(default)]
+    pub topics: Vec<String>,
 }
 
 /// `POST /api/stream-tickets` answers with this (and sets the ticket's secret in an
@@ -170,6 +191,8 @@ pub struct StreamEnded {
 pub enum ResyncScope {
     User,
     Broadcast,
+    /// One of the stream's topics, named in [`Resync::topic`].
+    Topic,
 }
 
 /// The `data` of a `stream.resync` frame: events may have been missed and cannot be
@@ -178,6 +201,9 @@ pub enum ResyncScope {
 #[serde(rename_all = "camelCase")]
 pub struct Resync {
     pub scope: ResyncScope,
+    /// The topic, for [`ResyncScope::Topic`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     /// Why, for people: e.g. "history trimmed past the requested position".
     pub reason: String,
 }

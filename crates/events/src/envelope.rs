@@ -13,15 +13,17 @@ pub const SYSTEM_EVENTS_CHANNEL: &str = "system-events";
 /// The `userId` of a broadcast event. Not a valid user id, so it names no user.
 pub const BROADCAST_USER_ID: &str = "*";
 
-/// One event addressed to one user: the message on Redis and the JSON of each SSE `data:`.
+/// One event addressed to one user, to everyone, or to a topic's subscribers: the message
+/// on Redis and the JSON of each SSE `data:`.
 ///
 /// `userId`, `eventType` and `data` are exactly the original design's Redis message, so a
-/// publisher that sends only those three keys is still understood. The other fields are
-/// filled in by the backend that accepts the event.
+/// publisher that sends only those three keys is still understood. A topic's event has
+/// `topic` instead of `userId` (exactly one of the two; the admission rules check it).
+/// The other fields are filled in by the backend that accepts the event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Envelope {
-    /// The event's position in its user's sequence: 1, 2, 3, ... without gaps.
+    /// The event's position in its user's (or topic's) sequence: 1, 2, 3, ... without gaps.
     ///
     /// Assigned by the backend when the event is published; absent on messages that
     /// bypassed the backend (a plain `PUBLISH user-events`), which are delivered live only.
@@ -30,8 +32,13 @@ pub struct Envelope {
     /// The epoch of the history `id` counts in (see [`crate::Position`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
-    /// The user whose streams receive the event; [`BROADCAST_USER_ID`] for a broadcast.
+    /// The user whose streams receive the event; [`BROADCAST_USER_ID`] for a broadcast;
+    /// empty (and left out) for a topic's event.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user_id: String,
+    /// The topic whose subscribers receive the event (see [`crate::validate_topic`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     /// The event's name, sent as the SSE `event:` field (see [`crate::event_type`]).
     pub event_type: String,
     /// The payload, any JSON value exactly as published; `null` when the publisher sent
@@ -44,12 +51,16 @@ pub struct Envelope {
     /// When the event was accepted, in milliseconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_at: Option<u64>,
+    /// The user who published it with their own token (a topic's `publishTopics`), set by
+    /// the backend from the token and never taken from the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher_id: Option<String>,
 }
 
 impl Envelope {
     /// Whether this event goes to every stream rather than one user's.
     pub fn is_broadcast(&self) -> bool {
-        self.user_id == BROADCAST_USER_ID
+        self.topic.is_none() && self.user_id == BROADCAST_USER_ID
     }
 
     /// The event's position in its history, if it has one.
@@ -67,10 +78,24 @@ impl Envelope {
             id: None,
             epoch: None,
             user_id: user_id.into(),
+            topic: None,
             event_type: event_type.into(),
             data: data.into(),
             server_id: None,
             published_at: None,
+            publisher_id: None,
+        }
+    }
+
+    /// A new event for the subscribers of `topic`, not yet published.
+    pub fn to_topic(
+        topic: impl Into<String>,
+        event_type: impl Into<String>,
+        data: impl Into<Payload>,
+    ) -> Self {
+        Self {
+            topic: Some(topic.into()),
+            ..Self::new(String::new(), event_type, data)
         }
     }
 }
@@ -106,6 +131,8 @@ mod tests {
             data: json!({"orderId": 42, "items": []}).into(),
             server_id: Some("backend-2".into()),
             published_at: Some(1_764_000_000_123),
+            topic: None,
+            publisher_id: None,
         };
 
         let text = serde_json::to_string(&envelope).expect("serializes");
@@ -144,8 +171,21 @@ mod tests {
     }
 
     #[test]
-    fn a_message_without_user_id_is_rejected() {
-        let result = serde_json::from_str::<Envelope>(r#"{"eventType":"a.b","data":{}}"#);
-        assert!(result.is_err());
+    fn a_topics_event_has_a_topic_and_no_user_id() {
+        let text = serde_json::to_string(&Envelope {
+            publisher_id: Some("alice".into()),
+            ..Envelope::to_topic("chat:room-7", "chat.message", json!({"text": "hi"}))
+        })
+        .expect("serializes");
+        assert!(text.starts_with(r#"{"topic":"chat:room-7""#), "{text}");
+        assert!(!text.contains("userId"), "{text}");
+        let back: Envelope = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back.topic.as_deref(), Some("chat:room-7"));
+        assert_eq!(back.publisher_id.as_deref(), Some("alice"));
+        assert!(!back.is_broadcast());
+        // Neither a user nor a topic: parsed, then refused by the admission rules.
+        let neither: Envelope =
+            serde_json::from_str(r#"{"eventType":"a.b","data":{}}"#).expect("parses");
+        assert!(neither.user_id.is_empty() && neither.topic.is_none());
     }
 }

@@ -12,16 +12,22 @@ mod cursor;
 mod envelope;
 pub mod event_type;
 mod payload;
+mod topic;
 mod user_id;
 
 pub use api::{
     Account, CreateAccountRequest, DisconnectRequest, ErrorBody, ErrorDetail, Health,
     MAX_ACCOUNT_NAME_CHARS, MAX_REASON_CHARS, PublishRequest, ReadinessReport, Resync, ResyncScope,
-    Snapshot, SnapshotsGenerated, StreamEnded, StreamOpened, StreamTicket, TokenRequest,
-    TokenResponse, ValidationError,
+    Snapshot, SnapshotsGenerated, StreamEnded, StreamOpened, StreamTicket, StreamTicketRequest,
+    TokenRequest, TokenResponse, ValidationError,
 };
 pub use control::{CONTROL_CHANNEL, Control};
-pub use cursor::{BadCursor, Cursor, Position, owner_tag};
+pub use cursor::{
+    BadCursor, Cursor, MAX_CURSOR_LEN, MAX_CURSOR_TOPICS, Position, TopicPosition, owner_tag,
+};
 pub use envelope::{BROADCAST_USER_ID, Envelope, SYSTEM_EVENTS_CHANNEL, USER_EVENTS_CHANNEL};
 pub use payload::{MAX_PAYLOAD_DEPTH, Payload};
+pub use topic::{
+    MAX_TOPIC_CHARS, is_topic_pattern, pattern_allows, patterns_allow, topic_tag, validate_topic,
+};
 pub use user_id::{MAX_USER_ID_CHARS, validate_user_id};

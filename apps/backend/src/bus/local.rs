@@ -6,11 +6,11 @@ use std::{
 use events::{Envelope, Position};
 use lru::LruCache;
 
-use super::{Guard, HistoryRead, IDEMPOTENCY_TTL, Publication, Retention, Topic};
+use super::{Feed, Guard, HistoryRead, IDEMPOTENCY_TTL, Publication, Retention};
 use crate::clock::now_millis;
 use crate::hub::Hub;
 
-/// The single-node bus: publishing appends to an in-memory ring per topic and delivers
+/// The single-node bus: publishing appends to an in-memory ring per feed and delivers
 /// straight to this instance's hub.
 ///
 /// Memory is bounded two ways. A ring whose events have all expired, whose idempotency
@@ -29,7 +29,7 @@ pub struct LocalBus {
 #[derive(Debug)]
 struct State {
     /// Least recently published first.
-    rings: LruCache<Topic, Ring>,
+    rings: LruCache<Feed, Ring>,
     /// What the kept events and keys of every ring take, as counted by [`cost`].
     bytes: usize,
     /// The most rings held since the table was last rebuilt.
@@ -96,17 +96,17 @@ impl LocalBus {
 
     pub(super) fn publish(&self, mut envelope: Envelope, guard: Guard<'_>) -> Publication {
         // Numbering, appending and delivery happen under one lock, so that concurrent
-        // publishers to one topic deliver in the order of their sequence numbers.
+        // publishers to one feed deliver in the order of their sequence numbers.
         let mut state = self.state();
         let now = now_millis();
-        let topic = Topic::of(&envelope);
+        let feed = Feed::of(&envelope);
         let State {
             rings,
             bytes,
             last_epoch,
             ..
         } = &mut *state;
-        let ring = rings.get_or_insert_mut(topic, || {
+        let ring = rings.get_or_insert_mut(feed, || {
             // In microseconds, so that even bursts of new histories stay at the wall
             // clock: a restarted process never hands out an epoch of the last one.
             let epoch = now.saturating_mul(1000).max(*last_epoch + 1);
@@ -153,11 +153,11 @@ impl LocalBus {
         Publication::New(envelope)
     }
 
-    pub(super) fn read(&self, topic: &Topic, after: u64, limit: usize) -> HistoryRead {
+    pub(super) fn read(&self, feed: &Feed, after: u64, limit: usize) -> HistoryRead {
         let mut state = self.state();
         let State { rings, bytes, .. } = &mut *state;
         // A read is not a publish: it leaves the ring's place in the eviction order.
-        let Some(ring) = rings.peek_mut(topic) else {
+        let Some(ring) = rings.peek_mut(feed) else {
             return HistoryRead::default();
         };
         *bytes = bytes.saturating_sub(ring.trim(self.retention, now_millis()));
@@ -185,22 +185,22 @@ impl LocalBus {
             rings, bytes, peak, ..
         } = &mut *state;
         let mut idle = Vec::new();
-        for (topic, ring) in rings.iter_mut() {
+        for (feed, ring) in rings.iter_mut() {
             let freed = ring.trim(self.retention, now) + ring.expire_keys(now);
             *bytes = bytes.saturating_sub(freed);
-            if ring.events.is_empty() && ring.keys.is_empty() && !self.has_streams(topic) {
-                idle.push(topic.clone());
+            if ring.events.is_empty() && ring.keys.is_empty() && !self.has_streams(feed) {
+                idle.push(feed.clone());
             }
         }
-        for topic in &idle {
-            rings.pop(topic);
+        for feed in &idle {
+            rings.pop(feed);
         }
         if rings.len() * 4 < *peak {
             // A hash table keeps its size when emptied: rebuild it, in the same order, so
             // the memory of the dropped rings comes back.
             let mut rebuilt = LruCache::unbounded();
-            while let Some((topic, ring)) = rings.pop_lru() {
-                rebuilt.put(topic, ring);
+            while let Some((feed, ring)) = rings.pop_lru() {
+                rebuilt.put(feed, ring);
             }
             *rings = rebuilt;
             *peak = rings.len();
@@ -208,13 +208,10 @@ impl LocalBus {
         rings.len()
     }
 
-    /// Whether a stream that reads `topic` is open here, and so may hold a cursor in it.
-    fn has_streams(&self, topic: &Topic) -> bool {
-        match topic {
-            Topic::User(user_id) => self.hub.has_streams(user_id),
-            // The broadcast history is every stream's: kept while any is open.
-            Topic::Broadcast => !self.hub.is_empty(),
-        }
+    /// Whether a stream that reads `feed` is open here, and so may hold a cursor in it.
+    fn has_streams(&self, feed: &Feed) -> bool {
+        // The broadcast history is every stream's: kept while any is open.
+        self.hub.has_streams(feed)
     }
 
     /// Past the memory bound, empties the least recently published rings until the
@@ -226,13 +223,13 @@ impl LocalBus {
             if state.bytes <= self.max_bytes {
                 return;
             }
-            let Some((topic, mut ring)) = state.rings.pop_lru() else {
+            let Some((feed, mut ring)) = state.rings.pop_lru() else {
                 return;
             };
             let freed = ring.events.iter().map(cost).sum::<usize>();
             state.bytes = state.bytes.saturating_sub(freed);
             tracing::warn!(
-                ?topic,
+                ?feed,
                 freed,
                 "history memory bound reached (HISTORY_MAX_MEMORY_MIB): dropped the events \
                  of the least recently published history"
@@ -240,9 +237,9 @@ impl LocalBus {
             // Its streams' cursors stay meaningful while its numbering stays, and a retry
             // of a recent publish stays a retry while its key does: such a ring loses only
             // its events (keys are few, and expire within IDEMPOTENCY_TTL anyway).
-            if self.has_streams(&topic) || !ring.keys.is_empty() {
+            if self.has_streams(&feed) || !ring.keys.is_empty() {
                 ring.events.clear();
-                state.rings.put(topic, ring);
+                state.rings.put(feed, ring);
             }
         }
     }
@@ -338,12 +335,12 @@ mod tests {
         }
         assert_eq!(publish(&bus, "bob").id, Some(1));
 
-        let read = bus.read(&Topic::User("alice".into()), 3, 10);
+        let read = bus.read(&Feed::User("alice".into()), 3, 10);
         assert_eq!(read.head.seq, 5);
         assert_eq!(read.oldest, 3, "only the last 3 are kept");
         let ids: Vec<_> = read.events.iter().filter_map(|e| e.id).collect();
         assert_eq!(ids, [4, 5]);
-        assert_eq!(bus.read(&Topic::Broadcast, 0, 10), HistoryRead::default());
+        assert_eq!(bus.read(&Feed::Broadcast, 0, 10), HistoryRead::default());
     }
 
     #[test]
@@ -386,7 +383,7 @@ mod tests {
         );
         assert!(
             matches!(elsewhere, Publication::New(_)),
-            "keys are per topic"
+            "keys are per feed"
         );
     }
 
@@ -421,7 +418,7 @@ mod tests {
         for user in 0..1000 {
             publish(&bus, &format!("user-{user}"));
         }
-        let _open = bus.hub.open("watched").expect("opens");
+        let _open = bus.hub.open("watched", &[]).expect("opens");
         let first = publish(&bus, "watched");
         assert_eq!(bus.sweep(), 1001, "nothing has expired yet");
         std::thread::sleep(Duration::from_millis(80));
@@ -454,7 +451,7 @@ mod tests {
             publish(&bus, &format!("user-{user}"));
         }
         publish(&bus, "user-0");
-        let kept = |user: &str| bus.read(&Topic::User(user.into()), 0, 100).events.len();
+        let kept = |user: &str| bus.read(&Feed::User(user.into()), 0, 100).events.len();
         assert_eq!(
             kept("user-1"),
             0,
@@ -486,7 +483,7 @@ mod tests {
             panic!("a retry stays a retry after eviction")
         };
         assert_eq!((again.id, again.epoch), (first.id, first.epoch));
-        let user_0 = bus.read(&Topic::User("user-0".into()), 0, 0).head.epoch;
+        let user_0 = bus.read(&Feed::User("user-0".into()), 0, 0).head.epoch;
         assert!(next.epoch > Some(user_0), "with an epoch of its own");
     }
 }

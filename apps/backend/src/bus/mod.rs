@@ -12,9 +12,10 @@ mod subscriptions;
 
 use std::{sync::Arc, time::Duration};
 
-use events::{BROADCAST_USER_ID, Control, Envelope, Position};
+use events::{Control, Envelope, Position};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::feed::Feed;
 use crate::{clock::now_millis, metrics::Metrics};
 
 pub use self::{
@@ -47,9 +48,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// Conditions on a publish, checked in the same atomic step that would publish.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Guard<'a> {
-    /// Publish at most once per key and topic within [`IDEMPOTENCY_TTL`].
+    /// Publish at most once per key and feed within [`IDEMPOTENCY_TTL`].
     pub idempotency_key: Option<&'a str>,
-    /// Publish only if no event of the same type in the topic carried this version or a
+    /// Publish only if no event of the same type in the feed carried this version or a
     /// newer one: an event that reports a state (a count, say) never follows a newer one.
     /// Below 2^53: Redis compares versions as Lua numbers.
     pub version: Option<u64>,
@@ -68,39 +69,14 @@ pub enum Publication {
     Superseded,
 }
 
-/// One history: a user's own events, or the broadcast events.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Topic {
-    User(String),
-    Broadcast,
-}
-
-impl Topic {
-    pub fn of(envelope: &Envelope) -> Self {
-        if envelope.is_broadcast() {
-            Self::Broadcast
-        } else {
-            Self::User(envelope.user_id.clone())
-        }
-    }
-
-    /// The `userId` events of this topic carry.
-    fn user_id(&self) -> &str {
-        match self {
-            Self::User(user_id) => user_id,
-            Self::Broadcast => BROADCAST_USER_ID,
-        }
-    }
-}
-
-/// How much history is kept per topic: both limits apply.
+/// How much history is kept per feed: both limits apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     pub max_len: u64,
     pub max_age: Duration,
 }
 
-/// A topic's history as read at one moment.
+/// A feed's history as read at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HistoryRead {
     /// The current epoch and the last sequence number given; epoch 0: no history.
@@ -140,8 +116,8 @@ impl Bus {
     }
 
     /// Publishes `envelope` to its user's streams (or to every stream, for a broadcast)
-    /// on every instance, and appends it to the topic's history. Stamps it with this
-    /// instance's id, the time, and its epoch and position in the topic's sequence, all
+    /// on every instance, and appends it to the feed's history. Stamps it with this
+    /// instance's id, the time, and its epoch and position in the feed's sequence, all
     /// in one atomic step; returns it as delivered.
     pub async fn publish(&self, envelope: Envelope) -> Result<Envelope, BusError> {
         match self.publish_guarded(envelope, Guard::default()).await? {
@@ -221,17 +197,17 @@ impl Bus {
         }
     }
 
-    /// The head of `topic`'s history, and up to `limit` kept events after sequence
+    /// The head of `feed`'s history, and up to `limit` kept events after sequence
     /// number `after`.
     pub async fn read(
         &self,
-        topic: &Topic,
+        feed: &Feed,
         after: u64,
         limit: usize,
     ) -> Result<HistoryRead, BusError> {
         match &self.engine {
-            Engine::Local(bus) => Ok(bus.read(topic, after, limit)),
-            Engine::Redis(bus) => bus.read(topic, after, limit).await,
+            Engine::Local(bus) => Ok(bus.read(feed, after, limit)),
+            Engine::Redis(bus) => bus.read(feed, after, limit).await,
         }
     }
 
@@ -240,7 +216,7 @@ impl Bus {
     /// Streams opening together share one read.
     pub async fn broadcast_head(&self) -> Result<Position, BusError> {
         match &self.engine {
-            Engine::Local(bus) => Ok(bus.read(&Topic::Broadcast, u64::MAX, 0).head),
+            Engine::Local(bus) => Ok(bus.read(&Feed::Broadcast, u64::MAX, 0).head),
             Engine::Redis(bus) => bus.broadcast_head().await,
         }
     }

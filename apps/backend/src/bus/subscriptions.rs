@@ -1,8 +1,8 @@
-//! Which users' shard channels this instance listens to.
+//! Which users' and topics' shard channels this instance listens to.
 //!
-//! A user's channel is subscribed when their first stream opens here (the hub reports
-//! each arrival) and unsubscribed once they have held no stream here for [`LINGER`], so
-//! an instance receives the events of the users it serves and no others. Arrivals are
+//! A user's (or a topic's) channel is subscribed when its first stream opens here (the hub
+//! reports each arrival) and unsubscribed once it has had no stream here for [`LINGER`],
+//! so an instance receives the events of the users and topics it serves and no others. Arrivals are
 //! gathered into batches, at most one per [`BATCH_WINDOW`], and subscribed with one
 //! `SSUBSCRIBE` per partition (see `keys`), all in flight at once, so a reconnect storm
 //! costs at most [`PARTITIONS`] commands per window and no stream waits on a round trip
@@ -29,7 +29,7 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Topic,
+    Feed,
     keys::{self, PARTITIONS},
 };
 use crate::{hub::Hub, metrics::Metrics};
@@ -60,10 +60,10 @@ pub struct Subscriptions {
     heads: Script,
     hub: Hub,
     metrics: Arc<Metrics>,
-    /// Users subscribed, and since when they hold no stream here.
-    held: HashMap<String, Option<Instant>>,
-    /// Users whose subscription failed (Redis away): retried at the next sweep.
-    failed: HashSet<String>,
+    /// Feeds (users and topics) subscribed, and since when they have no stream here.
+    held: HashMap<Feed, Option<Instant>>,
+    /// Feeds whose subscription failed (Redis away): retried at the next sweep.
+    failed: HashSet<Feed>,
 }
 
 impl Subscriptions {
@@ -85,7 +85,7 @@ impl Subscriptions {
     }
 
     /// Subscribes for each arrival, and sweeps, until `shutdown`.
-    pub async fn run(mut self, mut arrivals: mpsc::Receiver<String>, shutdown: CancellationToken) {
+    pub async fn run(mut self, mut arrivals: mpsc::Receiver<Feed>, shutdown: CancellationToken) {
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_batch = Instant::now() - BATCH_WINDOW;
@@ -123,11 +123,15 @@ impl Subscriptions {
         tracing::info!("subscriptions stopped");
     }
 
-    /// Subscribes to the channels of `users` not subscribed yet, then tells their streams
-    /// to catch up.
-    async fn subscribe(&mut self, users: Vec<String>) {
+    /// Subscribes to the channels of `users` (users and topics) not subscribed yet, then
+    /// tells their streams to catch up.
+    async fn subscribe(&mut self, users: Vec<Feed>) {
         let mut fresh = Vec::new();
         for user in users {
+            if user == Feed::Broadcast {
+                // Subscribed all along (see `relay`).
+                continue;
+            }
             match self.held.get_mut(&user) {
                 // Back before its channel was dropped.
                 Some(absent_since) => *absent_since = None,
@@ -143,7 +147,7 @@ impl Subscriptions {
         let (client, script) = (&self.client, &self.heads);
         let results = join_all(batches.into_iter().map(|users| async move {
             metrics.subscription_command("ssubscribe");
-            let channels: Vec<String> = users.iter().map(|user| channel(user)).collect();
+            let channels: Vec<String> = users.iter().map(keys::channel).collect();
             let result = subscriber.ssubscribe(channels).await;
             // Read after the subscription is confirmed: from these heads on, every
             // event of these users arrives live.
@@ -184,11 +188,11 @@ impl Subscriptions {
     /// subscriptions of users still here.
     async fn sweep(&mut self) {
         let now = Instant::now();
-        let absent: HashSet<String> = self
+        let absent: HashSet<Feed> = self
             .hub
-            .absent(self.held.keys().map(String::as_str))
+            .absent(self.held.keys())
             .into_iter()
-            .map(str::to_string)
+            .cloned()
             .collect();
         let mut leaving = Vec::new();
         for (user, absent_since) in &mut self.held {
@@ -205,7 +209,7 @@ impl Subscriptions {
         let metrics = &self.metrics;
         join_all(by_partition(leaving).into_iter().map(|users| async move {
             metrics.subscription_command("sunsubscribe");
-            let channels: Vec<String> = users.iter().map(|user| channel(user)).collect();
+            let channels: Vec<String> = users.iter().map(keys::channel).collect();
             if let Err(error) = subscriber.sunsubscribe(channels).await {
                 // Only costs messages this instance drops: nothing is missed.
                 tracing::warn!(%error, users = users.len(), "could not unsubscribe");
@@ -214,16 +218,12 @@ impl Subscriptions {
         .await;
         self.metrics.subscriptions.set(self.held.len() as i64);
 
-        let retry: Vec<String> = std::mem::take(&mut self.failed).into_iter().collect();
-        let present: Vec<String> = {
-            let gone: HashSet<&str> = self
-                .hub
-                .absent(retry.iter().map(String::as_str))
-                .into_iter()
-                .collect();
+        let retry: Vec<Feed> = std::mem::take(&mut self.failed).into_iter().collect();
+        let present: Vec<Feed> = {
+            let gone: HashSet<&Feed> = self.hub.absent(retry.iter()).into_iter().collect();
             retry
                 .iter()
-                .filter(|user| !gone.contains(user.as_str()))
+                .filter(|feed| !gone.contains(feed))
                 .cloned()
                 .collect()
         };
@@ -231,10 +231,6 @@ impl Subscriptions {
             self.subscribe(present).await;
         }
     }
-}
-
-fn channel(user: &str) -> String {
-    keys::channel(&Topic::User(user.to_string()))
 }
 
 /// The head (`epoch`, `seq`) of each history whose meta hash is in `KEYS`.
@@ -248,17 +244,17 @@ end
 return reply
 "#;
 
-/// The heads of the histories of `users`, all of one partition (so one single-slot
-/// script call), in order.
+/// The heads of the histories of `users` (users and topics), all of one partition (so one
+/// single-slot script call), in order.
 async fn read_heads(
     client: &Client,
     script: &Script,
-    users: &[String],
+    users: &[Feed],
 ) -> Result<Vec<Position>, fred::error::Error> {
     let keys: Vec<String> = users
         .iter()
-        .map(|user| {
-            let [meta, _] = keys::history(&Topic::User(user.clone()));
+        .map(|feed| {
+            let [meta, _] = keys::history(feed);
             meta
         })
         .collect();
@@ -278,11 +274,11 @@ async fn read_heads(
         .collect())
 }
 
-/// `users` grouped by partition: one group, one single-slot command.
-fn by_partition(users: Vec<String>) -> Vec<Vec<String>> {
-    let mut groups: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+/// `users` (users and topics) grouped by partition: one group, one single-slot command.
+fn by_partition(users: Vec<Feed>) -> Vec<Vec<Feed>> {
+    let mut groups: BTreeMap<u16, Vec<Feed>> = BTreeMap::new();
     for user in users {
-        let partition = keys::partition(&Topic::User(user.clone()));
+        let partition = keys::partition(&user);
         debug_assert!(partition < PARTITIONS);
         groups.entry(partition).or_default().push(user);
     }
@@ -295,14 +291,17 @@ mod tests {
 
     #[test]
     fn a_storm_of_users_takes_one_command_per_partition() {
-        let users: Vec<String> = (0..20_000).map(|n| format!("user-{n}")).collect();
+        let users: Vec<Feed> = (0..10_000)
+            .map(|n| Feed::User(format!("user-{n}")))
+            .chain((0..10_000).map(|n| Feed::Topic(format!("room-{n}"))))
+            .collect();
         let groups = by_partition(users);
         assert_eq!(groups.len(), usize::from(PARTITIONS));
         assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 20_000);
         for group in &groups {
             let slots: HashSet<u16> = group
                 .iter()
-                .map(|user| fred::util::redis_keyslot(channel(user).as_bytes()))
+                .map(|feed| fred::util::redis_keyslot(keys::channel(feed).as_bytes()))
                 .collect();
             assert_eq!(slots.len(), 1, "one slot per command");
         }

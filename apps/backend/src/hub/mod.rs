@@ -1,9 +1,11 @@
-//! The open event streams of this instance, keyed by user.
+//! The open event streams of this instance, keyed by user and by topic.
 //!
 //! Each stream is an [`outlet`]: a bounded queue for its task, and, for a stream served
 //! straight off its socket, the socket, which events are written to directly while the
 //! stream is at rest. Streams are grouped in [`shard`]s, one per HTTP worker thread,
-//! whose dispatcher writes each broadcast to its own streams.
+//! whose dispatcher writes each broadcast to its own streams, and its share of any other
+//! event that reaches many streams (a topic's, or a user's with many tabs), so that one
+//! key's fan-out uses every worker's core, as a broadcast does.
 
 mod outlet;
 mod shard;
@@ -25,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::frame::{Frame, Published};
-use crate::metrics::Metrics;
+use crate::{feed::Feed, metrics::Metrics};
 pub use outlet::{CarrierEnd, KEEP_ALIVE, Notice, Socket};
 use outlet::{Notices, Offering, Outlet, offer_each};
 use shard::{Dispatcher, Lifeline, Shard};
@@ -34,6 +36,11 @@ use shard::{Dispatcher, Lifeline, Shard};
 /// queued one by one: the hub notes that some were missed, and the subscriptions take
 /// every user holding a stream here instead (see [`Hub::missed_arrivals`]).
 const ARRIVALS_QUEUE: usize = 16_384;
+
+/// An event for at least this many streams is handed to their workers' dispatchers, each
+/// writing to its own share, rather than written to all of them here: below it, the hop
+/// costs more than it spreads.
+const SPREAD_FROM: usize = 64;
 
 /// Why the hub would not open a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -74,7 +81,7 @@ pub struct Hub {
 
 #[derive(Debug)]
 struct Shared {
-    streams: Mutex<HashMap<String, Vec<Entry>>>,
+    streams: Mutex<Registry>,
     next_stream_id: AtomicU64,
     queue_size: usize,
     per_user: usize,
@@ -84,8 +91,9 @@ struct Shared {
     alive: AtomicUsize,
     /// Set at shutdown: streams opened from then on end at once.
     closing: AtomicBool,
-    /// Told each user who gets their first stream here (see [`Hub::watch_arrivals`]).
-    arrivals: OnceLock<mpsc::Sender<String>>,
+    /// Told each user and topic that gets its first stream here (see
+    /// [`Hub::watch_arrivals`]).
+    arrivals: OnceLock<mpsc::Sender<Feed>>,
     /// An arrival did not fit in the queue: the subscriptions must resynchronise.
     arrivals_missed: AtomicBool,
     /// The hub's own shard first (for streams without a worker's), then one per worker.
@@ -99,10 +107,35 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
-#[derive(Debug)]
+/// Every open stream, under its user and under each of its topics.
+#[derive(Debug, Default)]
+struct Registry {
+    users: HashMap<String, Vec<Entry>>,
+    topics: HashMap<String, Vec<Entry>>,
+}
+
+impl Registry {
+    fn feed(&self, feed: &Feed) -> Option<&Vec<Entry>> {
+        match feed {
+            Feed::User(user_id) => self.users.get(user_id),
+            Feed::Topic(topic) => self.topics.get(topic),
+            Feed::Broadcast => None,
+        }
+    }
+
+    fn holds(&self, feed: &Feed) -> bool {
+        match feed {
+            Feed::Broadcast => !self.users.is_empty(),
+            feed => self.feed(feed).is_some(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 struct Entry {
     id: u64,
     outlet: Arc<Outlet>,
+    shard: ShardId,
 }
 
 /// A worker's shard (see [`Hub::start_shard`]).
@@ -126,7 +159,7 @@ impl Hub {
     pub fn new(capacity: Capacity, metrics: Arc<Metrics>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                streams: Mutex::new(HashMap::new()),
+                streams: Mutex::new(Registry::default()),
                 next_stream_id: AtomicU64::new(1),
                 queue_size: capacity.queue_size.max(1),
                 per_user: capacity.per_user.max(1),
@@ -209,7 +242,7 @@ impl Hub {
         }
     }
 
-    fn streams(&self) -> MutexGuard<'_, HashMap<String, Vec<Entry>>> {
+    fn streams(&self) -> MutexGuard<'_, Registry> {
         // Every critical section is a single insert, removal or sweep, so a panic while
         // holding the lock cannot leave the map half-updated: a poisoned lock is usable.
         self.shared
@@ -218,62 +251,84 @@ impl Hub {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a new stream for `user_id`. It receives every event delivered to that
-    /// user (and every broadcast) from now on, and unregisters itself when dropped.
-    /// Refused when the user, or the instance, holds as many streams as it may.
-    pub fn open(&self, user_id: &str) -> Result<EventStream, Refused> {
-        self.register(user_id, None)
+    /// Registers a new stream for `user_id` and `topics`. It receives every event
+    /// delivered to that user, to each of those topics and to everyone from now on, and
+    /// unregisters itself when dropped. Refused when the user, or the instance, holds as
+    /// many streams as it may.
+    pub fn open(&self, user_id: &str, topics: &[String]) -> Result<EventStream, Refused> {
+        self.register(user_id, topics, None)
     }
 
     /// [`Hub::open`] for a stream served straight off its socket, which is written to
     /// directly while the stream is at rest.
-    pub fn open_direct(&self, user_id: &str, direct: Direct) -> Result<EventStream, Refused> {
-        self.register(user_id, Some(direct))
+    pub fn open_direct(
+        &self,
+        user_id: &str,
+        topics: &[String],
+        direct: Direct,
+    ) -> Result<EventStream, Refused> {
+        self.register(user_id, topics, Some(direct))
     }
 
-    fn register(&self, user_id: &str, direct: Option<Direct>) -> Result<EventStream, Refused> {
+    fn register(
+        &self,
+        user_id: &str,
+        topics: &[String],
+        direct: Option<Direct>,
+    ) -> Result<EventStream, Refused> {
         let id = self.shared.next_stream_id.fetch_add(1, Ordering::Relaxed);
         let (socket, shard) = match direct {
             Some(Direct { socket, shard }) => (Some(socket), shard),
             None => (None, ShardId(0)),
         };
-        let outlet = Arc::new(Outlet::new(user_id, socket));
-        let arrived = {
+        let outlet = Arc::new(Outlet::new(user_id, topics, socket));
+        let mut arrived = Vec::new();
+        {
             let mut streams = self.streams();
             let alive = self.shared.alive.load(Ordering::Acquire);
             if alive >= self.shared.total {
                 return Err(Refused::InstanceFull(alive));
             }
-            let entries = streams.entry(user_id.to_string()).or_default();
-            if entries.len() >= self.shared.per_user {
-                return Err(Refused::UserLimit(entries.len()));
+            let held = streams.users.get(user_id).map_or(0, Vec::len);
+            if held >= self.shared.per_user {
+                return Err(Refused::UserLimit(held));
             }
-            let first = entries.is_empty();
             // Checked under the lock that close_all takes, so no stream slips in after it.
-            if !self.shared.closing.load(Ordering::Acquire) {
-                entries.push(Entry {
+            if self.shared.closing.load(Ordering::Acquire) {
+                outlet.close();
+            } else {
+                let entry = Entry {
                     id,
                     outlet: outlet.clone(),
-                });
-            } else {
-                outlet.close();
-                if first {
-                    streams.remove(user_id);
+                    shard,
+                };
+                let entries = streams.users.entry(user_id.to_string()).or_default();
+                if entries.is_empty() {
+                    arrived.push(Feed::User(user_id.to_string()));
+                }
+                entries.push(entry.clone());
+                for topic in topics {
+                    let entries = streams.topics.entry(topic.clone()).or_default();
+                    if entries.is_empty() {
+                        arrived.push(Feed::Topic(topic.clone()));
+                    }
+                    entries.push(entry.clone());
                 }
             }
             self.shared.alive.fetch_add(1, Ordering::AcqRel);
-            first
-        };
-        if arrived
-            && let Some(arrivals) = self.shared.arrivals.get()
-            && let Err(mpsc::error::TrySendError::Full(_)) = arrivals.try_send(user_id.to_string())
-            && !self.shared.arrivals_missed.swap(true, Ordering::AcqRel)
-        {
-            self.shared.metrics.arrivals_missed.inc();
-            tracing::warn!(
-                "arriving users came faster than the subscriptions took them; they will \
-                 subscribe every user holding a stream here"
-            );
+        }
+        if let Some(arrivals) = self.shared.arrivals.get() {
+            for feed in arrived {
+                if let Err(mpsc::error::TrySendError::Full(_)) = arrivals.try_send(feed)
+                    && !self.shared.arrivals_missed.swap(true, Ordering::AcqRel)
+                {
+                    self.shared.metrics.arrivals_missed.inc();
+                    tracing::warn!(
+                        "arriving users and topics came faster than the subscriptions took \
+                         them; they will subscribe every feed held here"
+                    );
+                }
+            }
         }
         self.shared.metrics.streams_opened.inc();
         self.shared.metrics.streams_open.inc();
@@ -281,33 +336,37 @@ impl Hub {
         let shard = self.shard(shard);
         shard.join(id, outlet.clone());
         Ok(EventStream {
-            notices: Notices::new(outlet),
+            notices: Notices::new(outlet.clone()),
             _registration: Registration {
                 hub: self.clone(),
                 shard,
-                user_id: user_id.to_string(),
+                outlet,
                 id,
             },
         })
     }
 
-    /// From now on, the id of each user who opens a stream here while holding none (the
-    /// first of their streams, or the first since their last closed), so that the bus can
-    /// subscribe to their events. Bounded ([`ARRIVALS_QUEUE`]): an arrival that does not
-    /// fit is not lost but noted, and [`Hub::missed_arrivals`] then answers every user
-    /// holding a stream. Only the first call gets a receiver.
-    pub fn watch_arrivals(&self) -> Option<mpsc::Receiver<String>> {
+    /// From now on, each user who opens a stream here while holding none (the first of
+    /// their streams, or the first since their last closed), and each topic that gets
+    /// its first stream here, so that the bus can subscribe to their events. Bounded
+    /// ([`ARRIVALS_QUEUE`]): an arrival that does not fit is not lost but noted, and
+    /// [`Hub::missed_arrivals`] then answers every feed held here. Only the first call
+    /// gets a receiver.
+    pub fn watch_arrivals(&self) -> Option<mpsc::Receiver<Feed>> {
         let (tx, rx) = mpsc::channel(ARRIVALS_QUEUE);
         self.shared.arrivals.set(tx).ok().map(|()| rx)
     }
 
-    /// When arrivals were dropped for a full queue since the last call: every user
-    /// holding a stream here now, whom the watcher should treat as arrived.
-    pub fn missed_arrivals(&self) -> Option<Vec<String>> {
+    /// When arrivals were dropped for a full queue since the last call: every user and
+    /// topic holding a stream here now, which the watcher should treat as arrived.
+    pub fn missed_arrivals(&self) -> Option<Vec<Feed>> {
         if !self.shared.arrivals_missed.swap(false, Ordering::AcqRel) {
             return None;
         }
-        Some(self.streams().keys().cloned().collect())
+        let streams = self.streams();
+        let users = streams.users.keys().cloned().map(Feed::User);
+        let topics = streams.topics.keys().cloned().map(Feed::Topic);
+        Some(users.chain(topics).collect())
     }
 
     /// Whether the instance holds as many streams as it may (and so is not ready for more).
@@ -318,7 +377,7 @@ impl Hub {
     /// Ends every stream of `user_id` here: each is told `reason` (unless its queue is
     /// full, in which case it just ends) and receives nothing more. Returns how many.
     pub fn disconnect(&self, user_id: &str, reason: &str) -> usize {
-        let Some(entries) = self.streams().remove(user_id) else {
+        let Some(entries) = self.streams().users.remove(user_id) else {
             return 0;
         };
         let reason: Arc<str> = reason.into();
@@ -333,16 +392,18 @@ impl Hub {
         entries.len()
     }
 
-    /// Queues `envelope` on every open stream of its user, or on every stream for a
-    /// broadcast. Encodes it once. Never waits: a stream whose queue is full is closed
-    /// instead (its client resumes from history), so one stalled client cannot hold up
-    /// the others or make this instance's memory grow.
+    /// Queues `envelope` on every open stream of its user or its topic, or on every
+    /// stream for a broadcast. Encodes it once. Never waits: a stream whose queue is full
+    /// is closed instead (its client resumes from history), so one stalled client cannot
+    /// hold up the others or make this instance's memory grow.
     ///
     /// A broadcast goes to each worker's shard as one message, and its dispatcher writes
-    /// it to that worker's streams; a user's event is offered to their streams here.
+    /// it to that worker's streams; an event for many streams goes to each worker's
+    /// dispatcher with that worker's share of them; one for a few is offered here.
     pub fn deliver(&self, envelope: &Envelope) {
-        if envelope.is_broadcast() {
-            if self.streams().is_empty() {
+        let feed = Feed::of(envelope);
+        if feed == Feed::Broadcast {
+            if self.streams().users.is_empty() {
                 return;
             }
             let published = self.published(envelope);
@@ -352,10 +413,10 @@ impl Hub {
             }
             return;
         }
-        let outlets = self.outlets_of(&envelope.user_id, |_| false);
+        let outlets = self.outlets_of(&feed, |_| false);
         if !outlets.is_empty() {
             let notice = Notice::Event(self.published(envelope));
-            self.offer_to(&outlets, &notice);
+            self.offer_to(outlets, &notice);
         }
     }
 
@@ -371,86 +432,101 @@ impl Hub {
         Arc::new(published)
     }
 
-    /// Tells every stream of `user_id` to catch up from the user's history (their events
-    /// may have been published before this instance was subscribed to them; broadcasts
-    /// have their own subscription, held all along).
-    pub fn catch_up(&self, user_id: &str) {
-        self.offer_user(user_id, &Notice::CatchUpUser, |_| false);
+    /// Tells every stream of `feed` (a user or a topic) to catch up from its history (its
+    /// events may have been published before this instance was subscribed to them;
+    /// broadcasts have their own subscription, held all along).
+    pub fn catch_up(&self, feed: &Feed) {
+        self.offer_feed(feed, &Notice::CatchUpIn(feed.scope()), |_| false);
     }
 
-    /// Tells the streams of `user_id` to catch up from the user's history unless they
-    /// stand at `head` already (read after the user's subscription was confirmed, so
-    /// everything after it arrives live). A stream whose position is not known yet (still
-    /// opening) or is behind catches up.
-    pub fn catch_up_unless_at(&self, user_id: &str, head: events::Position) {
-        self.offer_user(user_id, &Notice::CatchUpUser, |outlet| {
-            outlet.stands_at_user(head)
+    /// Tells the streams of `feed` to catch up from its history unless they stand at
+    /// `head` already (read after the feed's subscription was confirmed, so everything
+    /// after it arrives live). A stream whose position is not known yet (still opening)
+    /// or is behind catches up.
+    pub fn catch_up_unless_at(&self, feed: &Feed, head: events::Position) {
+        let scope = feed.scope();
+        self.offer_feed(feed, &Notice::CatchUpIn(scope), |outlet| {
+            outlet.stands_at(scope, head)
         });
     }
 
-    /// Which of `users` hold no stream here.
-    pub fn absent<'a>(&self, users: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    /// Which of `feeds` hold no stream here.
+    pub fn absent<'a>(&self, feeds: impl Iterator<Item = &'a Feed>) -> Vec<&'a Feed> {
         let streams = self.streams();
-        users.filter(|user| !streams.contains_key(*user)).collect()
+        feeds.filter(|feed| !streams.holds(feed)).collect()
     }
 
     /// Tells every stream to catch up from history.
     pub fn catch_up_all(&self) {
-        let outlets: Vec<(u64, Arc<Outlet>)> = self
-            .streams()
-            .values()
-            .flatten()
-            .map(|entry| (entry.id, entry.outlet.clone()))
-            .collect();
-        self.offer_to(&outlets, &Notice::CatchUp);
-        tracing::info!(
-            streams = outlets.len(),
-            "streams told to catch up from history"
-        );
+        let outlets: Vec<Entry> = self.streams().users.values().flatten().cloned().collect();
+        let streams = outlets.len();
+        self.offer_to(outlets, &Notice::CatchUp);
+        tracing::info!(streams, "streams told to catch up from history");
     }
 
-    /// Offers `notice` to the streams of `user_id` that `skip` does not pick.
+    /// Offers `notice` to the streams of `feed` that `skip` does not pick.
     ///
     /// The streams are taken out of the hub's map first, and the map's lock is let go
     /// before any is offered anything: an offer may write to a socket (a system call),
     /// and every other user's delivery and every stream that opens or closes waits on
-    /// that lock. Two publishers delivering one user's events from two threads at once
+    /// that lock. Two publishers delivering one feed's events from two threads at once
     /// (the in-process bus) may then offer them out of order; a stream takes the later
     /// one as a gap and reads both from history, so nothing is lost or repeated.
-    fn offer_user(&self, user_id: &str, notice: &Notice, skip: impl Fn(&Outlet) -> bool) {
-        let outlets = self.outlets_of(user_id, skip);
+    fn offer_feed(&self, feed: &Feed, notice: &Notice, skip: impl Fn(&Outlet) -> bool) {
+        let outlets = self.outlets_of(feed, skip);
         if !outlets.is_empty() {
-            self.offer_to(&outlets, notice);
+            self.offer_to(outlets, notice);
         }
     }
 
-    /// The streams of `user_id` that `skip` does not pick, taken out of the map (the
-    /// lock is held only while they are copied).
-    fn outlets_of(&self, user_id: &str, skip: impl Fn(&Outlet) -> bool) -> Vec<(u64, Arc<Outlet>)> {
-        match self.streams().get(user_id) {
+    /// The streams of `feed` that `skip` does not pick, taken out of the map (the lock
+    /// is held only while they are copied).
+    fn outlets_of(&self, feed: &Feed, skip: impl Fn(&Outlet) -> bool) -> Vec<Entry> {
+        match self.streams().feed(feed) {
             Some(entries) => entries
                 .iter()
                 .filter(|entry| !skip(&entry.outlet))
-                .map(|entry| (entry.id, entry.outlet.clone()))
+                .cloned()
                 .collect(),
             None => Vec::new(),
         }
     }
 
     /// Offers `notice` to `outlets`, outside the map's lock, then removes from the map
-    /// the streams that are full or gone.
-    fn offer_to(&self, outlets: &[(u64, Arc<Outlet>)], notice: &Notice) {
+    /// the streams that are full or gone. An event for [`SPREAD_FROM`] streams or more
+    /// is handed to each worker's dispatcher with its share (streams that are full or
+    /// gone there leave when their registration drops).
+    fn offer_to(&self, mut outlets: Vec<Entry>, notice: &Notice) {
+        if outlets.len() >= SPREAD_FROM && matches!(notice, Notice::Event(_)) {
+            outlets = self.spread(outlets, notice);
+        }
         let removed = offer_each(
-            outlets.iter().map(|(id, outlet)| (*id, &**outlet)),
+            outlets.iter().map(|entry| (entry.id, &*entry.outlet)),
             notice,
             &self.offering(),
         );
         if !removed.is_empty() {
             let mut streams = self.streams();
-            for (id, outlet) in outlets.iter().filter(|(id, _)| removed.contains(id)) {
-                unregister(&mut streams, &outlet.user_id, *id);
+            for entry in outlets.iter().filter(|entry| removed.contains(&entry.id)) {
+                unregister(&mut streams, &entry.outlet, entry.id);
             }
         }
+    }
+
+    /// Hands each worker's dispatcher its share of `outlets`; returns those left to
+    /// offer here (the hub's own shard's, and any a dispatcher could not take).
+    fn spread(&self, mut outlets: Vec<Entry>, notice: &Notice) -> Vec<Entry> {
+        outlets.sort_unstable_by_key(|entry| entry.shard.0);
+        let shards = self.shards();
+        let mut here = Vec::new();
+        for share in outlets.chunk_by(|a, b| a.shard == b.shard) {
+            let shard = shards.get(share[0].shard.0).unwrap_or(&shards[0]);
+            let members = share.iter().map(|entry| (entry.id, entry.outlet.clone()));
+            if !shard.hand_over(notice, members.collect()) {
+                here.extend_from_slice(share);
+            }
+        }
+        here
     }
 
     /// Ends every stream at once, and any opened later: clients see the response end
@@ -460,23 +536,25 @@ impl Hub {
         self.shared.closing.store(true, Ordering::Release);
         let closed = std::mem::take(&mut *streams);
         drop(streams);
-        for entry in closed.values().flatten() {
+        for entry in closed.users.values().flatten() {
             entry.outlet.close();
         }
         self.shared.stopped.cancel();
-        tracing::info!(users = closed.len(), "closed all streams");
+        tracing::info!(users = closed.users.len(), "closed all streams");
     }
 
     /// Ends every stream, spread evenly over `window`, so that their clients reconnect
     /// (elsewhere) gradually rather than all at once. Streams opened meanwhile end at once.
     pub async fn drain(&self, window: Duration) {
         const TICKS: u32 = 20;
-        let all: Vec<(String, u64)> = {
+        let all: Vec<(Arc<Outlet>, u64)> = {
             let streams = self.streams();
             self.shared.closing.store(true, Ordering::Release);
             streams
-                .iter()
-                .flat_map(|(user, entries)| entries.iter().map(|e| (user.clone(), e.id)))
+                .users
+                .values()
+                .flatten()
+                .map(|e| (e.outlet.clone(), e.id))
                 .collect()
         };
         tracing::info!(streams = all.len(), ?window, "draining streams");
@@ -486,22 +564,24 @@ impl Hub {
                 tokio::time::sleep(window / TICKS).await;
             }
             let mut streams = self.streams();
-            for (user_id, id) in batch {
-                unregister(&mut streams, user_id, *id);
+            for (outlet, id) in batch {
+                unregister(&mut streams, outlet, *id);
             }
         }
         self.close_all();
     }
 
-    /// Whether `user_id` has a stream open on this instance.
-    pub fn has_streams(&self, user_id: &str) -> bool {
-        self.streams().contains_key(user_id)
+    /// Whether a stream of `feed` is open on this instance (for the broadcasts: any
+    /// stream).
+    pub fn has_streams(&self, feed: &Feed) -> bool {
+        self.streams().holds(feed)
     }
 
     /// How many streams are open on this instance (not closed, whether or not their
     /// tasks have ended yet).
     pub fn stream_count(&self) -> usize {
         self.streams()
+            .users
             .values()
             .flatten()
             .filter(|entry| !entry.outlet.is_closed())
@@ -510,29 +590,30 @@ impl Hub {
 
     /// Whether any stream is registered here.
     pub fn is_empty(&self) -> bool {
-        self.streams().is_empty()
+        self.streams().users.is_empty()
     }
 
-    fn remove(&self, user_id: &str, id: u64) {
-        unregister(&mut self.streams(), user_id, id);
-        tracing::debug!(user_id, stream = id, "stream closed");
+    fn remove(&self, outlet: &Outlet, id: u64) {
+        unregister(&mut self.streams(), outlet, id);
+        tracing::debug!(user_id = %outlet.user_id, stream = id, "stream closed");
     }
 }
 
-/// Takes stream `id` of `user_id` out of `streams` and closes it, and removes the user
-/// when it was their last.
-fn unregister(streams: &mut HashMap<String, Vec<Entry>>, user_id: &str, id: u64) {
-    if let Some(entries) = streams.get_mut(user_id) {
-        entries.retain(|entry| {
-            let keep = entry.id != id;
-            if !keep {
-                entry.outlet.close();
+/// Takes stream `id` (with `outlet`) out of `streams`, under its user and its topics, and
+/// closes it; removes a user or topic when it was their last.
+fn unregister(streams: &mut Registry, outlet: &Outlet, id: u64) {
+    fn take_out(map: &mut HashMap<String, Vec<Entry>>, key: &str, id: u64) {
+        if let Some(entries) = map.get_mut(key) {
+            entries.retain(|entry| entry.id != id);
+            if entries.is_empty() {
+                map.remove(key);
             }
-            keep
-        });
-        if entries.is_empty() {
-            streams.remove(user_id);
         }
+    }
+    outlet.close();
+    take_out(&mut streams.users, &outlet.user_id, id);
+    for topic in outlet.topics.iter() {
+        take_out(&mut streams.topics, topic, id);
     }
 }
 
@@ -554,7 +635,7 @@ impl EventStream {
     }
 
     /// Where the stream stands, for direct writes once the task waits again.
-    pub fn set_cursor(&self, cursor: Cursor) {
+    pub fn set_cursor(&self, cursor: &Cursor) {
         self.notices.set_cursor(cursor);
     }
 
@@ -577,13 +658,13 @@ impl Stream for EventStream {
 struct Registration {
     hub: Hub,
     shard: Arc<Shard>,
-    user_id: String,
+    outlet: Arc<Outlet>,
     id: u64,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.hub.remove(&self.user_id, self.id);
+        self.hub.remove(&self.outlet, self.id);
         self.shard.leave(self.id);
         self.hub.shared.alive.fetch_sub(1, Ordering::AcqRel);
         let metrics = &self.hub.shared.metrics;

@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use crate::{
     frame::Published,
     metrics::Metrics,
-    sequence::{self, LiveStep},
+    sequence::{self, LiveStep, Scope},
 };
 
 /// What the hub queues on a stream.
@@ -47,9 +47,10 @@ pub enum Notice {
     /// Events may have been missed (the Redis subscription reconnected or fell behind):
     /// the stream should catch up from history.
     CatchUp,
-    /// The user's own events may have been missed (published before this instance was
-    /// subscribed to them): the stream should catch up from the user's history only.
-    CatchUpUser,
+    /// The events of one of the stream's feeds (its user's, or a topic's) may have been
+    /// missed (published before this instance was subscribed to them): the stream should
+    /// catch up from that history only.
+    CatchUpIn(Scope),
     /// A publisher disconnected the stream's user: say why, then end.
     Disconnect(Arc<str>),
 }
@@ -97,6 +98,8 @@ pub struct Offering<'a> {
 #[derive(Debug)]
 pub struct Outlet {
     pub user_id: Box<str>,
+    /// The topics the stream carries (empty for most streams: no allocation).
+    pub topics: Box<[String]>,
     state: Mutex<State>,
     /// The stream's task: woken when a notice is queued, when a direct write leaves bytes
     /// for its carrier, and when the stream closes.
@@ -130,9 +133,10 @@ impl State {
 }
 
 impl Outlet {
-    pub fn new(user_id: &str, socket: Option<Socket>) -> Self {
+    pub fn new(user_id: &str, topics: &[String], socket: Option<Socket>) -> Self {
         Self {
             user_id: user_id.into(),
+            topics: topics.into(),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 cursor: Cursor::default(),
@@ -202,8 +206,8 @@ impl Outlet {
         let Some(body) = published.body(socket.named) else {
             return;
         };
-        // The longest cursor is 4 numbers of 20 digits, 16 hex digits and separators.
-        let mut id = [0u8; 128];
+        // `id: `, the longest cursor, a line break.
+        let mut id = [0u8; 8 + events::MAX_CURSOR_LEN];
         let id_len = if with_id {
             let mut line = io::Cursor::new(&mut id[..]);
             if writeln!(line, "id: {}", state.cursor).is_err() {
@@ -297,10 +301,10 @@ impl Outlet {
         self.lock().closed
     }
 
-    /// Whether the stream is known to stand at `head` in its user's history.
-    pub fn stands_at_user(&self, head: events::Position) -> bool {
+    /// Whether the stream is known to stand at `head` in the history of `scope`.
+    pub fn stands_at(&self, scope: Scope, head: events::Position) -> bool {
         let state = self.lock();
-        state.cursor_known && state.cursor.user == head
+        state.cursor_known && sequence::position(&state.cursor, scope) == Some(head)
     }
 }
 
@@ -361,13 +365,14 @@ impl Notices {
     pub fn hold(&self) -> Cursor {
         let mut state = self.outlet.lock();
         state.waiting = false;
-        state.cursor
+        state.cursor.clone()
     }
 
     /// Where the stream stands now, for direct writes once the task waits again.
-    pub fn set_cursor(&self, cursor: Cursor) {
+    pub fn set_cursor(&self, cursor: &Cursor) {
         let mut state = self.outlet.lock();
-        state.cursor = cursor;
+        // In place: a cursor with topics keeps its allocation.
+        state.cursor.clone_from(cursor);
         state.cursor_known = true;
     }
 

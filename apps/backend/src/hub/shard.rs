@@ -36,14 +36,24 @@ use crate::{frame::Published, metrics::Metrics};
 #[derive(Debug)]
 pub struct Shard {
     members: Mutex<HashMap<u64, Arc<Outlet>>>,
-    /// Where its broadcasts go; none for the hub's own shard.
-    dispatcher: Option<mpsc::Sender<Arc<Published>>>,
+    /// Where its work goes; none for the hub's own shard.
+    dispatcher: Option<mpsc::Sender<Work>>,
     /// A broadcast did not fit in the dispatcher's queue: its streams must catch up.
     lagged: AtomicBool,
 }
 
+/// What a dispatcher does for its shard.
+#[derive(Debug)]
+pub enum Work {
+    /// Offer a broadcast to every member.
+    Broadcast(Arc<Published>),
+    /// Offer a notice to these members (this worker's share of a user's or a topic's
+    /// streams).
+    Offer(Notice, Vec<(u64, Arc<Outlet>)>),
+}
+
 impl Shard {
-    pub fn new(dispatcher: Option<mpsc::Sender<Arc<Published>>>) -> Self {
+    pub fn new(dispatcher: Option<mpsc::Sender<Work>>) -> Self {
         Self {
             members: Mutex::default(),
             dispatcher,
@@ -67,7 +77,7 @@ impl Shard {
     /// Hands a broadcast to the dispatcher, or offers it here and now.
     pub fn broadcast(&self, published: &Arc<Published>, offering: &Offering<'_>) {
         match &self.dispatcher {
-            Some(dispatcher) => match dispatcher.try_send(published.clone()) {
+            Some(dispatcher) => match dispatcher.try_send(Work::Broadcast(published.clone())) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if !self.lagged.swap(true, Ordering::AcqRel) {
@@ -81,6 +91,16 @@ impl Shard {
             },
             None => self.offer(&Notice::Event(published.clone()), offering, &mut Vec::new()),
         }
+    }
+
+    /// Hands `notice` for `members` (of this shard) to the dispatcher; false when it has
+    /// none, or cannot take it now (the caller offers it itself, nothing is lost).
+    pub fn hand_over(&self, notice: &Notice, members: Vec<(u64, Arc<Outlet>)>) -> bool {
+        self.dispatcher.as_ref().is_some_and(|dispatcher| {
+            dispatcher
+                .try_send(Work::Offer(notice.clone(), members))
+                .is_ok()
+        })
     }
 
     /// Offers `notice` to every member. The members are taken out of the lock first
@@ -129,7 +149,7 @@ impl Shard {
 #[derive(Debug)]
 pub struct Dispatcher {
     pub shard: Arc<Shard>,
-    pub broadcasts: mpsc::Receiver<Arc<Published>>,
+    pub broadcasts: mpsc::Receiver<Work>,
     pub metrics: Arc<Metrics>,
     pub queue_size: usize,
     pub keep_alive: Duration,
@@ -171,14 +191,22 @@ impl Dispatcher {
         loop {
             tokio::select! {
                 () = self.stopped.cancelled() => return,
-                published = self.broadcasts.recv() => {
-                    let Some(published) = published else { return };
+                work = self.broadcasts.recv() => {
+                    let Some(work) = work else { return };
                     let offering = Offering {
                         queue_size: self.queue_size,
                         metrics: &self.metrics,
                         now: Instant::now(),
                     };
-                    self.shard.offer(&Notice::Event(published), &offering, &mut members);
+                    match work {
+                        Work::Broadcast(published) => {
+                            self.shard.offer(&Notice::Event(published), &offering, &mut members);
+                        }
+                        // Members full or gone leave when their registration drops.
+                        Work::Offer(notice, share) => {
+                            offer_each(share.iter().map(|(id, outlet)| (*id, &**outlet)), &notice, &offering);
+                        }
+                    }
                     // Caught up with what was queued: now repair what was dropped.
                     if self.broadcasts.is_empty() && self.shard.lagged.swap(false, Ordering::AcqRel) {
                         self.shard.offer(&Notice::CatchUp, &offering, &mut members);

@@ -42,11 +42,11 @@ impl FromRequest for AuthenticatedUser {
     }
 }
 
-/// A caller allowed to publish: it presented the publish API key, or a token whose
-/// `publish` claim is true, in the `Authorization` header (401 without a credential, 403
-/// with a user's).
+/// A caller of the publish API and what it may publish: anything, with the publish API
+/// key or a token whose `publish` claim is true; the topics of its `publishTopics` claim,
+/// with another user's token (401 without a valid credential).
 #[derive(Debug, Clone)]
-pub struct Publisher;
+pub struct Publisher(pub auth::PublishRight);
 
 impl FromRequest for Publisher {
     type Error = ApiError;
@@ -59,8 +59,31 @@ impl FromRequest for Publisher {
                 state.publish_key.as_ref(),
                 authorization(req),
             )
-            .map(|()| Publisher)
+            .map(Publisher)
             .map_err(ApiError::from)
+        }))
+    }
+}
+
+/// A service: the publish API key, or a token whose `publish` claim is true (401 without
+/// a valid credential, 403 with a user's, whatever its `publishTopics`).
+#[derive(Debug, Clone)]
+pub struct Service;
+
+impl FromRequest for Service {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(state(req).and_then(|state| {
+            match auth::authorize_publisher(
+                &state.tokens,
+                state.publish_key.as_ref(),
+                authorization(req),
+            )? {
+                auth::PublishRight::Any => Ok(Service),
+                auth::PublishRight::Topics { .. } => Err(auth::AuthError::MayNotPublish.into()),
+            }
         }))
     }
 }

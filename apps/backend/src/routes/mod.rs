@@ -61,6 +61,19 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonObject<T> {
     }
 }
 
+/// `body` as a JSON object of type `T` (see [`JsonObject`]), for handlers whose body is
+/// optional and so read as bytes.
+pub fn json_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let raw: Box<RawValue> =
+        serde_json::from_slice(body).map_err(|error| ApiError::MalformedJson(error.to_string()))?;
+    if !raw.get().trim_start().starts_with('{') {
+        return Err(ApiError::InvalidBody(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    serde_json::from_str::<T>(raw.get()).map_err(|error| ApiError::InvalidBody(error.to_string()))
+}
+
 /// The header that marks an answer replayed for a repeated `Idempotency-Key`.
 pub const REPLAYED: (&str, &str) = ("idempotent-replayed", "true");
 

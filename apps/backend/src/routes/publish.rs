@@ -2,58 +2,80 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use events::{BROADCAST_USER_ID, Envelope, PublishRequest, ValidationError};
 
 use crate::{
+    auth::PublishRight,
     bus::{Guard, Publication},
     error::ApiError,
     routes::extract::Publisher,
     state::AppState,
+    topics::TopicError,
 };
 
-/// `POST /api/publish`: how other services publish an event to a user, or to everyone
-/// (`"broadcast": true`). Answers 202 with the event as it will be delivered (its id,
-/// epoch, server id and publication time) once it is in the history and on its way.
+/// `POST /api/publish`: how other services publish an event to a user, to a topic's
+/// subscribers (`topic`), or to everyone (`"broadcast": true`); and how a user publishes
+/// to a topic their token's `publishTopics` claim allows (the event then names them in
+/// `publisherId`). Answers 202 with the event as it will be delivered (its id, epoch,
+/// server id and publication time) once it is in the history and on its way.
 ///
 /// With an `Idempotency-Key` header, a retry within ten minutes publishes nothing and
 /// answers 202 with the first call's event (and `Idempotent-Replayed: true`).
 #[tracing::instrument(skip_all, fields(event_type = %body.event_type))]
 pub async fn publish(
     req: HttpRequest,
-    _publisher: Publisher,
+    Publisher(right): Publisher,
     state: web::Data<AppState>,
     super::JsonObject(body): super::JsonObject<PublishRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let PublishRequest {
         user_id,
+        topic,
         broadcast,
         event_type,
         data,
     } = body;
-    let recipient = match (user_id, broadcast) {
-        (Some(_), true) => {
-            return Err(invalid(
-                "userId",
-                "give either userId or broadcast: true, not both",
-            ));
+    let one_of = "give exactly one of userId, topic and broadcast: true";
+    let envelope = match (user_id, topic, broadcast) {
+        (None, None, false) => return Err(invalid("userId", one_of)),
+        (Some(_), Some(_), _) | (Some(_), _, true) | (_, Some(_), true) => {
+            return Err(invalid("userId", one_of));
         }
-        (None, false) => return Err(invalid("userId", "is required (or broadcast: true)")),
-        (None, true) => BROADCAST_USER_ID.to_string(),
+        (None, None, true) => Envelope::new(BROADCAST_USER_ID, event_type, data),
         // `*` names every user only through `broadcast: true`.
-        (Some(user_id), false) if user_id == BROADCAST_USER_ID => {
+        (Some(user_id), None, false) if user_id == BROADCAST_USER_ID => {
             return Err(invalid(
                 "userId",
                 "`*` is not a user id; use broadcast: true",
             ));
         }
-        (Some(user_id), false) => user_id,
+        (Some(user_id), None, false) => Envelope::new(user_id, event_type, data),
+        (None, Some(topic), false) => {
+            events::validate_topic(&topic).map_err(|rule| TopicError::Invalid {
+                topic: topic.chars().take(events::MAX_TOPIC_CHARS).collect(),
+                rule,
+            })?;
+            Envelope::to_topic(topic, event_type, data)
+        }
     };
-    state.limits.rules().event(&recipient, &event_type, &data)?;
+    let envelope = match (right, &envelope.topic) {
+        (PublishRight::Any, _) => envelope,
+        (PublishRight::Topics { .. }, None) => {
+            return Err(crate::auth::AuthError::MayNotPublish.into());
+        }
+        (PublishRight::Topics { user_id, patterns }, Some(topic)) => {
+            if !events::patterns_allow(&patterns, topic) {
+                return Err(TopicError::Forbidden(topic.clone()).into());
+            }
+            Envelope {
+                publisher_id: Some(user_id),
+                ..envelope
+            }
+        }
+    };
+    state.limits.rules().envelope(&envelope)?;
     let guard = Guard {
         idempotency_key: super::idempotency_key(&req)?,
         version: None,
     };
-    let publication = state
-        .bus
-        .publish_guarded(Envelope::new(recipient, event_type, data), guard)
-        .await?;
+    let publication = state.bus.publish_guarded(envelope, guard).await?;
     match publication {
         Publication::New(envelope) => Ok(HttpResponse::Accepted().json(envelope)),
         Publication::Replayed(envelope) => Ok(HttpResponse::Accepted()

@@ -3,7 +3,8 @@ use events::{TokenRequest, TokenResponse, ValidationError};
 
 use crate::{clock, error::ApiError, state::AppState};
 
-/// `POST /api/auth/token`: a development token for any user id. Off in production
+/// `POST /api/auth/token`: a development token for any user id, granting the topic
+/// patterns asked for (`topics`, `publishTopics`). Off in production
 /// (`DEV_TOKENS=false`), where the host application mints tokens with the shared secret.
 #[tracing::instrument(skip_all)]
 pub async fn issue(
@@ -19,9 +20,20 @@ pub async fn issue(
         field: "userId",
         message: message.to_string(),
     })?;
+    for pattern in body.topics.iter().chain(&body.publish_topics) {
+        if !events::is_topic_pattern(pattern) {
+            return Err(ValidationError {
+                field: "topics",
+                message: format!(
+                    "{pattern:?} is not a topic pattern: a topic name, a prefix ending in *, or * alone"
+                ),
+            }
+            .into());
+        }
+    }
     let (token, expires) = state
         .tokens
-        .issue(&body.user_id)
+        .issue_with(&body.user_id, body.topics, body.publish_topics)
         .ok_or(ApiError::Forbidden(
             "this server verifies tokens with a public key only and cannot mint them",
         ))?;

@@ -1,7 +1,7 @@
 use actix_web::{HttpResponse, web};
 use events::DisconnectRequest;
 
-use crate::{error::ApiError, routes::extract::Publisher, state::AppState};
+use crate::{error::ApiError, routes::extract::Service, state::AppState};
 
 /// `POST /api/users/{userId}/disconnect`: ends every open stream of the user, on every
 /// instance, each with a `stream.disconnected` frame carrying the reason (logout, ban, a
@@ -9,7 +9,7 @@ use crate::{error::ApiError, routes::extract::Publisher, state::AppState};
 /// keep a user out, the host application stops issuing them tokens as well.
 #[tracing::instrument(skip_all, fields(user_id = %path))]
 pub async fn disconnect(
-    _publisher: Publisher,
+    _service: Service,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: Option<super::JsonObject<DisconnectRequest>>,

@@ -12,4 +12,5 @@ mod publish;
 mod security;
 mod single_node;
 mod stream;
+mod topics;
 mod topology;

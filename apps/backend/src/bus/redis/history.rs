@@ -1,4 +1,4 @@
-//! Reads of a topic's history: the read script, and the broadcast head read once for
+//! Reads of a feed's history: the read script, and the broadcast head read once for
 //! all the streams that open together.
 
 use std::future::Future;
@@ -11,15 +11,15 @@ use fred::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::super::{BusError, HistoryRead, Topic, keys};
+use super::super::{BusError, Feed, HistoryRead, keys};
 use crate::admission::{Gate, Source};
 
-/// Reads a topic's head and the kept events after a sequence number, atomically.
+/// Reads a feed's head and the kept events after a sequence number, atomically.
 ///
 /// KEYS as above. ARGV[1]: the first entry id to read (`<seq>-0`, computed by the caller:
 /// Lua's numbers are doubles, and `seq + 1` of a large client-chosen number would turn
 /// into `1e+14`, which Redis refuses). ARGV[2]: at most this many events (0: head only).
-/// Returns `{epoch, seq, oldest, envelope...}`, zeros when the topic has no history.
+/// Returns `{epoch, seq, oldest, envelope...}`, zeros when the feed has no history.
 const READ_SCRIPT: &str = r#"
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
 local reply = {tonumber(meta[1]) or 0, tonumber(meta[2]) or 0, 0}
@@ -35,7 +35,7 @@ end
 return reply
 "#;
 
-/// Reads of a topic's history (the read script).
+/// Reads of a feed's history (the read script).
 #[derive(Debug, Clone)]
 pub(super) struct History {
     client: Client,
@@ -55,7 +55,7 @@ impl History {
 
     pub(super) async fn read(
         &self,
-        topic: &Topic,
+        feed: &Feed,
         after: u64,
         limit: usize,
     ) -> Result<HistoryRead, BusError> {
@@ -68,7 +68,7 @@ impl History {
             .script
             .evalsha_with_reload(
                 &self.client,
-                Vec::from(keys::history(topic)),
+                Vec::from(keys::history(feed)),
                 vec![from, limit.to_string()],
             )
             .await?;
@@ -141,7 +141,7 @@ impl SharedReads {
                     waiting.push(ask);
                 }
                 let head = history
-                    .read(&Topic::Broadcast, u64::MAX, 0)
+                    .read(&Feed::Broadcast, u64::MAX, 0)
                     .await
                     .map(|read| read.head);
                 for ask in waiting {

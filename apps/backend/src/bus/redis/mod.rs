@@ -1,4 +1,4 @@
-//! The bus on Redis: per-topic Redis Streams for history, sharded Pub/Sub for fan-out,
+//! The bus on Redis: per-feed Redis Streams for history, sharded Pub/Sub for fan-out,
 //! on a single node or a Cluster. `history` reads, `relay` receives; publishing is here.
 
 mod history;
@@ -15,18 +15,18 @@ use fred::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{BusError, Guard, HistoryRead, IDEMPOTENCY_TTL, Publication, Retention, Topic, keys};
+use super::{BusError, Feed, Guard, HistoryRead, IDEMPOTENCY_TTL, Publication, Retention, keys};
 use crate::{admission::Gate, redis::Redis, tasks::Tasks};
 use history::{History, SharedReads};
 pub use relay::{Listening, start_relay};
 
-/// Numbers an event, appends it to its topic's history and publishes it, atomically and
-/// in one round trip, so that every instance sees each topic's events in sequence order
+/// Numbers an event, appends it to its feed's history and publishes it, atomically and
+/// in one round trip, so that every instance sees each feed's events in sequence order
 /// and every published event is in the history.
 ///
-/// KEYS[1]: the topic's meta hash (`epoch`, `seq`). KEYS[2]: its history stream, whose
+/// KEYS[1]: the feed's meta hash (`epoch`, `seq`). KEYS[2]: its history stream, whose
 /// entry ids are `<seq>-0` with fields `e` (the envelope) and `t` (Redis time, ms).
-/// ARGV[1]: the envelope as JSON, without `id` and `epoch`. ARGV[2]: the topic's shard
+/// ARGV[1]: the envelope as JSON, without `id` and `epoch`. ARGV[2]: the feed's shard
 /// channel (in the keys' slot, see `keys`), published to with `SPUBLISH`.
 /// ARGV[3]: most entries kept. ARGV[4]: longest age kept, ms. ARGV[5]: meta TTL, ms.
 ///
@@ -42,7 +42,7 @@ pub use relay::{Listening, start_relay};
 /// have acknowledged the write (`PUBLISH_REPLICAS`).
 ///
 /// A new epoch starts whenever the meta hash is missing (never published, expired, or
-/// Redis lost its data), and when the topic was last written under another master run
+/// Redis lost its data), and when the feed was last written under another master run
 /// (`run`: the writer's replication id) by a node that has since taken over from another
 /// (a promoted replica: its `master_replid2` is set): a failover can lose the newest
 /// events of the old master without a trace and give their ids again, and a new epoch
@@ -113,14 +113,14 @@ end
 return {seq, tonumber(epoch)}
 "#;
 
-/// A topic's meta hash lives at least this long after its last event, so that an idle
+/// A feed's meta hash lives at least this long after its last event, so that an idle
 /// user's epoch (and so the meaning of their cursors) outlives their history.
 const META_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// How long a publish waits for `PUBLISH_REPLICAS` replicas to acknowledge its write.
 pub const REPLICA_ACK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The multi-instance bus: per-topic Redis Streams for history, sharded Pub/Sub for
+/// The multi-instance bus: per-feed Redis Streams for history, sharded Pub/Sub for
 /// fan-out.
 #[derive(Debug)]
 pub struct RedisBus {
@@ -171,12 +171,12 @@ impl RedisBus {
         mut envelope: Envelope,
         guard: Guard<'_>,
     ) -> Result<Publication, BusError> {
-        let topic = Topic::of(&envelope);
+        let feed = Feed::of(&envelope);
         let json = serde_json::to_string(&envelope).map_err(|e| BusError::Reply(e.to_string()))?;
         let max_age_ms = self.retention.max_age.as_millis().max(1);
-        let mut keys = Vec::from(keys::history(&topic));
+        let mut keys = Vec::from(keys::history(&feed));
         if let Some(key) = guard.idempotency_key {
-            keys.push(keys::idempotency(&topic, key));
+            keys.push(keys::idempotency(&feed, key));
         }
         let (version_field, version) = match guard.version {
             Some(version) => (format!("v:{}", envelope.event_type), version.to_string()),
@@ -191,7 +191,7 @@ impl RedisBus {
                 keys,
                 vec![
                     json.clone(),
-                    keys::channel(&topic),
+                    keys::channel(&feed),
                     self.retention.max_len.to_string(),
                     max_age_ms.to_string(),
                     u128::from(META_TTL_MS).max(max_age_ms).to_string(),
@@ -216,7 +216,7 @@ impl RedisBus {
         envelope.epoch = Some(number(1)?);
         let Some(first) = reply.get(2) else {
             if durable {
-                self.publish_once_replicated(&topic, slot, seq, number(1)?, &json)
+                self.publish_once_replicated(&feed, slot, seq, number(1)?, &json)
                     .await?;
             }
             return Ok(Publication::New(envelope));
@@ -234,7 +234,7 @@ impl RedisBus {
                 ..kept.clone()
             })
             .map_err(|e| BusError::Reply(e.to_string()))?;
-            self.publish_once_replicated(&topic, slot, seq, number(1)?, &json)
+            self.publish_once_replicated(&feed, slot, seq, number(1)?, &json)
                 .await?;
         }
         Ok(Publication::Replayed(kept.unwrap_or(envelope)))
@@ -247,7 +247,7 @@ impl RedisBus {
     /// another publisher's event at worst, which streams repair from history.
     async fn publish_once_replicated(
         &self,
-        topic: &Topic,
+        feed: &Feed,
         slot: u16,
         seq: u64,
         epoch: u64,
@@ -272,7 +272,7 @@ impl RedisBus {
         let message = format!(r#"{{"id":{seq},"epoch":{epoch},{}"#, &json[1..]);
         let _: i64 = self
             .publisher
-            .spublish(keys::channel(topic), message)
+            .spublish(keys::channel(feed), message)
             .await?;
         Ok(())
     }
@@ -286,11 +286,11 @@ impl RedisBus {
 
     pub(super) async fn read(
         &self,
-        topic: &Topic,
+        feed: &Feed,
         after: u64,
         limit: usize,
     ) -> Result<HistoryRead, BusError> {
-        self.history.read(topic, after, limit).await
+        self.history.read(feed, after, limit).await
     }
 
     /// The head of the broadcast history, read after this call began.

@@ -13,7 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::super::{
-    BusError, Topic,
+    BusError, Feed,
     keys::{self, PARTITIONS},
     subscriptions::Subscriptions,
 };
@@ -103,7 +103,7 @@ pub async fn start_relay(
     redis.subscriber.subscribe(channels).await?;
     redis
         .subscriber
-        .ssubscribe(keys::channel(&Topic::Broadcast))
+        .ssubscribe(keys::channel(&Feed::Broadcast))
         .await?;
     let partitions = probed_partitions(&redis.subscriber);
     subscribe_probes(&redis.subscriber, &readiness, &server_id, &[], &partitions).await?;
@@ -123,7 +123,7 @@ pub async fn start_relay(
         gate: listening.gate,
         metrics,
         server_id: server_id.clone(),
-        broadcast_channel: keys::channel(&Topic::Broadcast),
+        broadcast_channel: keys::channel(&Feed::Broadcast),
         slots: redis
             .subscriber
             .cached_cluster_state()
@@ -256,6 +256,8 @@ impl Relay {
             "legacy"
         } else if channel == self.broadcast_channel {
             "broadcast"
+        } else if keys::is_topic_channel(channel) {
+            "topic"
         } else {
             "user"
         }

@@ -45,6 +45,66 @@ impl Api {
             .to_string()
     }
 
+    /// A development token for `user_id` granting `topics` and `publish_topics` patterns.
+    pub async fn token_with(
+        &self,
+        user_id: &str,
+        topics: &[&str],
+        publish_topics: &[&str],
+    ) -> String {
+        let body = json!({ "userId": user_id, "topics": topics, "publishTopics": publish_topics });
+        let response = self.post_json("/api/auth/token", None, &body).await;
+        assert_eq!(response.status(), 200, "token endpoint");
+        let body: Value = response.json().await.expect("token response is JSON");
+        body["token"]
+            .as_str()
+            .expect("token is a string")
+            .to_string()
+    }
+
+    /// `GET /api/events?<query>` with `token` (and `Last-Event-ID`), unread: for the
+    /// status of a refusal.
+    pub async fn stream_request(
+        &self,
+        token: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .streams
+            .get(self.url(&format!("/api/events?{query}")))
+            .bearer_auth(token);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        request.send().await.expect("stream request is sent")
+    }
+
+    /// Opens a stream of `topics` (besides the user's own events), resuming after
+    /// `last_event_id` if given, and reads up to its `stream.opened` frame.
+    pub async fn open_topics(
+        &self,
+        token: &str,
+        topics: &[&str],
+        last_event_id: Option<&str>,
+    ) -> (SseStream, Frame) {
+        let query: Vec<String> = topics.iter().map(|t| format!("topic={t}")).collect();
+        let response = self
+            .stream_request(token, &query.join("&"), last_event_id)
+            .await;
+        assert_eq!(response.status(), 200, "stream of {topics:?} opened");
+        let mut stream = SseStream::new(response);
+        let opened = stream.next_event().await;
+        assert_eq!(opened.event.as_deref(), Some("stream.opened"));
+        (stream, opened)
+    }
+
+    /// Publishes to `topic` with the publish API key and asserts it was accepted.
+    pub async fn publish_topic(&self, topic: &str, event_type: &str, data: Value) -> Value {
+        self.publish_body(&json!({"topic": topic, "eventType": event_type, "data": data}))
+            .await
+    }
+
     pub async fn post_json(
         &self,
         path: &str,
