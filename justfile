@@ -246,15 +246,28 @@ bench-nchan name args pin="no":
         --url http://127.0.0.1:3180 "${pids[@]}" --relayed-envelopes {{args}} \
         --json target/bench/{{name}}.json
 
-# Backend, floor and nchan side by side: one broadcast a second to each of STREAMS streams,
-# RUNS times each, then the min/median/max table (python3 apps/bench/compare.py).
-bench-compare streams="10000 19000" runs="3" pin="no":
+# Backend, floor and nchan side by side: one event a second to each of STREAMS streams,
+# RUNS times each, then the min/median/max table (python3 apps/bench/compare.py). The
+# backend runs each of SCENARIOS: `broadcast` (to every stream), `user1` (every stream is
+# one user's, and the event is that user's: one key's fan-out) and `topic1` (every stream,
+# each of its own user, subscribes to one topic, and the event is the topic's). floor and
+# nchan have one way only (a broadcast), the same work for them.
+bench-compare streams="10000 19000" runs="3" pin="no" scenarios="broadcast user1 topic1":
     #!/usr/bin/env bash
     set -euo pipefail
     for n in {{streams}}; do
-        args="--streams $n --users $n --mode broadcast --rate 1 --duration 8 --streams-per-worker $(( (n + 1) / 2 ))"
+        common="--streams $n --rate 1 --duration 8 --streams-per-worker $(( (n + 1) / 2 ))"
+        args="$common --users $n --mode broadcast"
         for run in $(seq 1 {{runs}}); do
-            just bench-scenario cmp-backend-$n-pin{{pin}}-$run "$args" 1 single {{pin}} >/dev/null
+            for scenario in {{scenarios}}; do
+                case $scenario in
+                    broadcast) name=backend scenario_args="$args" ;;
+                    user1) name=backend_user1 scenario_args="$common --users 1 --mode user" ;;
+                    topic1) name=backend_topic1 scenario_args="$common --users $n --mode topic --topics 1" ;;
+                    *) echo "unknown scenario $scenario" >&2; exit 1 ;;
+                esac
+                just bench-scenario cmp-$name-$n-pin{{pin}}-$run "$scenario_args" 1 single {{pin}} >/dev/null
+            done
             just bench-floor cmp-floor-$n-pin{{pin}}-$run "$args" {{pin}} >/dev/null
             just bench-nchan cmp-nchan-$n-pin{{pin}}-$run "$args" {{pin}} >/dev/null
         done

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Summarises `just bench-compare` runs: per server and stream count, the min / median /
-max over the runs of fan-out p99, CPU per delivery and memory per stream. Standard
-library only.
+"""Summarises `just bench-compare` runs: per server (the backend once per scenario:
+`backend` broadcasts, `backend_user1` one user's streams, `backend_topic1` one topic's) and
+stream count, the min / median / max over the runs of fan-out p99, CPU per delivery and
+memory per stream, each against the floor's. Standard library only.
 
     python3 apps/bench/compare.py target/bench/cmp-*.json
 """

@@ -45,6 +45,7 @@ use crate::{
     store::{MemoryStore, RedisStore, Store},
     tasks::Tasks,
     telemetry,
+    throttle::Throttle,
     tickets::{MemoryTickets, RedisTickets, Tickets},
     topics::TopicAccess,
 };
@@ -229,6 +230,7 @@ impl Application {
         let state = web::Data::new(AppState {
             streams,
             topics,
+            user_publishes: Throttle::new(settings.user_publish_rate),
             server_id: server_id.clone(),
             tokens,
             dev_tokens: settings.dev_tokens,

@@ -155,6 +155,12 @@ pub struct Settings {
     #[arg(long, env = "MAX_REPLAY", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_replay: u64,
 
+    /// Events one user may publish per second with their own token (to the topics of
+    /// their `publishTopics` claim), on one instance; more get 429. The publish key and
+    /// `publish` tokens are not limited.
+    #[arg(long, env = "USER_PUBLISH_RATE", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub user_publish_rate: u64,
+
     /// Topics one stream may carry (`?topic=`, repeated); more get 400 `too_many_topics`.
     #[arg(long, env = "MAX_TOPICS_PER_STREAM", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=events::MAX_CURSOR_TOPICS as u64))]
     pub max_topics_per_stream: u64,
@@ -197,6 +203,12 @@ pub struct Settings {
     #[arg(long, env = "WORKERS", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub workers: Option<u64>,
 
+    /// Copy the histories kept under the partition tags of versions before topics to
+    /// today's keys in REDIS_URL, print what was done, and exit (see the README's
+    /// "Upgrading"). Run once, with no instance running.
+    #[arg(long, default_value_t = false)]
+    pub migrate_partitions: bool,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -237,6 +249,11 @@ pub enum SettingsError {
     BadRedisUrl,
     #[error("SERVER_ID must be 1 to {MAX_SERVER_ID_CHARS} characters from A-Z a-z 0-9 _ - . : @")]
     BadServerId,
+    #[error(
+        "TOPIC_AUTH_URL must be an http:// URL (the host application on the private network; \
+         this build has no TLS client)"
+    )]
+    BadTopicAuthUrl,
 }
 
 impl Settings {
@@ -299,6 +316,13 @@ impl Settings {
                 .any(|scheme| url.expose().starts_with(scheme))
         {
             return Err(SettingsError::BadRedisUrl);
+        }
+        if self
+            .topic_auth_url
+            .as_ref()
+            .is_some_and(|url| url.scheme() != "http")
+        {
+            return Err(SettingsError::BadTopicAuthUrl);
         }
         Ok(())
     }

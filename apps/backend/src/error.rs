@@ -51,6 +51,9 @@ pub enum ApiError {
     /// The caller was issued as many stream tickets as it may for now.
     #[error("too many stream tickets for this user (at most {limit} per 30 s)")]
     TooManyTickets { limit: u64 },
+    /// The user published as often as they may for now (`USER_PUBLISH_RATE`).
+    #[error("too many publishes for this user (at most {limit} per second)")]
+    TooManyPublishes { limit: u64 },
     /// A per-user limit on stored things was reached.
     #[error("{0}")]
     LimitReached(&'static str),
@@ -95,6 +98,7 @@ impl ApiError {
             Self::EventTooLarge { .. } => "event_too_large",
             Self::TooManyStreams { .. } => "too_many_streams",
             Self::TooManyTickets { .. } => "too_many_tickets",
+            Self::TooManyPublishes { .. } => "too_many_publishes",
             Self::LimitReached(_) => "limit_reached",
             Self::Unavailable(_) => "unavailable",
             Self::Topic(TopicError::Invalid { .. }) => "invalid_topic",
@@ -145,9 +149,9 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::TooManyStreams { .. } | Self::TooManyTickets { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::TooManyStreams { .. }
+            | Self::TooManyTickets { .. }
+            | Self::TooManyPublishes { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::LimitReached(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) | Self::Topic(TopicError::Unavailable) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -171,6 +175,9 @@ impl ResponseError for ApiError {
             }
             Self::TooManyStreams { .. } | Self::TooManyTickets { .. } => {
                 response.insert_header((header::RETRY_AFTER, "5"));
+            }
+            Self::TooManyPublishes { .. } => {
+                response.insert_header((header::RETRY_AFTER, "1"));
             }
             _ => {}
         }

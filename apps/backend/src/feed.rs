@@ -36,6 +36,17 @@ impl Feed {
 }
 
 impl Feed {
+    /// The feed whose [`Feed::key_name`] is `name`.
+    pub fn from_key_name(name: &str) -> Self {
+        match name {
+            BROADCAST_USER_ID => Self::Broadcast,
+            name => match name.strip_prefix('#') {
+                Some(topic) => Self::Topic(topic.to_string()),
+                None => Self::User(name.to_string()),
+            },
+        }
+    }
+
     /// Where a stream's cursor counts this feed's events.
     pub fn scope(&self) -> Scope {
         match self {

@@ -19,7 +19,7 @@ pub mod hub;
 pub mod metrics;
 mod query;
 pub mod readiness;
-mod redis;
+pub mod redis;
 mod routes;
 mod sequence;
 pub mod snapshots;
@@ -27,6 +27,7 @@ mod state;
 pub mod store;
 mod tasks;
 pub mod telemetry;
+mod throttle;
 mod tickets;
 mod topics;
 

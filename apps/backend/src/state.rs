@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use crate::{
     admission::Rules, auth::Tokens, bus::Bus, config::Secret, config::Settings, delivery::Streams,
     hub::Hub, metrics::Metrics, readiness::Readiness, snapshots::SnapshotRequests, store::Store,
-    tickets::Tickets, topics::TopicAccess,
+    throttle::Throttle, tickets::Tickets, topics::TopicAccess,
 };
 
 /// What one caller may use, from the settings.
@@ -51,6 +51,8 @@ pub struct AppState {
     pub streams: Streams,
     /// Who may subscribe to which topics.
     pub topics: TopicAccess,
+    /// How often a user may publish with their own token.
+    pub user_publishes: Throttle,
     pub store: Arc<Store>,
     pub snapshots: SnapshotRequests,
     /// Stream tickets waiting to be redeemed.

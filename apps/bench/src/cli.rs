@@ -33,6 +33,8 @@ pub enum Mode {
     User,
     /// Each event goes to every stream.
     Broadcast,
+    /// Each event goes to one random topic; stream i subscribes to topic i mod `--topics`.
+    Topic,
 }
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -57,6 +59,15 @@ pub struct Scenario {
     pub duration: f64,
     #[arg(long, value_enum, default_value_t = Mode::User)]
     pub mode: Mode,
+    /// Distinct topics, in `--mode topic` (stream i subscribes to topic i mod topics);
+    /// 0: as many as users.
+    #[arg(long, default_value_t = 0)]
+    pub topics: usize,
+    /// Topics each stream subscribes to, in `--mode topic`: stream i takes topics i,
+    /// i + 1, … (mod `--topics`). Events are tallied against the first only, so use more
+    /// than one with `--rate 0` (to measure what a stream of several topics costs).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=128).map(|v| v as usize))]
+    pub topics_per_stream: usize,
     /// The backends' JWT_SECRET, to mint user tokens without a round trip each.
     #[arg(long, env = "JWT_SECRET")]
     pub jwt_secret: String,
@@ -84,6 +95,26 @@ pub struct Scenario {
     /// Seconds to wait for late deliveries after the last publish.
     #[arg(long, default_value_t = 3.0)]
     pub grace: f64,
+}
+
+impl Scenario {
+    /// How many keys events are published to at random: users, or topics in topic mode.
+    pub fn keys(&self) -> usize {
+        match self.mode {
+            Mode::Topic if self.topics > 0 => self.topics,
+            _ => self.users.max(1),
+        }
+    }
+
+    /// The key (user, or topic) stream `i` receives events of.
+    pub fn key_of(&self, i: usize) -> usize {
+        i % self.keys()
+    }
+}
+
+/// The name of topic `k` in topic mode.
+pub fn topic_name(k: usize) -> String {
+    format!("bench-t{k}")
 }
 
 /// A worker's share: streams `first..first + count` of the scenario.

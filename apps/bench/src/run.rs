@@ -177,11 +177,8 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
     let after_connect = proc_stats::total(&scenario.pids);
 
     // 2. Publish (or hold).
-    let accepted: Arc<Vec<AtomicU64>> = Arc::new(
-        (0..scenario.users.max(1))
-            .map(|_| AtomicU64::new(0))
-            .collect(),
-    );
+    let accepted: Arc<Vec<AtomicU64>> =
+        Arc::new((0..scenario.keys()).map(|_| AtomicU64::new(0)).collect());
     let broadcasts = Arc::new(AtomicU64::new(0));
     let publish_failed = Arc::new(AtomicU64::new(0));
     let publish_started = Instant::now();
@@ -377,18 +374,20 @@ async fn publish(
                     json!({"broadcast": true, "eventType": "bench.tick", "data": {"n": sent}}),
                     None,
                 ),
-                Mode::User => {
-                    let user = {
+                Mode::User | Mode::Topic => {
+                    let key = {
                         let mut state = rng.lock().unwrap_or_else(PoisonError::into_inner);
                         *state ^= *state << 13;
                         *state ^= *state >> 7;
                         *state ^= *state << 17;
-                        (*state % scenario.users.max(1) as u64) as usize
+                        (*state % scenario.keys() as u64) as usize
                     };
-                    (
-                        json!({"userId": user_id(user), "eventType": "bench.tick", "data": {"n": sent}}),
-                        Some(user),
-                    )
+                    let body = if scenario.mode == Mode::Topic {
+                        json!({"topic": crate::cli::topic_name(key), "eventType": "bench.tick", "data": {"n": sent}})
+                    } else {
+                        json!({"userId": user_id(key), "eventType": "bench.tick", "data": {"n": sent}})
+                    };
+                    (body, Some(key))
                 }
             };
             let request = client

@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 
-use crate::cli::{Scenario, WorkerShare};
+use crate::cli::{Mode, Scenario, WorkerShare};
 
 /// What a stream saw.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -92,7 +92,8 @@ fn now_us() -> u64 {
 #[serde(rename_all = "camelCase")]
 struct Delivered<'a> {
     id: Option<u64>,
-    #[serde(borrow)]
+    /// Absent on a topic's events.
+    #[serde(borrow, default)]
     user_id: &'a str,
     #[serde(borrow)]
     event_type: &'a str,
@@ -139,14 +140,27 @@ async fn run(share: WorkerShare, scenario: Scenario) -> anyhow::Result<()> {
     for i in share.first..share.first + share.count {
         let user = user_of(i, scenario.users);
         let (server, _) = servers[i % servers.len()];
-        let Some((token, _)) = tokens.issue(&user_id(user)) else {
+        let (grants, path) = match scenario.mode {
+            Mode::Topic => {
+                let topics: Vec<String> = (0..scenario.topics_per_stream)
+                    .map(|j| format!("topic={}", crate::cli::topic_name(scenario.key_of(i + j))))
+                    .collect();
+                (
+                    vec!["bench-t*".to_string()],
+                    format!("/api/events?{}", topics.join("&")),
+                )
+            }
+            Mode::User | Mode::Broadcast => (Vec::new(), "/api/events".to_string()),
+        };
+        let Some((token, _)) = tokens.issue_with(&user_id(user), grants, Vec::new()) else {
             continue;
         };
+        let key = scenario.key_of(i);
         let shared = shared.clone();
         let permits = permits.clone();
         let finish = finish_rx.clone();
         tasks.push(tokio::spawn(async move {
-            follow(i, user, server, token, shared, permits, finish).await
+            follow(i, key, server, path, token, shared, permits, finish).await
         }));
     }
 
@@ -219,10 +233,12 @@ async fn run(share: WorkerShare, scenario: Scenario) -> anyhow::Result<()> {
 }
 
 /// One stream: connect, then tally every event until told to finish.
+#[allow(clippy::too_many_arguments)]
 async fn follow(
     i: usize,
     user: usize,
     server: SocketAddr,
+    path: String,
     token: String,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
@@ -232,7 +248,7 @@ async fn follow(
         let _permit = permits.acquire().await.ok()?;
         let opened = async {
             let mut connection =
-                raw_sse::open_stream(local_address(i), server, "/api/events", &token).await?;
+                raw_sse::open_stream(local_address(i), server, &path, &token).await?;
             // The stream is registered once its first frame (stream.opened) arrives.
             connection.next_data().await?;
             Ok::<_, std::io::Error>(connection)

@@ -191,6 +191,23 @@ pub fn is_topic_channel(channel: &str) -> bool {
     channel.contains("}:ch:#")
 }
 
+/// The meta hash key of a history kept under the tags before this layout
+/// (`ev:{p17}:meta:<name>`): its partition number and the feed's key name.
+pub fn legacy_meta(key: &str) -> Option<(u16, &str)> {
+    let rest = key.strip_prefix("ev:{p")?;
+    let (partition, name) = rest.split_once("}:meta:")?;
+    let digits = !partition.is_empty() && partition.bytes().all(|b| b.is_ascii_digit());
+    digits
+        .then(|| partition.parse().ok())
+        .flatten()
+        .map(|p| (p, name))
+}
+
+/// The history stream key that goes with a [`legacy_meta`] key.
+pub fn legacy_log(partition: u16, name: &str) -> String {
+    format!("ev:{{p{partition}}}:log:{name}")
+}
+
 /// The hash slot of a partition's keys and channels.
 pub fn slot(partition: u16) -> u16 {
     redis_keyslot(TAGS[usize::from(partition % PARTITIONS)].as_bytes())
@@ -250,6 +267,17 @@ mod tests {
         assert!(is_topic_channel(&channel(&topic)));
         assert!(!is_topic_channel(&channel(&user)));
         assert!(!is_topic_channel(&channel(&Feed::Broadcast)));
+    }
+
+    #[test]
+    fn keys_of_the_earlier_layout_are_recognised_and_todays_are_not() {
+        assert_eq!(legacy_meta("ev:{p17}:meta:alice"), Some((17, "alice")));
+        assert_eq!(legacy_meta("ev:{p0}:meta:*"), Some((0, "*")));
+        assert_eq!(legacy_log(17, "alice"), "ev:{p17}:log:alice");
+        let [today, _] = history(&Feed::User("alice".into()));
+        assert_eq!(legacy_meta(&today), None);
+        assert_eq!(legacy_meta("ev:{p}:meta:alice"), None);
+        assert_eq!(legacy_meta("ev:{p1}:log:alice"), None);
     }
 
     #[test]

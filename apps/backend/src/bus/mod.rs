@@ -7,6 +7,7 @@
 
 mod keys;
 mod local;
+mod migrate;
 mod redis;
 mod subscriptions;
 
@@ -20,6 +21,7 @@ use crate::{clock::now_millis, metrics::Metrics};
 
 pub use self::{
     local::LocalBus,
+    migrate::{Migrated, migrate_partitions},
     redis::{Listening, RedisBus, start_relay},
 };
 

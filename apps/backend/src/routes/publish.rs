@@ -64,6 +64,11 @@ pub async fn publish(
             if !events::patterns_allow(&patterns, topic) {
                 return Err(TopicError::Forbidden(topic.clone()).into());
             }
+            if !state.user_publishes.admit(&user_id) {
+                return Err(ApiError::TooManyPublishes {
+                    limit: state.user_publishes.per_second(),
+                });
+            }
             Envelope {
                 publisher_id: Some(user_id),
                 ..envelope

@@ -14,3 +14,4 @@ mod single_node;
 mod stream;
 mod topics;
 mod topology;
+mod upgrade;

@@ -665,3 +665,36 @@ fn spawn_app_server() -> String {
 fn urlencode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
+
+#[tokio::test]
+async fn a_user_publishing_too_often_is_refused_and_others_are_not() {
+    let mut settings = settings(None);
+    settings.user_publish_rate = 3;
+    let app = spawn_app_with(settings).await;
+    let alice = app.token_with("alice", &[], &["chat:*"]).await;
+    let bob = app.token_with("bob", &[], &["chat:*"]).await;
+    let say = json!({"topic": "chat:1", "eventType": "chat.message", "data": {}});
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(
+            app.post_json("/api/publish", Some(&alice), &say)
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [202, 202, 202, 429, 429]);
+    let (status, code, _) =
+        error_code(app.post_json("/api/publish", Some(&alice), &say).await).await;
+    assert_eq!((status, code.as_str()), (429, "too_many_publishes"));
+    assert_eq!(
+        app.post_json("/api/publish", Some(&bob), &say)
+            .await
+            .status(),
+        202
+    );
+    // Services are not limited.
+    for _ in 0..5 {
+        app.publish_topic("chat:1", "chat.message", json!({})).await;
+    }
+}
