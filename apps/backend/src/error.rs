@@ -181,10 +181,17 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
+        let topic = match self {
+            Self::Topic(TopicError::Forbidden(topic) | TopicError::Invalid { topic, .. }) => {
+                Some(topic.clone())
+            }
+            _ => None,
+        };
         response.json(ErrorBody {
             error: ErrorDetail {
                 code: self.code().to_string(),
                 message: self.to_string(),
+                topic,
             },
         })
     }

@@ -233,11 +233,14 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-/// A stable machine-readable `code` and a human-readable `message`.
+/// A stable machine-readable `code` and a human-readable `message`; `topic` names the
+/// topic a `topic_forbidden` or `invalid_topic` refers to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
 }
 
 #[cfg(test)]
@@ -287,6 +290,7 @@ mod tests {
             error: ErrorDetail {
                 code: "unauthorized".into(),
                 message: "missing token".into(),
+                topic: None,
             },
         };
         assert_eq!(
