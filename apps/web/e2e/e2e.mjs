@@ -4,7 +4,8 @@
 // Needs: dist/ (trunk build --release), target/debug/backend, redis-server, chromium.
 // `just e2e` builds the first two. Everything it starts listens on 127.0.0.1 and is
 // stopped at the end; the whole run is bounded by RUN_DEADLINE_MS.
-// Screenshots go to target/e2e/.
+// Screenshots go to target/e2e/. E2E_ONLY=<regex> runs only the scenarios whose name matches
+// (those that do not depend on earlier ones' state).
 //
 // The last scenario runs `just dev` itself (just and trunk on PATH, or in ~/.cargo/bin),
 // on its fixed ports (DEV_PORTS; it fails at once if one is taken), its output in
@@ -221,9 +222,11 @@ async function publish(base, userId, eventType, data) {
   if (published.status !== 202) throw new Error(`publish answered ${published.status}`);
 }
 
-async function signIn(page, base, userId) {
+// `rooms`: the topic patterns typed in the form's Rooms field (its default, room:*, when absent).
+async function signIn(page, base, userId, { rooms } = {}) {
   await page.goto(base);
   await page.getByTestId('user-id').fill(userId);
+  if (rooms !== undefined) await page.getByTestId('rooms').fill(rooms);
   await page.getByTestId('connect').click();
   await until(`${userId}'s stream to open`, async () =>
     (await page.getByTestId('badge').getAttribute('data-state')) === 'open');
@@ -347,6 +350,7 @@ async function main() {
   const results = [];
 
   async function test(name, body) {
+    if (process.env.E2E_ONLY && !new RegExp(process.env.E2E_ONLY).test(name)) return;
     const started = Date.now();
     try {
       await body();
@@ -538,6 +542,79 @@ async function main() {
       }
     });
 
+    await test('through nginx: two users in one room see each other\'s messages live, and a user without the room is told so', async () => {
+      const nginx = await startNginx([a, b]);
+      const contexts = [];
+      const pageOf = async (who) => {
+        const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+        contexts.push(context);
+        const p = await context.newPage();
+        p.setDefaultTimeout(WAIT_MS);
+        p.on('pageerror', (error) => console.log(`[${who} page] ${error.message}`));
+        return p;
+      };
+      const room = `lobby-${suffix}`;
+      const topic = `room:${room}`;
+      const joinRoom = async (p) => {
+        await p.getByTestId('room-name').fill(room);
+        await p.getByTestId('join-room').click();
+      };
+      // What a page's room shows, oldest first: "<publisher>: <text>".
+      const said = (p) => p.$$eval('[data-testid="room-messages"] li', (items) =>
+        items.map((li) => `${li.querySelector('.who').textContent}: ${li.querySelector('.text').textContent}`));
+      try {
+        const kim = `kim-${suffix}`;
+        const lee = `lee-${suffix}`;
+        const [kimPage, leePage] = [await pageOf('kim'), await pageOf('lee')];
+        await signIn(kimPage, nginx.base, kim);
+        await signIn(leePage, nginx.base, lee);
+        for (const p of [kimPage, leePage]) {
+          await joinRoom(p);
+          // New topics start live: post once the stream carries the room.
+          await until('the stream to carry the room', async () =>
+            (await p.getByTestId('room-status').getAttribute('data-joined')) === 'true');
+        }
+        await kimPage.getByTestId('room-message').fill('hello from kim');
+        await kimPage.getByTestId('send-message').click();
+        await until("kim's message in both rooms", async () =>
+          (await said(leePage)).includes(`${kim}: hello from kim`) && (await said(kimPage)).includes(`${kim}: hello from kim`));
+        await leePage.getByTestId('room-message').fill('hi kim');
+        await leePage.getByTestId('send-message').click();
+        const both = JSON.stringify([`${kim}: hello from kim`, `${lee}: hi kim`]);
+        for (const p of [kimPage, leePage]) {
+          await until('both messages, in order, once', async () => JSON.stringify(await said(p)) === both);
+        }
+        // Room messages are not the user's own events: the log stays as it was.
+        if ((await logCount(kimPage)) !== 0) throw new Error('room messages in the event log');
+        await kimPage.screenshot({ path: join(SHOTS, '12a-room-kim.png'), fullPage: true });
+        await leePage.screenshot({ path: join(SHOTS, '12b-room-lee.png'), fullPage: true });
+
+        // A user whose token allows another room only.
+        const max = `max-${suffix}`;
+        const maxPage = await pageOf('max');
+        const tickets = [];
+        maxPage.on('request', (request) => { if (request.url().includes('/api/stream-tickets')) tickets.push(request.postData()); });
+        await signIn(maxPage, nginx.base, max, { rooms: 'room:elsewhere' });
+        await joinRoom(maxPage);
+        await until('the refusal on the page', async () =>
+          (await maxPage.getByTestId('room-error').textContent()) === `You are not allowed in ${topic}`);
+        if ((await maxPage.getByTestId('room-messages').count()) !== 0) throw new Error('a refused room shows messages');
+        // Refused once, not retried: the user's own stream goes on without the room.
+        const asked = tickets.length;
+        await sleep(1500);
+        if (tickets.length !== asked) throw new Error(`tickets asked again after the refusal: ${tickets.slice(asked).join(', ')}`);
+        if (tickets.filter((body) => body?.includes(topic)).length !== 1) throw new Error(`the room asked for more than once: ${tickets.join(', ')}`);
+        if ((await maxPage.getByTestId('badge').getAttribute('data-state')) !== 'open') throw new Error('the stream did not stay open');
+        await publish(a.base, max, 'notifications.sent', { text: 'still here' });
+        await until("max's own event", async () =>
+          (await maxPage.locator('[data-event-type="notifications.sent"]').count()) === 1);
+        await maxPage.screenshot({ path: join(SHOTS, '12c-room-refused.png'), fullPage: true });
+      } finally {
+        for (const context of contexts) await context.close().catch(() => {});
+        await stop(nginx.child);
+      }
+    });
+
     await test('a form error (empty name) is shown and nothing is created', async () => {
       await page.getByTestId('account-name').fill('');
       await page.getByTestId('account-balance').fill('5');
@@ -612,6 +689,70 @@ async function main() {
       const { shared, context } = await tabsShareOneStream(`gus-${suffix}`, { withoutLocks: true, shots: '9' });
       await context.close().catch(() => {});
       await stop(shared.child);
+    });
+
+    await test('two tabs in different rooms share one stream carrying both; each shows its own room; a tab changing rooms costs the other no message', async () => {
+      const shared = await startBackend('backend-rooms', await freePort(), redis.url);
+      const context = await browser.newContext();
+      const user = `oz-${suffix}`;
+      const [roomA, roomB, roomC] = ['a', 'b', 'c'].map((r) => `${r}-${suffix}`);
+      const say = async (room, text) => {
+        const sent = await api(shared.base, '/api/publish', {
+          token: PUBLISH_KEY, body: { topic: `room:${room}`, eventType: 'chat.message', data: { text } },
+        });
+        if (sent.status !== 202) throw new Error(`publish to room:${room} answered ${sent.status}`);
+      };
+      const texts = (tab) => tab.$$eval('[data-testid="room-messages"] li .text', (items) => items.map((li) => li.textContent));
+      const inRoom = async (tab, room) => {
+        await tab.getByTestId('room-name').fill(room);
+        await tab.getByTestId('join-room').click();
+        await until(`the stream to carry room:${room}`, async () =>
+          (await tab.getByTestId('room-status').getAttribute('data-joined')) === 'true');
+      };
+      try {
+        const tabs = [];
+        for (let i = 0; i < 2; i++) {
+          const tab = await context.newPage();
+          tab.setDefaultTimeout(WAIT_MS);
+          tab.on('pageerror', (error) => console.log(`[room tab ${i}] ${error.message}`));
+          await signIn(tab, shared.base, user);
+          tabs.push(tab);
+        }
+        const [first, second] = tabs;
+        await inRoom(first, roomA);
+        await inRoom(second, roomB);
+        await until('the server to hold one stream for both tabs', async () =>
+          (await metric(shared.base, 'sse_streams_open')) === 1);
+        await say(roomA, 'to a');
+        await say(roomB, 'to b');
+        await until('each tab to show its own room', async () =>
+          JSON.stringify(await texts(first)) === '["to a"]' && JSON.stringify(await texts(second)) === '["to b"]');
+
+        // The second tab moves to room c while room a keeps talking: the stream is reopened
+        // for the new union from its last id, and the first tab misses nothing.
+        const total = 30;
+        const sending = (async () => {
+          for (let n = 1; n <= total; n++) {
+            await say(roomA, `a${n}`);
+            await sleep(25);
+          }
+        })();
+        await until('room a to be mid-conversation', async () => (await texts(first)).length >= 8);
+        await inRoom(second, roomC);
+        await sending;
+        const expected = JSON.stringify(['to a', ...Array.from({ length: total }, (_, i) => `a${i + 1}`)]);
+        await until('every message of room a once, in order, in the first tab', async () =>
+          JSON.stringify(await texts(first)) === expected);
+        await say(roomC, 'to c');
+        await until('room c in the second tab', async () => JSON.stringify(await texts(second)) === '["to c"]');
+        await sleep(300);
+        if (JSON.stringify(await texts(first)) !== expected) throw new Error('room a shown twice or out of order');
+        if ((await metric(shared.base, 'sse_streams_open')) !== 1) throw new Error('more than one stream');
+        await first.screenshot({ path: join(SHOTS, '13-rooms-shared-stream.png'), fullPage: true });
+      } finally {
+        await context.close().catch(() => {});
+        await stop(shared.child);
+      }
     });
 
     await test('a credential that expires is renewed through its source and nothing is missed', async () => {

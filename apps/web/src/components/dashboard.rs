@@ -6,17 +6,21 @@ use super::{
     accounts_panel::AccountsPanel,
     connection_badge::ConnectionBadge,
     event_log::{EventLog, LogEntry},
+    room_panel::{RoomMessage, RoomPanel},
 };
 use crate::{
     api,
-    hooks::{Credentials, use_events},
+    hooks::{Credentials, UseEventsOptions, use_events_with_options},
     session::Session,
 };
 
 /// How many log lines are kept on the page.
 const LOG_LINES: usize = 200;
+/// How many messages of the room are kept on the page.
+const ROOM_LINES: usize = 200;
 
-/// Everything about one signed-in user: their stream, accounts, snapshots and events.
+/// Everything about one signed-in user: their stream, accounts, snapshots, events and the
+/// room they are in.
 #[component]
 pub fn Dashboard(session: Session) -> impl IntoView {
     let token = StoredValue::new(session.token.clone());
@@ -24,6 +28,10 @@ pub fn Dashboard(session: Session) -> impl IntoView {
     let snapshots = RwSignal::new(Vec::<Snapshot>::new());
     let log = RwSignal::new(Vec::<LogEntry>::new());
     let count = RwSignal::new(0_u64);
+    // The room's topic, and its messages since it was joined.
+    let room = RwSignal::new(None::<String>);
+    let messages = RwSignal::new(Vec::<RoomMessage>::new());
+    let posted = StoredValue::new(0_u64);
 
     // Accounts and snapshots are fetched, not pushed: on mount, and whenever an event
     // says they changed (or a resync says we may have missed that).
@@ -44,35 +52,67 @@ pub fn Dashboard(session: Session) -> impl IntoView {
     // stream resumes from its last id with it, missing nothing.
     let first = std::cell::Cell::new(Some(session.token.clone()));
     let user_id = session.user_id.clone();
+    let rooms = session.rooms.clone();
     let credentials = Credentials::renewing(move || {
         let first = first.take();
-        let user_id = user_id.clone();
+        let (user_id, rooms) = (user_id.clone(), rooms.clone());
         async move {
             match first {
                 Some(token) => Ok(token),
-                None => api::request_token(&user_id)
+                None => api::request_token(&user_id, &rooms)
                     .await
                     .map(|issued| issued.token)
                     .map_err(|failure| failure.to_string()),
             }
         }
     });
-    // Every event of the user, of any type: the log is the place to see what arrives.
-    let events = use_events(&[], credentials, move |event| {
-        if event.event_type == event_type::STREAM_OPENED {
-            return;
-        }
-        let key = count.get_untracked() + 1;
-        count.set(key);
-        log.update(|lines| {
-            lines.insert(0, LogEntry::new(key, event));
-            lines.truncate(LOG_LINES);
-        });
-        if matches!(
-            event.event_type.as_str(),
-            event_type::SNAPSHOTS_GENERATED | event_type::STREAM_RESYNC
-        ) {
-            refresh();
+    // Every event of the user, of any type: the log is the place to see what arrives. The
+    // room's go to the room.
+    let options = UseEventsOptions {
+        topics: Signal::derive(move || room.get().into_iter().collect()),
+        ..UseEventsOptions::default()
+    };
+    let events = use_events_with_options(
+        &[],
+        credentials,
+        move |event| {
+            if event.event_type == event_type::STREAM_OPENED {
+                return;
+            }
+            if let Some(topic) = &event.envelope.topic {
+                let key = posted.get_value() + 1;
+                let message = RoomMessage::new(key, event);
+                if let Some(message) =
+                    message.filter(|_| room.get_untracked().as_ref() == Some(topic))
+                {
+                    posted.set_value(key);
+                    messages.update(|list| {
+                        list.push(message);
+                        let extra = list.len().saturating_sub(ROOM_LINES);
+                        list.drain(..extra);
+                    });
+                }
+                return;
+            }
+            let key = count.get_untracked() + 1;
+            count.set(key);
+            log.update(|lines| {
+                lines.insert(0, LogEntry::new(key, event));
+                lines.truncate(LOG_LINES);
+            });
+            if matches!(
+                event.event_type.as_str(),
+                event_type::SNAPSHOTS_GENERATED | event_type::STREAM_RESYNC
+            ) {
+                refresh();
+            }
+        },
+        options,
+    );
+    let join = Callback::new(move |topic: Option<String>| {
+        if room.get_untracked() != topic {
+            messages.set(Vec::new());
+            room.set(topic);
         }
     });
 
@@ -95,6 +135,14 @@ pub fn Dashboard(session: Session) -> impl IntoView {
                 }
             });
         }) />
+        <RoomPanel
+            token=token
+            room=room.into()
+            on_join=join
+            messages=messages.into()
+            stream_topics=events.stream_topics
+            refusals=events.topic_refusals
+        />
         <AccountsPanel accounts=accounts.into() snapshots=snapshots.into() />
         <EventLog entries=log.into() count=count.into() />
     }

@@ -1,9 +1,16 @@
 use leptos::{prelude::*, task::spawn_local};
 
-use crate::{api, format, session::Session};
+use crate::{
+    api, format,
+    session::{Session, room_patterns},
+};
 
-/// Enter (or generate) a user id and get a token for it; once signed in, who it is and a
-/// way out.
+/// The rooms a new user may join and post to, unless they say otherwise.
+const DEFAULT_ROOMS: &str = "room:*";
+
+/// Enter (or generate) a user id and the rooms they may use (topic patterns: `room:*`, or
+/// `room:lobby, room:dev`; none for no room) and get a token for them; once signed in, who
+/// it is and a way out.
 ///
 /// `on_session` receives the user and their token once the server has issued it; the form
 /// then gives way to "Signed in as …" and a Disconnect button, which calls `on_sign_out`
@@ -11,6 +18,7 @@ use crate::{api, format, session::Session};
 #[component]
 pub fn UserBox(on_session: Callback<Session>, on_sign_out: Callback<()>) -> impl IntoView {
     let user_id = RwSignal::new(String::new());
+    let rooms = RwSignal::new(String::from(DEFAULT_ROOMS));
     let busy = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
     let current = RwSignal::new(None::<String>);
@@ -21,15 +29,17 @@ pub fn UserBox(on_session: Callback<Session>, on_sign_out: Callback<()>) -> impl
             error.set(Some("Enter a user id, or generate one.".into()));
             return;
         }
+        let patterns = room_patterns(&rooms.get_untracked());
         busy.set(true);
         error.set(None);
         spawn_local(async move {
-            match api::request_token(&id).await {
+            match api::request_token(&id, &patterns).await {
                 Ok(token) => {
                     current.set(Some(id.clone()));
                     on_session.run(Session {
                         user_id: id,
                         token: token.token,
+                        rooms: patterns,
                     });
                 }
                 Err(failure) => error.set(Some(failure.message)),
@@ -79,6 +89,16 @@ pub fn UserBox(on_session: Callback<Session>, on_sign_out: Callback<()>) -> impl
                         >
                             "Generate"
                         </button>
+                        <label class="rooms" title="Topic patterns the token allows, e.g. room:* or room:lobby, room:dev">
+                            "Rooms "
+                            <input
+                                type="text"
+                                data-testid="rooms"
+                                placeholder="none"
+                                prop:value=move || rooms.get()
+                                on:input=move |ev| rooms.set(event_target_value(&ev))
+                            />
+                        </label>
                         <button type="submit" data-testid="connect" disabled=move || busy.get()>
                             {move || if busy.get() { "Connecting…" } else { "Connect" }}
                         </button>

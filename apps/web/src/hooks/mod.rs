@@ -8,7 +8,7 @@ mod use_events;
 
 pub use credentials::Credentials;
 pub use reconnect::{Backoff, ConnectionState};
-pub use sharing::StreamHolder;
+pub use sharing::{StreamHolder, TopicRefusal};
 pub use use_events::{
     ReceivedEvent, UseEventsOptions, UseEventsReturn, use_events, use_events_with_options,
 };

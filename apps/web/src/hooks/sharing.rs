@@ -1,7 +1,9 @@
 //! One stream shared by a browser's tabs: what the tabs say to each other, the name they
-//! meet under, and the record that keeps an event from being shown twice when the stream
-//! changes hands. No browser API is touched here (see `leadership` for that), so all of
-//! it is unit-tested natively.
+//! meet under, the topics the stream carries for them (the [`Roster`]), and the record
+//! that keeps an event from being shown twice when the stream changes hands. No browser
+//! API is touched here (see `leadership` for that), so all of it is unit-tested natively.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use events::Envelope;
@@ -49,6 +51,12 @@ pub enum TabMessage {
     Claim { tab: u64, since: f64 },
     /// The fallback election: `tab` gives the stream up (its page is going away).
     Resign { tab: u64 },
+    /// The topics one hook wants (`member` names the hook, whatever tab it is in); an
+    /// empty list when it goes. Every hook keeps them all (a [`Roster`]), so that whichever
+    /// takes the stream over opens it with every tab's topics at once.
+    Topics { member: u64, topics: Vec<String> },
+    /// Every topic the server refused the holder's stream: replaces what a tab knew.
+    Refusals { refused: Vec<TopicRefusal> },
 }
 
 impl TabMessage {
@@ -206,13 +214,15 @@ impl Election {
     }
 }
 
-/// How many histories [`Shown`] remembers: a stream carries its user's and the
-/// broadcasts'; a few more cover epochs that change under it.
-const HISTORIES: usize = 4;
+/// How many histories [`Shown`] remembers: a stream carries its user's, the broadcasts'
+/// and those of its topics (at most [`events::MAX_CURSOR_TOPICS`]); a few more cover
+/// epochs that change under it.
+const HISTORIES: usize = 4 + events::MAX_CURSOR_TOPICS;
 
-/// The newest event shown from each history (a user and an epoch). Events of one history
-/// arrive in id order, so one at or below the newest was shown already: that happens
-/// when the stream changes tabs while frames of the old holder are still on their way.
+/// The newest event shown from each history (a user, the broadcasts, or a topic; and an
+/// epoch). Events of one history arrive in id order, so one at or below the newest was
+/// shown already: that happens when the stream changes tabs while frames of the old holder
+/// are still on their way.
 #[derive(Debug, Default)]
 pub struct Shown {
     newest: Vec<(String, u64, u64)>,
@@ -226,11 +236,15 @@ impl Shown {
             return true;
         };
         let epoch = envelope.epoch.unwrap_or_default();
-        let user = envelope.user_id.as_str();
+        // A space is in neither a user id nor a topic: the two never share a name.
+        let history = match &envelope.topic {
+            Some(topic) => format!("topic {topic}"),
+            None => envelope.user_id.clone(),
+        };
         if let Some((_, _, newest)) = self
             .newest
             .iter_mut()
-            .find(|(u, e, _)| u == user && *e == epoch)
+            .find(|(h, e, _)| *h == history && *e == epoch)
         {
             if id <= *newest {
                 return false;
@@ -238,14 +252,145 @@ impl Shown {
             *newest = id;
             return true;
         }
-        // A new epoch starts the user's history over.
-        self.newest.retain(|(u, ..)| u != user);
+        // A new epoch starts the history over.
+        self.newest.retain(|(h, ..)| *h != history);
         if self.newest.len() >= HISTORIES {
             self.newest.remove(0);
         }
-        self.newest.push((user.to_string(), epoch, id));
+        self.newest.push((history, epoch, id));
         true
     }
+}
+
+/// A topic the stream does not carry, and why: the server refused it, or its name breaks
+/// the rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRefusal {
+    pub topic: String,
+    /// The server's error code (`topic_forbidden`, `invalid_topic`, `too_many_topics`).
+    pub code: String,
+    /// Why, for people: the server's message.
+    pub reason: String,
+}
+
+impl TopicRefusal {
+    /// Whether the user may not have the topic at all (rather than a bad name or too many).
+    pub fn is_forbidden(&self) -> bool {
+        self.code == "topic_forbidden"
+    }
+}
+
+/// Which topics the hooks sharing a stream want, and which the server refused: every hook
+/// keeps one, from the [`TabMessage::Topics`] and [`TabMessage::Refusals`] on the channel,
+/// and the holder opens the stream with [`Roster::stream_topics`], the union.
+#[derive(Debug, Default)]
+pub struct Roster {
+    wanted: BTreeMap<u64, Vec<String>>,
+    refused: Vec<TopicRefusal>,
+}
+
+impl Roster {
+    /// Records the topics `member` wants (none: it left); returns whether the topics the
+    /// stream should carry changed.
+    pub fn set(&mut self, member: u64, topics: &[String]) -> bool {
+        let before = self.stream_topics();
+        if topics.is_empty() {
+            self.wanted.remove(&member);
+        } else {
+            self.wanted.insert(member, topics.to_vec());
+        }
+        // A refusal lasts while a hook wants its topic: one that is asked for again later
+        // is asked of the server again (with a new token, the answer may differ).
+        let wanted: BTreeSet<&str> = self.wanted.values().flatten().map(String::as_str).collect();
+        self.refused.retain(|r| wanted.contains(r.topic.as_str()));
+        before != self.stream_topics()
+    }
+
+    /// What the stream should carry: every topic a hook wants, each once, in order, but
+    /// for names that break the rule and the topics the server refused.
+    pub fn stream_topics(&self) -> Vec<String> {
+        self.wanted()
+            .into_iter()
+            .filter(|topic| events::validate_topic(topic).is_ok())
+            .filter(|topic| !self.refused.iter().any(|r| r.topic == *topic))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The server refused these topics: the stream goes on without them.
+    pub fn refuse(&mut self, refusals: Vec<TopicRefusal>) {
+        for refusal in refusals {
+            self.refused.retain(|r| r.topic != refusal.topic);
+            self.refused.push(refusal);
+        }
+    }
+
+    /// Every refusal, as the holder tells the other tabs.
+    pub fn refusals(&self) -> &[TopicRefusal] {
+        &self.refused
+    }
+
+    /// The holder's refusals, which replace this tab's.
+    pub fn set_refusals(&mut self, refused: Vec<TopicRefusal>) {
+        self.refused = refused;
+    }
+
+    /// Why the stream does not carry some of `topics` (one hook's): names that break the
+    /// rule, and what the server refused.
+    pub fn refusals_of(&self, topics: &[String]) -> Vec<TopicRefusal> {
+        topics
+            .iter()
+            .filter_map(|topic| match events::validate_topic(topic) {
+                Err(rule) => Some(TopicRefusal {
+                    topic: topic.clone(),
+                    code: "invalid_topic".into(),
+                    reason: rule.into(),
+                }),
+                Ok(()) => self.refused.iter().find(|r| r.topic == *topic).cloned(),
+            })
+            .collect()
+    }
+
+    fn wanted(&self) -> BTreeSet<&str> {
+        self.wanted.values().flatten().map(String::as_str).collect()
+    }
+}
+
+/// Which of the `asked` topics a refused stream ticket refused, from the server's error
+/// `code`, `message` and `topic`; `None` when the refusal is not about topics (or there
+/// were none), and retrying may help. A refusal that names one of the topics (its error's
+/// `topic`) refuses that one; one that names none (`too_many_topics`) refuses them all.
+/// Never an empty list, so a stream retried without what was refused asks for strictly
+/// less each time.
+pub fn refused_topics(
+    code: &str,
+    message: &str,
+    topic: Option<&str>,
+    asked: &[String],
+) -> Option<Vec<TopicRefusal>> {
+    if asked.is_empty()
+        || !matches!(
+            code,
+            "topic_forbidden" | "invalid_topic" | "too_many_topics"
+        )
+    {
+        return None;
+    }
+    let named = topic.filter(|name| asked.iter().any(|topic| topic == name));
+    let refused = match named {
+        Some(name) => vec![name.to_string()],
+        None => asked.to_vec(),
+    };
+    Some(
+        refused
+            .into_iter()
+            .map(|topic| TopicRefusal {
+                topic,
+                code: code.into(),
+                reason: message.into(),
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -300,6 +445,17 @@ mod tests {
                 since: 1.5e12,
             },
             TabMessage::Resign { tab: 7 },
+            TabMessage::Topics {
+                member: 3,
+                topics: topics(&["room:lobby"]),
+            },
+            TabMessage::Refusals {
+                refused: vec![TopicRefusal {
+                    topic: "room:x".into(),
+                    code: "topic_forbidden".into(),
+                    reason: "no".into(),
+                }],
+            },
         ];
         for message in messages {
             assert_eq!(TabMessage::decode(&message.encode()), Some(message));
@@ -414,11 +570,17 @@ mod tests {
             id,
             epoch: Some(epoch),
             user_id: user.into(),
+            topic: None,
             event_type: "t".into(),
             data: Default::default(),
             server_id: None,
             published_at: None,
+            publisher_id: None,
         }
+    }
+
+    fn topics(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
     }
 
     #[test]
@@ -439,9 +601,125 @@ mod tests {
         );
         assert!(shown.first_time(&envelope("alice", 9, None)), "live only");
         assert!(shown.first_time(&envelope("alice", 9, None)));
-        for user in ["u1", "u2", "u3", "u4", "u5"] {
-            assert!(shown.first_time(&envelope(user, 1, Some(1))));
+        for n in 0..=HISTORIES {
+            assert!(shown.first_time(&envelope(&format!("u{n}"), 1, Some(1))));
         }
         assert_eq!(shown.newest.len(), HISTORIES, "bounded");
+    }
+
+    #[test]
+    fn a_topic_counts_apart_from_the_user_and_from_other_topics() {
+        let mut shown = Shown::default();
+        let in_topic = |topic: &str, id| Envelope {
+            topic: Some(topic.into()),
+            ..envelope("", 1, Some(id))
+        };
+        assert!(shown.first_time(&envelope("alice", 1, Some(5))));
+        assert!(shown.first_time(&in_topic("room:a", 1)));
+        assert!(shown.first_time(&in_topic("room:b", 1)));
+        assert!(!shown.first_time(&in_topic("room:a", 1)), "again");
+        assert!(shown.first_time(&in_topic("room:a", 2)));
+        assert!(
+            !shown.first_time(&envelope("alice", 1, Some(5))),
+            "the user's"
+        );
+    }
+
+    #[test]
+    fn the_stream_carries_the_union_of_every_hooks_topics() {
+        let mut roster = Roster::default();
+        assert!(roster.stream_topics().is_empty());
+        assert!(roster.set(1, &topics(&["room:b", "room:a"])));
+        assert!(roster.set(2, &topics(&["room:a", "room:c"])));
+        assert_eq!(
+            roster.stream_topics(),
+            topics(&["room:a", "room:b", "room:c"])
+        );
+        assert!(
+            !roster.set(2, &topics(&["room:c", "room:a"])),
+            "the same, reordered"
+        );
+        assert!(!roster.set(1, &topics(&["room:a", "room:b"])));
+        assert!(roster.set(1, &[]), "a hook that goes takes its own topics");
+        assert_eq!(roster.stream_topics(), topics(&["room:a", "room:c"]));
+        assert!(!roster.set(9, &[]), "one never seen");
+    }
+
+    #[test]
+    fn refused_and_misnamed_topics_stay_out_of_the_stream_and_are_told_to_who_wants_them() {
+        let mut roster = Roster::default();
+        roster.set(1, &topics(&["room:a", "room:x"]));
+        roster.set(2, &topics(&["room:a", "bad name"]));
+        assert_eq!(roster.stream_topics(), topics(&["room:a", "room:x"]));
+        let refusal = TopicRefusal {
+            topic: "room:x".into(),
+            code: "topic_forbidden".into(),
+            reason: "topic \"room:x\" is not allowed to this user".into(),
+        };
+        roster.refuse(vec![refusal.clone()]);
+        assert_eq!(roster.stream_topics(), topics(&["room:a"]));
+        assert_eq!(
+            roster.refusals_of(&topics(&["room:a", "room:x"])),
+            vec![refusal.clone()]
+        );
+        let misnamed = roster.refusals_of(&topics(&["room:a", "bad name"]));
+        assert_eq!(misnamed.len(), 1);
+        assert_eq!(
+            (misnamed[0].topic.as_str(), misnamed[0].code.as_str()),
+            ("bad name", "invalid_topic")
+        );
+        assert!(refusal.is_forbidden() && !misnamed[0].is_forbidden());
+
+        // Followers take the holder's word; a topic nobody wants any more is forgotten,
+        // so asking for it again asks the server again.
+        let mut follower = Roster::default();
+        follower.set(1, &topics(&["room:a", "room:x"]));
+        follower.set_refusals(roster.refusals().to_vec());
+        assert_eq!(follower.stream_topics(), topics(&["room:a"]));
+        roster.set(1, &topics(&["room:a"]));
+        assert!(roster.refusals().is_empty());
+        assert!(roster.set(1, &topics(&["room:a", "room:x"])), "asked again");
+    }
+
+    #[test]
+    fn a_ticket_refusal_names_the_topic_it_refuses_or_refuses_them_all() {
+        let asked = topics(&["room:a", "room:x"]);
+        let forbidden = refused_topics(
+            "topic_forbidden",
+            "topic \"room:x\" is not allowed to this user",
+            Some("room:x"),
+            &asked,
+        )
+        .expect("about topics");
+        assert_eq!(forbidden.len(), 1);
+        assert_eq!(forbidden[0].topic, "room:x");
+        let too_many = refused_topics(
+            "too_many_topics",
+            "a stream carries at most 1 topics",
+            None,
+            &asked,
+        )
+        .expect("about topics");
+        assert_eq!(
+            too_many
+                .iter()
+                .map(|r| r.topic.as_str())
+                .collect::<Vec<_>>(),
+            ["room:a", "room:x"]
+        );
+        let unknown = refused_topics("topic_forbidden", "not allowed", Some("room:z"), &asked)
+            .expect("about topics");
+        assert_eq!(unknown.len(), 2, "a name it did not ask for: all of them");
+        assert_eq!(
+            refused_topics("topic_auth_unavailable", "retry", None, &asked),
+            None,
+            "retry"
+        );
+        assert_eq!(refused_topics("unauthorized", "no", None, &asked), None);
+        assert_eq!(
+            refused_topics("topic_forbidden", "no", Some("room:x"), &[]),
+            None,
+            "nothing to drop"
+        );
     }
 }

@@ -8,6 +8,14 @@
 //! frames both holders delivered. With sharing turned off, or a token that is not a JWT,
 //! each hook holds its own stream.
 //!
+//! Topics (`UseEventsOptions::topics`): each hook tells the others which it wants, every
+//! hook keeps the lot (`sharing::Roster`), and the holder's stream carries their union;
+//! each hook is shown only its own topics' events (and all of its user's and the
+//! broadcasts). When the union changes, the holder gets a ticket for the new union and
+//! reopens from its last id: topics in both keep their place, so nothing is missed. A
+//! topic the server refuses (403 `topic_forbidden`, say) is left out, the stream goes on
+//! without it, and the hooks that wanted it say why in `topic_refusals`.
+//!
 //! The stream is closed when the owning component unmounts. Each EventSource is opened
 //! with a fresh single-use stream ticket (`POST /api/stream-tickets` with the token in a
 //! header; the ticket's secret comes back as an HttpOnly cookie), so
@@ -33,7 +41,7 @@ use super::{
     credentials::Credentials,
     leadership::Leadership,
     reconnect::{Backoff, ConnectionState, Signal as SourceSignal, events_url, next_state},
-    sharing::{Shown, StreamHolder, TabMessage, share_name},
+    sharing::{Roster, Shown, StreamHolder, TabMessage, TopicRefusal, refused_topics, share_name},
 };
 
 /// An event as the page received it.
@@ -60,6 +68,10 @@ pub struct UseEventsOptions {
     /// Whether the tabs of this origin showing the same user share one stream. Default:
     /// `true`. Needs a token that is a JWT (its `sub` names the user).
     pub share: bool,
+    /// The topics (`room:lobby`, ...) whose events this hook wants besides its user's and
+    /// the broadcasts; when it changes, the stream follows with nothing missed in the
+    /// topics kept. Default: none.
+    pub topics: Signal<Vec<String>>,
 }
 
 impl Default for UseEventsOptions {
@@ -69,6 +81,7 @@ impl Default for UseEventsOptions {
             ticket_url: "/api/stream-tickets".into(),
             reconnect: Backoff::default(),
             share: true,
+            topics: Signal::default(),
         }
     }
 }
@@ -88,6 +101,12 @@ pub struct UseEventsReturn {
     /// Which tab holds the shared stream, once known; `None` while the stream is not
     /// shared (sharing off, or unavailable in this browser).
     pub holder: Signal<Option<StreamHolder>>,
+    /// The topics the stream carries (from its last `stream.opened`): once one of this
+    /// hook's topics is here, its events arrive.
+    pub stream_topics: Signal<Vec<String>>,
+    /// Why some of this hook's topics are not carried: refused by the server (the user may
+    /// not have them), or a name that breaks the rule. The stream goes on without them.
+    pub topic_refusals: Signal<Vec<TopicRefusal>>,
     handle: StoredValue<SendWrapper<Rc<Connection>>>,
 }
 
@@ -153,7 +172,15 @@ pub fn use_events_with_options(
         server_id: RwSignal::new(None),
         last_resync: RwSignal::new(None),
         holder: RwSignal::new(None),
+        stream_topics: RwSignal::new(Vec::new()),
+        topic_refusals: RwSignal::new(Vec::new()),
     };
+    let topics = options.topics;
+    let wanted = normalized(topics.get_untracked());
+    let member = (js_sys::Math::random() * 9_007_199_254_740_991.0) as u64;
+    let mut roster = Roster::default();
+    roster.set(member, &wanted);
+    signals.topic_refusals.set(roster.refusals_of(&wanted));
     let types: Vec<String> = event_types.iter().map(|t| t.to_string()).collect();
     let connection = Rc::new(Connection {
         options,
@@ -174,9 +201,22 @@ pub fn use_events_with_options(
         role: Cell::new(Role::Alone),
         leadership: RefCell::new(None),
         shown: RefCell::new(Shown::default()),
+        member,
+        topics: RefCell::new(wanted),
+        roster: RefCell::new(roster),
+        carried: RefCell::new(None),
     });
     connection.start();
     connection.watch_page();
+
+    // The stream follows the hook's topics.
+    let weak = SendWrapper::new(Rc::downgrade(&connection));
+    Effect::new(move |_| {
+        let wanted = topics.get();
+        if let Some(connection) = weak.upgrade() {
+            connection.set_topics(normalized(wanted));
+        }
+    });
 
     // The holder tells the others whenever its connection changes.
     let weak = SendWrapper::new(Rc::downgrade(&connection));
@@ -199,8 +239,21 @@ pub fn use_events_with_options(
         server_id: signals.server_id.into(),
         last_resync: signals.last_resync.into(),
         holder: signals.holder.into(),
+        stream_topics: signals.stream_topics.into(),
+        topic_refusals: signals.topic_refusals.into(),
         handle,
     }
+}
+
+/// Topics each once, in the order given.
+fn normalized(topics: Vec<String>) -> Vec<String> {
+    let mut once = Vec::with_capacity(topics.len());
+    for topic in topics {
+        if !once.contains(&topic) {
+            once.push(topic);
+        }
+    }
+    once
 }
 
 #[derive(Clone, Copy)]
@@ -212,6 +265,8 @@ struct Signals {
     server_id: RwSignal<Option<String>>,
     last_resync: RwSignal<Option<Resync>>,
     holder: RwSignal<Option<StreamHolder>>,
+    stream_topics: RwSignal<Vec<String>>,
+    topic_refusals: RwSignal<Vec<TopicRefusal>>,
 }
 
 impl Signals {
@@ -266,6 +321,15 @@ struct Connection {
     leadership: RefCell<Option<Leadership>>,
     /// What was shown, so that no event is shown twice across a change of holder.
     shown: RefCell<Shown>,
+    /// Names this hook among those sharing the stream, for its [`TabMessage::Topics`].
+    member: u64,
+    /// The topics this hook wants: their events are shown, other topics' are not.
+    topics: RefCell<Vec<String>>,
+    /// The topics of every hook sharing the stream, and what the server refused.
+    roster: RefCell<Roster>,
+    /// The topics of the stream this hook holds or is opening; `None` while it holds none
+    /// (a follower, or not started), when a change of topics waits for the next `open`.
+    carried: RefCell<Option<Vec<String>>>,
 }
 
 impl Connection {
@@ -312,6 +376,7 @@ impl Connection {
         self.role.set(Role::Follower);
         leadership.post(&TabMessage::Hello);
         *self.leadership.borrow_mut() = Some(leadership);
+        self.announce_topics();
         true
     }
 
@@ -341,6 +406,7 @@ impl Connection {
         self.cancel_retry();
         self.forget_opening();
         self.drop_source();
+        *self.carried.borrow_mut() = None;
         self.role.set(Role::Follower);
         self.signals.holder.set(None);
         if let Some(leadership) = self.leadership.borrow().as_ref() {
@@ -352,7 +418,22 @@ impl Connection {
     /// What another tab of the user posted.
     fn on_tab_message(self: &Rc<Self>, message: TabMessage) {
         match (self.role.get(), message) {
-            (Role::Holder, TabMessage::Hello) => self.relay(&untrack(|| self.signals.status())),
+            (role, TabMessage::Hello) => {
+                // The newcomer learns every hook's topics, and what was refused.
+                self.announce_topics();
+                if role == Role::Holder {
+                    self.relay(&untrack(|| self.signals.status()));
+                    self.relay_refusals();
+                }
+            }
+            (_, TabMessage::Topics { member, topics }) => {
+                self.roster.borrow_mut().set(member, &topics);
+                self.follow_roster();
+            }
+            (Role::Follower, TabMessage::Refusals { refused }) => {
+                self.roster.borrow_mut().set_refusals(refused);
+                self.show_refusals();
+            }
             (Role::Follower, TabMessage::Frame { id, data }) => {
                 self.signals.holder.set(Some(StreamHolder::AnotherTab));
                 self.on_frame(id, &data);
@@ -386,6 +467,74 @@ impl Connection {
         if let Some(leadership) = self.leadership.borrow().as_ref() {
             leadership.post(message);
         }
+    }
+
+    /// This hook wants `topics` now: the others are told, and the stream follows.
+    fn set_topics(self: &Rc<Self>, topics: Vec<String>) {
+        if *self.topics.borrow() == topics {
+            return;
+        }
+        self.roster.borrow_mut().set(self.member, &topics);
+        *self.topics.borrow_mut() = topics;
+        self.announce_topics();
+        self.follow_roster();
+    }
+
+    /// Tells the other hooks sharing the stream which topics this one wants.
+    fn announce_topics(&self) {
+        let topics = self.topics.borrow().clone();
+        if let Some(leadership) = self.leadership.borrow().as_ref() {
+            leadership.post(&TabMessage::Topics {
+                member: self.member,
+                topics,
+            });
+        }
+    }
+
+    /// Tells the others this hook wants nothing any more (it is going).
+    fn announce_leaving(&self) {
+        if let Some(leadership) = self.leadership.borrow().as_ref() {
+            leadership.post(&TabMessage::Topics {
+                member: self.member,
+                topics: Vec::new(),
+            });
+        }
+    }
+
+    /// The roster changed: the refusals shown follow, and a stream this hook holds is
+    /// reopened (a new ticket, from the last id) when it should carry other topics. A
+    /// stream on its way back (a retry, offline) picks the new topics up when it opens.
+    fn follow_roster(self: &Rc<Self>) {
+        self.show_refusals();
+        let carried = self.carried.borrow().clone();
+        let Some(carried) = carried else {
+            return;
+        };
+        if self.role.get() == Role::Follower
+            || carried == self.roster.borrow().stream_topics()
+            || !matches!(
+                self.signals.state.get_untracked(),
+                ConnectionState::Open | ConnectionState::Connecting
+            )
+        {
+            return;
+        }
+        self.cancel_retry();
+        self.open();
+    }
+
+    /// This hook's refusals, from the roster.
+    fn show_refusals(&self) {
+        let refusals = self.roster.borrow().refusals_of(&self.topics.borrow());
+        if self.signals.topic_refusals.get_untracked() != refusals {
+            self.signals.topic_refusals.set(refusals);
+        }
+    }
+
+    /// The holder tells the others every refusal it knows of.
+    fn relay_refusals(&self) {
+        let refused = self.roster.borrow().refusals().to_vec();
+        self.relay(&TabMessage::Refusals { refused });
     }
 
     fn is_closed(&self) -> bool {
@@ -434,12 +583,15 @@ impl Connection {
         next
     }
 
-    /// Gets a token if it has none, then a stream ticket, then opens the EventSource.
+    /// Gets a token if it has none, then a stream ticket for the roster's topics, then
+    /// opens the EventSource.
     fn open(self: &Rc<Self>) {
         self.drop_source();
         let attempt = self.forget_opening();
         let weak = Rc::downgrade(self);
         let ticket_url = self.options.ticket_url.clone();
+        let topics = self.roster.borrow().stream_topics();
+        *self.carried.borrow_mut() = Some(topics.clone());
         let token = self.token_in_hand();
         // Whether this is still the latest `open` of a hook that is not closed.
         let current = move |connection: &Connection| {
@@ -463,10 +615,27 @@ impl Connection {
                 }
             };
             *connection.token.borrow_mut() = Some(token.clone());
-            let ticket = crate::api::stream_ticket(&ticket_url, &token).await;
+            let ticket = crate::api::stream_ticket(&ticket_url, &token, &topics).await;
             let Some(connection) = weak.upgrade().filter(|c| current(c)) else {
                 return;
             };
+            let refused = ticket.as_ref().err().and_then(|failure| {
+                refused_topics(
+                    failure.code.as_deref()?,
+                    &failure.message,
+                    failure.topic.as_deref(),
+                    &topics,
+                )
+            });
+            if let Some(refused) = refused {
+                // Not worth a retry: the stream opens at once without them (a strictly
+                // smaller set each time), and whoever wanted them is told why.
+                connection.roster.borrow_mut().refuse(refused);
+                connection.show_refusals();
+                connection.relay_refusals();
+                connection.open();
+                return;
+            }
             match ticket {
                 Ok(ticket) => connection.open_source(&ticket.ticket),
                 Err(failure) if failure.status == 401 => {
@@ -570,6 +739,12 @@ impl Connection {
         if let Some(document) = window.document() {
             let step_down = self.weakly(|connection| connection.step_down());
             listeners.push(listen_on(&document, "freeze", move |_| step_down()));
+            // A page going away (or into the back-forward cache) takes its topics along,
+            // and brings them back if it returns.
+            let leaving = self.weakly(|connection| connection.announce_leaving());
+            listeners.push(listen_on(&window, "pagehide", move |_| leaving()));
+            let back = self.weakly(|connection| connection.announce_topics());
+            listeners.push(listen_on(&window, "pageshow", move |_| back()));
             let weak = Rc::downgrade(self);
             listeners.push(listen_on(&document, "resume", move |_| {
                 if let Some(connection) = weak.upgrade()
@@ -648,6 +823,8 @@ impl Connection {
         if id.is_some() {
             self.signals.last_event_id.set(id.clone());
         }
+        // The topic the frame is about, if any: a topic's event, or a topic's resync.
+        let mut about_topic = envelope.topic.clone();
         let event = ReceivedEvent {
             event_type: envelope.event_type.clone(),
             envelope,
@@ -656,20 +833,24 @@ impl Connection {
         };
         match event.event_type.as_str() {
             event_type::STREAM_OPENED => {
-                let server = event
-                    .envelope
-                    .data
-                    .parse::<events::StreamOpened>()
-                    .ok()
-                    .map(|opened| opened.server_id);
+                let opened = event.envelope.data.parse::<events::StreamOpened>().ok();
+                let (server, topics) = match opened {
+                    Some(opened) => (Some(opened.server_id), opened.topics),
+                    None => (None, Vec::new()),
+                };
                 self.signals.server_id.set(server);
+                self.signals.stream_topics.set(topics);
                 if self.role.get() != Role::Follower {
                     self.apply(SourceSignal::Opened);
                 }
             }
             event_type::STREAM_RESYNC => {
-                let resync = event.envelope.data.parse().ok();
-                self.signals.last_resync.set(resync);
+                let resync = event.envelope.data.parse::<Resync>().ok();
+                about_topic = resync.as_ref().and_then(|r| r.topic.clone());
+                // A topic's resync concerns the hooks of that topic only.
+                if about_topic.as_deref().is_none_or(|t| self.wants_topic(t)) {
+                    self.signals.last_resync.set(resync);
+                }
             }
             event_type::STREAM_EXPIRED => expired = true,
             event_type::STREAM_DISCONNECTED => {
@@ -681,7 +862,9 @@ impl Connection {
         let wanted = self.types.is_empty()
             || self.types.contains(&event.event_type)
             || event.event_type.starts_with("stream.");
-        if !wanted {
+        // Another hook's topic shares the stream, not this hook's page.
+        let mine = about_topic.as_deref().is_none_or(|t| self.wants_topic(t));
+        if !wanted || !mine {
             return;
         }
         (self.on_event)(&event);
@@ -695,6 +878,10 @@ impl Connection {
             // The holder renews the credential; the other tabs just see it happen.
             self.credential_dead("the stream's credential expired");
         }
+    }
+
+    fn wants_topic(&self, topic: &str) -> bool {
+        self.topics.borrow().iter().any(|t| t == topic)
     }
 
     /// Moves the state machine; returns whether the hook must reconnect by itself.
@@ -748,7 +935,10 @@ impl Connection {
         self.forget_opening();
         self.drop_source();
         self.listeners.borrow_mut().clear();
-        // The next tab in line takes the stream over; this one's last state is not relayed.
+        *self.carried.borrow_mut() = None;
+        // The next tab in line takes the stream over, without this hook's topics; this
+        // one's last state is not relayed.
+        self.announce_leaving();
         if let Some(leadership) = self.leadership.borrow_mut().take() {
             leadership.leave();
         }
