@@ -328,19 +328,26 @@ impl StreamContext {
     /// `requested` for this stream's topics: the positions of the topics it names kept,
     /// the topics it does not name at their heads (they start live), the rest dropped.
     async fn for_topics(&self, requested: Cursor) -> Result<Cursor, BusError> {
-        let heads = futures_util::future::try_join_all(self.topics.iter().map(|(tag, name)| {
-            let known = requested.topic(*tag);
-            async move {
-                let at = match known {
-                    Some(at) => at,
-                    None => self.head(&Feed::Topic(name.clone())).await?,
-                };
-                Ok::<_, BusError>(TopicPosition { tag: *tag, at })
-            }
-        }))
-        .await?;
+        let new: Vec<Feed> = self
+            .topics
+            .iter()
+            .filter(|(tag, _)| requested.topic(*tag).is_none())
+            .map(|(_, name)| Feed::Topic(name.clone()))
+            .collect();
+        let mut heads = self.bus.heads(&new).await?.into_iter();
+        let topics = self
+            .topics
+            .iter()
+            .map(|(tag, _)| TopicPosition {
+                tag: *tag,
+                at: requested
+                    .topic(*tag)
+                    .or_else(|| heads.next())
+                    .unwrap_or_default(),
+            })
+            .collect();
         Ok(Cursor {
-            topics: heads,
+            topics,
             ..requested
         })
     }
@@ -428,25 +435,28 @@ impl StreamContext {
             .inc();
     }
 
-    /// The head of `feed`'s history: where a stream that asks for nothing starts.
-    pub async fn head(&self, feed: &Feed) -> Result<Position, BusError> {
-        Ok(self.bus.read(feed, u64::MAX, 0).await?.head)
-    }
-
-    /// The cursor at the head of every history of the stream, owned by `owner`: all read
-    /// at once, the broadcast head in a read shared with the streams opening meanwhile.
+    /// The cursor at the head of every history of the stream, owned by `owner`: the
+    /// user's and the topics' heads in as few reads as the bus allows, the broadcast head
+    /// in a read shared with the streams opening meanwhile, both at once.
     async fn head_cursor(&self, owner: u64) -> Result<Cursor, BusError> {
-        let user = Feed::User(self.user_id.clone());
-        let topics = futures_util::future::try_join_all(self.topics.iter().map(|(tag, name)| {
-            let feed = Feed::Topic(name.clone());
-            async move {
-                let at = self.head(&feed).await?;
-                Ok::<_, BusError>(TopicPosition { tag: *tag, at })
-            }
-        }));
-        let (user, broadcast, topics) =
-            futures_util::future::try_join3(self.head(&user), self.bus.broadcast_head(), topics)
+        let feeds: Vec<Feed> = std::iter::once(Feed::User(self.user_id.clone()))
+            .chain(
+                self.topics
+                    .iter()
+                    .map(|(_, name)| Feed::Topic(name.clone())),
+            )
+            .collect();
+        let (heads, broadcast) =
+            futures_util::future::try_join(self.bus.heads(&feeds), self.bus.broadcast_head())
                 .await?;
+        let mut heads = heads.into_iter();
+        let user = heads.next().unwrap_or_default();
+        let topics = self
+            .topics
+            .iter()
+            .zip(heads)
+            .map(|((tag, _), at)| TopicPosition { tag: *tag, at })
+            .collect();
         Ok(Cursor {
             user,
             broadcast,

@@ -213,6 +213,18 @@ impl Bus {
         }
     }
 
+    /// The heads of `feeds` (their current epoch and last sequence number), in order, in
+    /// as few reads as the engine allows.
+    pub async fn heads(&self, feeds: &[Feed]) -> Result<Vec<Position>, BusError> {
+        match &self.engine {
+            Engine::Local(bus) => Ok(feeds
+                .iter()
+                .map(|feed| bus.read(feed, u64::MAX, 0).head)
+                .collect()),
+            Engine::Redis(bus) => bus.heads(feeds).await,
+        }
+    }
+
     /// The head of the broadcast history, read after this call began (so, for a stream
     /// registered before the call, everything after it reaches the stream live).
     /// Streams opening together share one read.

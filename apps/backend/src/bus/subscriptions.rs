@@ -18,12 +18,7 @@ use std::{
     time::Duration,
 };
 
-use events::Position;
-use fred::{
-    clients::{Client, SubscriberClient},
-    interfaces::PubsubInterface,
-    types::{Value, scripts::Script},
-};
+use fred::{clients::SubscriberClient, interfaces::PubsubInterface};
 use futures_util::future::join_all;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Feed,
     keys::{self, PARTITIONS},
+    redis::history::History,
 };
 use crate::{hub::Hub, metrics::Metrics};
 
@@ -55,9 +51,8 @@ const MAX_BATCH: usize = 100_000;
 #[derive(Debug)]
 pub struct Subscriptions {
     subscriber: SubscriberClient,
-    /// Reads the heads of the users just subscribed.
-    client: Client,
-    heads: Script,
+    /// Reads the heads of the feeds just subscribed.
+    history: History,
     hub: Hub,
     metrics: Arc<Metrics>,
     /// Feeds (users and topics) subscribed, and since when they have no stream here.
@@ -69,14 +64,13 @@ pub struct Subscriptions {
 impl Subscriptions {
     pub fn new(
         subscriber: SubscriberClient,
-        client: Client,
+        history: History,
         hub: Hub,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             subscriber,
-            client,
-            heads: Script::from_lua(HEADS_SCRIPT),
+            history,
             hub,
             metrics,
             held: HashMap::new(),
@@ -144,7 +138,7 @@ impl Subscriptions {
         let batches = by_partition(fresh);
         let subscriber = &self.subscriber;
         let metrics = &self.metrics;
-        let (client, script) = (&self.client, &self.heads);
+        let history = &self.history;
         let results = join_all(batches.into_iter().map(|users| async move {
             metrics.subscription_command("ssubscribe");
             let channels: Vec<String> = users.iter().map(keys::channel).collect();
@@ -152,7 +146,7 @@ impl Subscriptions {
             // Read after the subscription is confirmed: from these heads on, every
             // event of these users arrives live.
             let heads = match result {
-                Ok(()) => Some(read_heads(client, script, &users).await),
+                Ok(()) => Some(history.heads_in_one_slot(&users).await),
                 Err(_) => None,
             };
             (users, result, heads)
@@ -231,47 +225,6 @@ impl Subscriptions {
             self.subscribe(present).await;
         }
     }
-}
-
-/// The head (`epoch`, `seq`) of each history whose meta hash is in `KEYS`.
-const HEADS_SCRIPT: &str = r#"
-local reply = {}
-for _, key in ipairs(KEYS) do
-  local meta = redis.call('HMGET', key, 'epoch', 'seq')
-  reply[#reply + 1] = tonumber(meta[1]) or 0
-  reply[#reply + 1] = tonumber(meta[2]) or 0
-end
-return reply
-"#;
-
-/// The heads of the histories of `users` (users and topics), all of one partition (so one
-/// single-slot script call), in order.
-async fn read_heads(
-    client: &Client,
-    script: &Script,
-    users: &[Feed],
-) -> Result<Vec<Position>, fred::error::Error> {
-    let keys: Vec<String> = users
-        .iter()
-        .map(|feed| {
-            let [meta, _] = keys::history(feed);
-            meta
-        })
-        .collect();
-    let reply: Vec<Value> = script
-        .evalsha_with_reload(client, keys, Vec::<String>::new())
-        .await?;
-    let numbers: Vec<u64> = reply.iter().filter_map(Value::as_u64).collect();
-    if numbers.len() != 2 * users.len() {
-        return Err(fred::error::Error::new(
-            fred::error::ErrorKind::Protocol,
-            "unexpected reply to the heads read",
-        ));
-    }
-    Ok(numbers
-        .chunks(2)
-        .map(|pair| Position::new(pair[0], pair[1]))
-        .collect())
 }
 
 /// `users` (users and topics) grouped by partition: one group, one single-slot command.

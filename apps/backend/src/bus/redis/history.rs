@@ -6,6 +6,7 @@ use std::future::Future;
 use events::{Envelope, Position};
 use fred::{
     clients::Client,
+    interfaces::ClientLike,
     types::{Value, scripts::Script},
 };
 use tokio::sync::{mpsc, oneshot};
@@ -35,20 +36,34 @@ end
 return reply
 "#;
 
-/// Reads of a feed's history (the read script).
+/// The head (`epoch`, `seq`) of each history whose meta hash is in `KEYS`: zeros for one
+/// that does not exist.
+const HEADS_SCRIPT: &str = r#"
+local reply = {}
+for _, key in ipairs(KEYS) do
+  local meta = redis.call('HMGET', key, 'epoch', 'seq')
+  reply[#reply + 1] = tonumber(meta[1]) or 0
+  reply[#reply + 1] = tonumber(meta[2]) or 0
+end
+return reply
+"#;
+
+/// Reads of a feed's history (the read script) and of several feeds' heads at once.
 #[derive(Debug, Clone)]
-pub(super) struct History {
+pub(in crate::bus) struct History {
     client: Client,
     script: Script,
+    heads: Script,
     /// What every entry read passes.
     gate: Gate,
 }
 
 impl History {
-    pub(super) fn new(client: Client, gate: Gate) -> Self {
+    pub(in crate::bus) fn new(client: Client, gate: Gate) -> Self {
         Self {
             client,
             script: Script::from_lua(READ_SCRIPT),
+            heads: Script::from_lua(HEADS_SCRIPT),
             gate,
         }
     }
@@ -97,6 +112,63 @@ impl History {
             skipped: entries.len() - events.len(),
             events,
         })
+    }
+}
+
+impl History {
+    /// The heads of `feeds`, in order: one script call for all of them on one Redis,
+    /// one per partition (all at once) on a cluster, where a call covers one slot.
+    pub(in crate::bus) async fn heads(&self, feeds: &[Feed]) -> Result<Vec<Position>, BusError> {
+        if !self.client.is_clustered() {
+            return self.heads_in_one_slot(feeds).await;
+        }
+        let mut by_partition: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+        for (i, feed) in feeds.iter().enumerate() {
+            by_partition
+                .entry(keys::partition(feed))
+                .or_default()
+                .push(i);
+        }
+        let reads = by_partition.into_values().map(|indexes| async move {
+            let group: Vec<Feed> = indexes.iter().map(|&i| feeds[i].clone()).collect();
+            Ok::<_, BusError>((indexes, self.heads_in_one_slot(&group).await?))
+        });
+        let mut heads = vec![Position::default(); feeds.len()];
+        for (indexes, read) in futures_util::future::try_join_all(reads).await? {
+            for (i, head) in indexes.into_iter().zip(read) {
+                heads[i] = head;
+            }
+        }
+        Ok(heads)
+    }
+
+    /// The heads of `feeds`, all of one slot (or on one Redis), in one call.
+    pub(in crate::bus) async fn heads_in_one_slot(
+        &self,
+        feeds: &[Feed],
+    ) -> Result<Vec<Position>, BusError> {
+        if feeds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let metas: Vec<String> = feeds
+            .iter()
+            .map(|feed| {
+                let [meta, _] = keys::history(feed);
+                meta
+            })
+            .collect();
+        let reply: Vec<Value> = self
+            .heads
+            .evalsha_with_reload(&self.client, metas, Vec::<String>::new())
+            .await?;
+        let numbers: Vec<u64> = reply.iter().filter_map(Value::as_u64).collect();
+        if numbers.len() != 2 * feeds.len() {
+            return Err(BusError::Reply("unexpected reply to the heads read".into()));
+        }
+        Ok(numbers
+            .chunks(2)
+            .map(|pair| Position::new(pair[0], pair[1]))
+            .collect())
     }
 }
 

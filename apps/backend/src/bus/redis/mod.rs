@@ -1,7 +1,7 @@
 //! The bus on Redis: per-feed Redis Streams for history, sharded Pub/Sub for fan-out,
 //! on a single node or a Cluster. `history` reads, `relay` receives; publishing is here.
 
-mod history;
+pub(in crate::bus) mod history;
 mod relay;
 
 use std::time::Duration;
@@ -291,6 +291,11 @@ impl RedisBus {
         limit: usize,
     ) -> Result<HistoryRead, BusError> {
         self.history.read(feed, after, limit).await
+    }
+
+    /// The heads of `feeds`, in order.
+    pub(super) async fn heads(&self, feeds: &[Feed]) -> Result<Vec<Position>, BusError> {
+        self.history.heads(feeds).await
     }
 
     /// The head of the broadcast history, read after this call began.

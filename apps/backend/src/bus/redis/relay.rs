@@ -17,6 +17,7 @@ use super::super::{
     keys::{self, PARTITIONS},
     subscriptions::Subscriptions,
 };
+use super::history::History;
 use crate::{
     admission::{Gate, Source},
     hub::Hub,
@@ -112,7 +113,7 @@ pub async fn start_relay(
         .ok_or_else(|| BusError::Reply("the hub is watched already".into()))?;
     let subscriptions = Subscriptions::new(
         redis.subscriber.clone(),
-        redis.client.clone(),
+        History::new(redis.client.clone(), listening.gate.clone()),
         hub.clone(),
         metrics.clone(),
     );
