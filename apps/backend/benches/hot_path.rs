@@ -61,7 +61,7 @@ fn fan_out(c: &mut Criterion) {
     const STREAMS: usize = 10_000;
     let hub = Hub::new(backend::hub::Capacity::with_queue(64), Arc::default());
     let mut streams: Vec<_> = (0..STREAMS)
-        .filter_map(|i| hub.open(&format!("user-{i}"), &[]).ok())
+        .filter_map(|i| hub.open(&format!("user-{i}"), &Default::default()).ok())
         .collect();
     let broadcast = envelope(BROADCAST_USER_ID);
     c.bench_function("hub deliver, one broadcast to 10,000 streams", |b| {
@@ -110,14 +110,14 @@ fn direct_fan_out(c: &mut Criterion) {
             let mut stream = hub
                 .open_direct(
                     &user,
-                    &[],
+                    &Default::default(),
                     Direct {
                         socket,
                         shard: ShardId::OWN,
                     },
                 )
                 .expect("opens");
-            stream.set_cursor(&Cursor {
+            stream.set_cursor(Cursor {
                 owner: events::owner_tag(&user),
                 ..Cursor::default()
             });

@@ -261,7 +261,7 @@ mod tests {
             let json = serde_json::json!({"userId": user, "eventType": event_type, "data": data}).to_string();
             let gate = gate();
             let hub = Hub::new(Capacity::with_queue(8), Arc::default());
-            let mut stream = hub.open(&user, &[]).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let mut stream = hub.open(&user, &Default::default()).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
             let mut admitted = 0;
             for bytes in [json.as_bytes(), &raw[..]] {
                 if let Some(envelope) = gate.envelope(bytes, Source::Message) {

@@ -28,7 +28,7 @@ use crate::{
     },
     metrics::{Metrics, ResumeOutcome},
     readiness::Readiness,
-    sequence::{LiveStep, Scope, live_step, position, position_mut},
+    sequence::{LiveStep, Scope, StreamTopics, live_step, position, position_mut, stream_topics},
 };
 
 /// Where a client asks its stream to resume: the `Last-Event-ID` header (sent by the
@@ -144,6 +144,7 @@ pub async fn open(
         expires_at,
         ..
     } = credential;
+    let topics = stream_topics(&topics);
     // Registered before history is read, so nothing published in between is missed.
     let registered = match socket {
         Some((io, shard)) => {
@@ -174,10 +175,7 @@ pub async fn open(
         bus: streams.bus.clone(),
         metrics: streams.metrics.clone(),
         user_id,
-        topics: topics
-            .iter()
-            .map(|topic| (events::topic_tag(topic), topic.clone()))
-            .collect(),
+        topics,
         server_id: streams.server_id.clone(),
         max_replay: streams.max_replay,
     };
@@ -237,7 +235,11 @@ pub async fn open(
             Payload::of(&StreamOpened {
                 server_id: streams.server_id.clone(),
                 user_id: context.user_id.clone(),
-                topics,
+                topics: context
+                    .topics
+                    .iter()
+                    .map(|(_, name)| name.clone())
+                    .collect(),
             })
             .unwrap_or_default(),
         )
@@ -284,7 +286,7 @@ pub struct StreamContext {
     pub metrics: Arc<Metrics>,
     pub user_id: String,
     /// The stream's topics: each one's tag (as its cursor names it) and name.
-    pub topics: Vec<(u64, String)>,
+    pub topics: StreamTopics,
     pub server_id: String,
     /// At most this many events are replayed in one catch-up.
     pub max_replay: u64,
@@ -507,8 +509,9 @@ impl StreamContext {
     /// is disconnected.
     ///
     /// While it waits for a notice, the hub may write events to the stream directly
-    /// (`hub::outlet`), moving the cursor it keeps for the stream: so the cursor is taken
-    /// back from the hub after each wait and handed to it before the next.
+    /// (`hub::outlet`), moving the cursor it keeps for the stream: so the cursor is handed
+    /// to the hub before each wait and taken back after it (moved, not copied: a cursor
+    /// with topics is a heap allocation, and one per stream is enough).
     pub fn live(
         self,
         mut notices: EventStream,
@@ -521,10 +524,10 @@ impl StreamContext {
             Expired,
         }
         async_stream::stream! {
-            notices.set_cursor(&cursor);
             // Boxed: a timer is not small, and the stream keeps it for as long as it lives.
             let mut expiry = Box::pin(tokio::time::sleep(lifetime));
             loop {
+                notices.set_cursor(std::mem::take(&mut cursor));
                 let next = tokio::select! {
                     biased;
                     notice = notices.next() => notice.map_or(Next::Closed, Next::Notice),
@@ -550,7 +553,6 @@ impl StreamContext {
                     Notice::Event(published) => match live_step(&mut cursor, published) {
                         LiveStep::Skip => continue,
                         LiveStep::Send { with_id } => {
-                            notices.set_cursor(&cursor);
                             published.count_delivered(&self.metrics, 1);
                             yield published.frame(with_id.then(|| cursor.to_string()));
                             continue;
@@ -569,7 +571,6 @@ impl StreamContext {
                         }
                     }
                 }
-                notices.set_cursor(&cursor);
             }
         }
     }

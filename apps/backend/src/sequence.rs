@@ -7,6 +7,18 @@ use events::{Cursor, Position, ResyncScope};
 
 use crate::frame::Published;
 
+/// A stream's topics: each one's [`events::topic_tag`] (as its cursor names it) and name.
+/// Made once per stream and shared by the hub's registration and the stream's task.
+pub type StreamTopics = std::sync::Arc<[(u64, String)]>;
+
+/// The topics of `names`, as a stream carries them.
+pub fn stream_topics(names: &[String]) -> StreamTopics {
+    names
+        .iter()
+        .map(|name| (events::topic_tag(name), name.clone()))
+        .collect()
+}
+
 /// Which of a stream's histories a position, an event or a catch-up is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {

@@ -418,7 +418,7 @@ mod tests {
         for user in 0..1000 {
             publish(&bus, &format!("user-{user}"));
         }
-        let _open = bus.hub.open("watched", &[]).expect("opens");
+        let _open = bus.hub.open("watched", &Default::default()).expect("opens");
         let first = publish(&bus, "watched");
         assert_eq!(bus.sweep(), 1001, "nothing has expired yet");
         std::thread::sleep(Duration::from_millis(80));

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::frame::{Frame, Published};
+pub use crate::sequence::StreamTopics;
 use crate::{feed::Feed, metrics::Metrics};
 pub use outlet::{CarrierEnd, KEEP_ALIVE, Notice, Socket};
 use outlet::{Notices, Offering, Outlet, offer_each};
@@ -255,7 +256,7 @@ impl Hub {
     /// delivered to that user, to each of those topics and to everyone from now on, and
     /// unregisters itself when dropped. Refused when the user, or the instance, holds as
     /// many streams as it may.
-    pub fn open(&self, user_id: &str, topics: &[String]) -> Result<EventStream, Refused> {
+    pub fn open(&self, user_id: &str, topics: &StreamTopics) -> Result<EventStream, Refused> {
         self.register(user_id, topics, None)
     }
 
@@ -264,7 +265,7 @@ impl Hub {
     pub fn open_direct(
         &self,
         user_id: &str,
-        topics: &[String],
+        topics: &StreamTopics,
         direct: Direct,
     ) -> Result<EventStream, Refused> {
         self.register(user_id, topics, Some(direct))
@@ -273,7 +274,7 @@ impl Hub {
     fn register(
         &self,
         user_id: &str,
-        topics: &[String],
+        topics: &StreamTopics,
         direct: Option<Direct>,
     ) -> Result<EventStream, Refused> {
         let id = self.shared.next_stream_id.fetch_add(1, Ordering::Relaxed);
@@ -281,7 +282,7 @@ impl Hub {
             Some(Direct { socket, shard }) => (Some(socket), shard),
             None => (None, ShardId(0)),
         };
-        let outlet = Arc::new(Outlet::new(user_id, topics, socket));
+        let outlet = Arc::new(Outlet::new(user_id, topics.clone(), socket));
         let mut arrived = Vec::new();
         {
             let mut streams = self.streams();
@@ -307,7 +308,7 @@ impl Hub {
                     arrived.push(Feed::User(user_id.to_string()));
                 }
                 entries.push(entry.clone());
-                for topic in topics {
+                for (_, topic) in topics.iter() {
                     let entries = streams.topics.entry(topic.clone()).or_default();
                     if entries.is_empty() {
                         arrived.push(Feed::Topic(topic.clone()));
@@ -612,7 +613,7 @@ fn unregister(streams: &mut Registry, outlet: &Outlet, id: u64) {
     }
     outlet.close();
     take_out(&mut streams.users, &outlet.user_id, id);
-    for topic in outlet.topics.iter() {
+    for (_, topic) in outlet.topics.iter() {
         take_out(&mut streams.topics, topic, id);
     }
 }
@@ -635,7 +636,7 @@ impl EventStream {
     }
 
     /// Where the stream stands, for direct writes once the task waits again.
-    pub fn set_cursor(&self, cursor: &Cursor) {
+    pub fn set_cursor(&self, cursor: Cursor) {
         self.notices.set_cursor(cursor);
     }
 

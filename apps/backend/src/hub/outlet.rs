@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use crate::{
     frame::Published,
     metrics::Metrics,
-    sequence::{self, LiveStep, Scope},
+    sequence::{self, LiveStep, Scope, StreamTopics},
 };
 
 /// What the hub queues on a stream.
@@ -98,8 +98,8 @@ pub struct Offering<'a> {
 #[derive(Debug)]
 pub struct Outlet {
     pub user_id: Box<str>,
-    /// The topics the stream carries (empty for most streams: no allocation).
-    pub topics: Box<[String]>,
+    /// The topics the stream carries (shared with the stream's task).
+    pub topics: StreamTopics,
     state: Mutex<State>,
     /// The stream's task: woken when a notice is queued, when a direct write leaves bytes
     /// for its carrier, and when the stream closes.
@@ -133,10 +133,10 @@ impl State {
 }
 
 impl Outlet {
-    pub fn new(user_id: &str, topics: &[String], socket: Option<Socket>) -> Self {
+    pub fn new(user_id: &str, topics: StreamTopics, socket: Option<Socket>) -> Self {
         Self {
             user_id: user_id.into(),
-            topics: topics.into(),
+            topics,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 cursor: Cursor::default(),
@@ -361,18 +361,20 @@ impl Notices {
         Self { outlet }
     }
 
-    /// Stops direct writes until the next wait, and returns the cursor they reached.
+    /// Stops direct writes until the next wait, and hands back the cursor they reached
+    /// (the stream's task holds it until it waits again; meanwhile the stream's position
+    /// is unknown here, see [`Outlet::stands_at`]).
     pub fn hold(&self) -> Cursor {
         let mut state = self.outlet.lock();
         state.waiting = false;
-        state.cursor.clone()
+        state.cursor_known = false;
+        std::mem::take(&mut state.cursor)
     }
 
     /// Where the stream stands now, for direct writes once the task waits again.
-    pub fn set_cursor(&self, cursor: &Cursor) {
+    pub fn set_cursor(&self, cursor: Cursor) {
         let mut state = self.outlet.lock();
-        // In place: a cursor with topics keeps its allocation.
-        state.cursor.clone_from(cursor);
+        state.cursor = cursor;
         state.cursor_known = true;
     }
 

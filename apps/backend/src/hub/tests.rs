@@ -28,8 +28,8 @@ fn seq(notice: Option<Notice>) -> Option<u64> {
 #[tokio::test]
 async fn every_stream_of_a_user_receives_and_closing_one_keeps_the_others() {
     let hub = hub(8);
-    let mut first = hub.open("alice", &[]).expect("opens");
-    let second = hub.open("alice", &[]).expect("opens");
+    let mut first = hub.open("alice", &Default::default()).expect("opens");
+    let second = hub.open("alice", &Default::default()).expect("opens");
     hub.deliver(&event("alice", 1));
     assert_eq!(seq(first.next().await), Some(1));
     drop(second);
@@ -41,8 +41,8 @@ async fn every_stream_of_a_user_receives_and_closing_one_keeps_the_others() {
 #[tokio::test]
 async fn users_are_isolated_but_broadcasts_reach_everyone() {
     let hub = hub(8);
-    let mut alice = hub.open("alice", &[]).expect("opens");
-    let mut bob = hub.open("bob", &[]).expect("opens");
+    let mut alice = hub.open("alice", &Default::default()).expect("opens");
+    let mut bob = hub.open("bob", &Default::default()).expect("opens");
     hub.deliver(&event("bob", 1));
     hub.deliver(&event(BROADCAST_USER_ID, 7));
     assert_eq!(
@@ -57,8 +57,8 @@ async fn users_are_isolated_but_broadcasts_reach_everyone() {
 #[tokio::test]
 async fn a_stream_that_stops_reading_is_closed_when_its_queue_fills() {
     let hub = hub(2);
-    let mut stalled = hub.open("alice", &[]).expect("opens");
-    let mut reading = hub.open("alice", &[]).expect("opens");
+    let mut stalled = hub.open("alice", &Default::default()).expect("opens");
+    let mut reading = hub.open("alice", &Default::default()).expect("opens");
     for id in 1..=3 {
         hub.deliver(&event("alice", id));
         reading.next().await;
@@ -74,11 +74,11 @@ async fn a_stream_that_stops_reading_is_closed_when_its_queue_fills() {
 #[tokio::test]
 async fn close_all_ends_every_stream_and_refuses_new_ones() {
     let hub = hub(8);
-    let mut stream = hub.open("alice", &[]).expect("opens");
+    let mut stream = hub.open("alice", &Default::default()).expect("opens");
     hub.close_all();
     assert!(stream.next().await.is_none());
     assert_eq!(hub.stream_count(), 0);
-    let mut late = hub.open("alice", &[]).expect("opens");
+    let mut late = hub.open("alice", &Default::default()).expect("opens");
     assert!(
         late.next().await.is_none(),
         "no stream opens after close_all"
@@ -93,15 +93,23 @@ async fn streams_are_bounded_per_user_and_per_instance() {
         total: 3,
     };
     let hub = Hub::new(capacity, Arc::default());
-    let a1 = hub.open("alice", &[]).expect("first tab");
-    let _a2 = hub.open("alice", &[]).expect("second tab");
-    assert_eq!(hub.open("alice", &[]).err(), Some(Refused::UserLimit(2)));
-    let _b1 = hub.open("bob", &[]).expect("another user is unaffected");
+    let a1 = hub.open("alice", &Default::default()).expect("first tab");
+    let _a2 = hub.open("alice", &Default::default()).expect("second tab");
+    assert_eq!(
+        hub.open("alice", &Default::default()).err(),
+        Some(Refused::UserLimit(2))
+    );
+    let _b1 = hub
+        .open("bob", &Default::default())
+        .expect("another user is unaffected");
     assert!(hub.is_full());
-    assert_eq!(hub.open("carol", &[]).err(), Some(Refused::InstanceFull(3)));
+    assert_eq!(
+        hub.open("carol", &Default::default()).err(),
+        Some(Refused::InstanceFull(3))
+    );
     drop(a1);
     assert!(!hub.is_full());
-    hub.open("carol", &[])
+    hub.open("carol", &Default::default())
         .expect("room again once a stream closes");
 }
 
@@ -111,7 +119,10 @@ async fn arrivals_past_the_queue_are_noted_and_then_every_user_is_answered() {
     let mut arrivals = hub.watch_arrivals().expect("the first watcher");
     assert!(hub.watch_arrivals().is_none(), "one watcher");
     let _streams: Vec<_> = (0..ARRIVALS_QUEUE + 10)
-        .map(|i| hub.open(&format!("user-{i}"), &[]).expect("opens"))
+        .map(|i| {
+            hub.open(&format!("user-{i}"), &Default::default())
+                .expect("opens")
+        })
         .collect();
     let mut queued = 0;
     while arrivals.try_recv().is_ok() {
@@ -132,10 +143,10 @@ async fn arrivals_past_the_queue_are_noted_and_then_every_user_is_answered() {
 async fn disconnecting_a_user_tells_each_of_their_streams_and_no_one_else() {
     let hub = hub(8);
     let mut tabs = [
-        hub.open("alice", &[]).expect("opens"),
-        hub.open("alice", &[]).expect("opens"),
+        hub.open("alice", &Default::default()).expect("opens"),
+        hub.open("alice", &Default::default()).expect("opens"),
     ];
-    let mut bob = hub.open("bob", &[]).expect("opens");
+    let mut bob = hub.open("bob", &Default::default()).expect("opens");
     assert_eq!(hub.disconnect("alice", "signed out"), 2);
     for tab in &mut tabs {
         assert!(
@@ -182,9 +193,9 @@ async fn at_rest(
     let (io, client) = socket_pair().await;
     let socket = Socket { io, named: true };
     let mut stream = hub
-        .open_direct(user, &[], Direct { socket, shard })
+        .open_direct(user, &Default::default(), Direct { socket, shard })
         .expect("opens");
-    stream.set_cursor(&cursor);
+    stream.set_cursor(cursor.clone());
     let carrier = stream.carrier();
     let wakes = Arc::new(Wakes::default());
     let waker = futures_util::task::waker(wakes.clone());
@@ -349,17 +360,17 @@ async fn a_workers_shard_writes_broadcasts_and_keep_alives_to_its_streams() {
 async fn once_subscribed_only_streams_not_at_the_head_catch_up() {
     let hub = hub(8);
     let head = events::Position::new(7, 3);
-    let mut at_head = hub.open("alice", &[]).expect("opens");
-    at_head.set_cursor(&Cursor {
+    let mut at_head = hub.open("alice", &Default::default()).expect("opens");
+    at_head.set_cursor(Cursor {
         user: head,
         ..owned("alice")
     });
-    let mut behind = hub.open("alice", &[]).expect("opens");
-    behind.set_cursor(&Cursor {
+    let mut behind = hub.open("alice", &Default::default()).expect("opens");
+    behind.set_cursor(Cursor {
         user: events::Position::new(7, 2),
         ..owned("alice")
     });
-    let mut opening = hub.open("alice", &[]).expect("opens");
+    let mut opening = hub.open("alice", &Default::default()).expect("opens");
     hub.catch_up_unless_at(&crate::feed::Feed::User("alice".into()), head);
     assert!(
         at_head.next().now_or_never().is_none(),
@@ -408,7 +419,10 @@ fn a_keep_alive_is_russes_comment() {
 async fn drain_spreads_closing_over_the_window() {
     let hub = hub(8);
     let streams: Vec<_> = (0..40)
-        .map(|i| hub.open(&format!("user-{i}"), &[]).expect("opens"))
+        .map(|i| {
+            hub.open(&format!("user-{i}"), &Default::default())
+                .expect("opens")
+        })
         .collect();
     let draining = tokio::spawn({
         let hub = hub.clone();
