@@ -196,10 +196,11 @@ bench-scenario name args instances="2" redis="single" pin="no":
             'BEGIN { printf "redis %s (%d node(s)): %.2f s CPU for %d events, %.1f us per event\n", kind, nodes, a - b, n, (a - b) * 1e6 / (n > 0 ? n : 1) }'
         for port in "${ports[@]}"; do
             received=$(metric $port 'relay_messages_received_total{kind="user"}')
-            awk -v p=$port -v r=$received -v n=$published \
+            topics=$(metric $port 'relay_messages_received_total{kind="topic"}')
+            awk -v p=$port -v r=$received -v t=$topics -v n=$published \
                 -v c=$(metric $port 'redis_subscription_commands_total{command="ssubscribe"}') \
                 -v b=$(metric $port redis_subscription_batches_total) \
-                'BEGIN { printf "instance :%s received %d user events: %.3f per published event; %d SSUBSCRIBEs in %d batches\n", p, r, r / (n > 0 ? n : 1), c, b }'
+                'BEGIN { printf "instance :%s received %d user and %d topic events: %.3f per published event; %d SSUBSCRIBEs in %d batches\n", p, r, t, (r + t) / (n > 0 ? n : 1), c, b }'
         done
     } | tee target/bench/{{name}}-redis.txt
 

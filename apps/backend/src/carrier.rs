@@ -67,6 +67,9 @@ impl StreamRequest {
         state: &AppState,
         socket: Option<(Arc<TcpStream>, ShardId)>,
     ) -> Result<(impl Stream<Item = Frame> + use<>, CarrierEnd), ApiError> {
+        let limit = usize::try_from(state.limits.max_topics_per_stream).unwrap_or(usize::MAX);
+        // Checked before a ticket is spent: a bad URL must not cost the page its ticket.
+        let asked = topics::named(crate::query::params(&self.query, "topic"), limit)?;
         let (credential, ticket_topics) = tickets::authenticate_stream(
             &state.tokens,
             &state.tickets,
@@ -75,8 +78,6 @@ impl StreamRequest {
             self.cookies.as_deref(),
         )
         .await?;
-        let limit = usize::try_from(state.limits.max_topics_per_stream).unwrap_or(usize::MAX);
-        let asked = crate::query::params(&self.query, "topic");
         let topics = topics::named(ticket_topics.into_iter().chain(asked), limit)?;
         state.topics.authorize(&credential, &topics).await?;
         let resume_from = delivery::resume_point(self.last_event_id.as_deref(), &self.query);

@@ -191,8 +191,9 @@ pub async fn open(
             let requested = context.for_topics(requested).await?;
             let mut cursor = requested.clone();
             let mut outcome = ResumeOutcome::up_to_date;
+            let mut budget = context.max_replay;
             for scope in context.scopes() {
-                let caught_up = context.catch_up(&mut cursor, scope).await?;
+                let caught_up = context.catch_up(&mut cursor, scope, &mut budget).await?;
                 opening.extend(caught_up.frames);
                 // The most telling outcome of the histories wins.
                 outcome = outcome.max(caught_up.outcome);
@@ -216,9 +217,10 @@ pub async fn open(
                 ..Cursor::default()
             };
             let mut cursor = start.clone();
+            let mut budget = context.max_replay;
             for scope in context.scopes() {
                 let caught_up = context
-                    .catch_up_from(&mut cursor, scope, Some(reason))
+                    .catch_up_from(&mut cursor, scope, Some(reason), &mut budget)
                     .await?;
                 opening.extend(caught_up.frames);
             }
@@ -362,9 +364,16 @@ impl StreamContext {
 
     /// Brings `cursor`'s position in `scope` up to the head of that history, returning
     /// the frames to send on the way (a resync, replayed events), each carrying the
-    /// cursor as it stands after it.
-    pub async fn catch_up(&self, cursor: &mut Cursor, scope: Scope) -> Result<CaughtUp, BusError> {
-        self.catch_up_from(cursor, scope, None).await
+    /// cursor as it stands after it. Replays at most `budget` events, and takes those it
+    /// replays from it: one opening (or one catch-up) of a stream of many topics replays
+    /// `MAX_REPLAY` events in all, not per history, and resyncs the rest.
+    pub async fn catch_up(
+        &self,
+        cursor: &mut Cursor,
+        scope: Scope,
+        budget: &mut u64,
+    ) -> Result<CaughtUp, BusError> {
+        self.catch_up_from(cursor, scope, None, budget).await
     }
 
     /// [`StreamContext::catch_up`], resyncing for `unknown` (why the client's own
@@ -375,6 +384,7 @@ impl StreamContext {
         cursor: &mut Cursor,
         scope: Scope,
         unknown: Option<&'static str>,
+        budget: &mut u64,
     ) -> Result<CaughtUp, BusError> {
         let (Some(topic), Some(at)) = (self.feed(scope), position(cursor, scope)) else {
             return Ok(CaughtUp {
@@ -382,7 +392,7 @@ impl StreamContext {
                 outcome: ResumeOutcome::up_to_date,
             });
         };
-        let limit = self.read_limit();
+        let limit = self.read_limit().min(*budget);
         let read_limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let mut step = reconcile(at, &self.bus.read(&topic, at.seq, read_limit).await?, limit);
         if let Some(from) = step.reread_from {
@@ -400,6 +410,7 @@ impl StreamContext {
         if step.resync.is_none() {
             step.resync = unknown;
         }
+        *budget = budget.saturating_sub(step.replay.len() as u64);
 
         let mut frames = Vec::with_capacity(step.replay.len() + 1);
         let move_to = |cursor: &mut Cursor, p: Position| {
@@ -560,10 +571,11 @@ impl StreamContext {
                         LiveStep::Repair(scope) => vec![scope],
                     },
                 };
+                let mut budget = self.max_replay;
                 for scope in scopes {
                     // Boxed: its reads are large futures, and a stream keeps its state
                     // for as long as it lives, while catching up is rare.
-                    match Box::pin(self.catch_up(&mut cursor, scope)).await {
+                    match Box::pin(self.catch_up(&mut cursor, scope, &mut budget)).await {
                         Ok(caught_up) => for frame in caught_up.frames { yield frame; },
                         Err(error) => {
                             tracing::warn!(user_id = %self.user_id, %error, "cannot read history; closing the stream so the client resumes");

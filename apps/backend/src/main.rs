@@ -30,8 +30,8 @@ async fn migrate_partitions(settings: &Settings) -> anyhow::Result<()> {
     let redis = backend::redis::Redis::connect(url.expose(), false).await?;
     let migrated = backend::bus::migrate_partitions(&redis.client).await?;
     println!(
-        "histories copied to today's partition tags: {}; left as they were (today's layout had them already): {}",
-        migrated.copied, migrated.kept
+        "histories copied to today's partition tags: {}; left as they were (today's layout had them already): {}; idempotency records copied: {}",
+        migrated.copied, migrated.kept, migrated.records
     );
     Ok(())
 }

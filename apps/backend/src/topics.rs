@@ -16,10 +16,15 @@ use std::{
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Credential;
+use crate::{auth::Credential, throttle::Throttle};
 
 /// Answers of the host application kept at most (users × topics).
 const CACHE_CAPACITY: usize = 100_000;
+
+/// Questions one user may make the host application answer per second, on one
+/// instance: beyond them (a user cycling through names nobody cached), 503 too, so that
+/// one user cannot turn the instance into a flood against the host application.
+const QUESTIONS_PER_USER_PER_SEC: u64 = 5;
 
 /// The longest answer read from the host application.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -50,6 +55,18 @@ pub fn named(
             topic: topic.chars().take(events::MAX_TOPIC_CHARS).collect(),
             rule,
         })?;
+        // A cursor names a topic by its tag: two of one tag in one stream would share a
+        // position. (Names that collide can be made on purpose; such a pair is refused.)
+        let tag = events::topic_tag(&topic);
+        if topics
+            .iter()
+            .any(|known| *known != topic && events::topic_tag(known) == tag)
+        {
+            return Err(TopicError::Invalid {
+                topic,
+                rule: "its tag is another topic's of this stream; open it on a stream of its own",
+            });
+        }
         if !topics.contains(&topic) {
             if topics.len() == limit {
                 return Err(TopicError::TooMany { limit });
@@ -72,6 +89,8 @@ struct Hook {
     url: reqwest::Url,
     client: reqwest::Client,
     ttl: Duration,
+    /// Questions per user and second.
+    questions: Throttle,
     /// `(user, topic)` → allowed?, and until when the answer holds.
     cache: Mutex<LruCache<(String, String), (bool, Instant)>>,
 }
@@ -109,6 +128,7 @@ impl TopicAccess {
                 url,
                 client,
                 ttl,
+                questions: Throttle::new(QUESTIONS_PER_USER_PER_SEC),
                 cache: Mutex::new(LruCache::new(
                     NonZeroUsize::new(CACHE_CAPACITY).unwrap_or(NonZeroUsize::MIN),
                 )),
@@ -167,6 +187,10 @@ impl Hook {
         }
         if unknown.is_empty() {
             return Ok(allowed);
+        }
+        if !self.questions.admit(user_id) {
+            tracing::debug!(user_id, "too many topic questions for this user; refused");
+            return Err(TopicError::Unavailable);
         }
         let answer = self.question(user_id, &unknown).await.map_err(|error| {
             tracing::warn!(%error, url = %self.url, "topic authorization failed");

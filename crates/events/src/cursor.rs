@@ -30,7 +30,7 @@ impl Position {
 /// `owner` ties the cursor to the one user whose history it counts in ([`owner_tag`]):
 /// epochs are timestamps that two users' histories may share, so without it one user's
 /// position could be misread as another's, silently skipping events. A topic is named
-/// by its [`crate::topic_tag`] rather than its name, so a cursor grows by at most 58
+/// by its [`crate::topic_tag`] rather than its name, so a cursor grows by at most 59
 /// characters per topic, whatever the names.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Cursor {

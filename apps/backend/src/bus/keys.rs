@@ -203,9 +203,15 @@ pub fn legacy_meta(key: &str) -> Option<(u16, &str)> {
         .map(|p| (p, name))
 }
 
-/// The history stream key that goes with a [`legacy_meta`] key.
-pub fn legacy_log(partition: u16, name: &str) -> String {
-    format!("ev:{{p{partition}}}:log:{name}")
+/// Where a key kept under the tags before this layout (`ev:{p17}:…`) lives now: the
+/// same key under its partition's tag today (a feed's partition number is unchanged).
+pub fn migrated(key: &str) -> Option<String> {
+    let rest = key.strip_prefix("ev:{p")?;
+    let (partition, rest) = rest.split_once("}:")?;
+    let digits = !partition.is_empty() && partition.bytes().all(|b| b.is_ascii_digit());
+    let partition: usize = digits.then(|| partition.parse().ok()).flatten()?;
+    let tag = TAGS.get(partition)?;
+    Some(format!("ev:{{{tag}}}:{rest}"))
 }
 
 /// The hash slot of a partition's keys and channels.
@@ -273,7 +279,22 @@ mod tests {
     fn keys_of_the_earlier_layout_are_recognised_and_todays_are_not() {
         assert_eq!(legacy_meta("ev:{p17}:meta:alice"), Some((17, "alice")));
         assert_eq!(legacy_meta("ev:{p0}:meta:*"), Some((0, "*")));
-        assert_eq!(legacy_log(17, "alice"), "ev:{p17}:log:alice");
+        let [meta, log] = history(&Feed::User("alice".into()));
+        let partition = partition(&Feed::User("alice".into()));
+        assert_eq!(
+            migrated(&format!("ev:{{p{partition}}}:meta:alice")),
+            Some(meta)
+        );
+        assert_eq!(
+            migrated(&format!("ev:{{p{partition}}}:log:alice")),
+            Some(log)
+        );
+        assert_eq!(migrated("ev:{p128}:meta:alice"), None);
+        assert_eq!(
+            migrated("ev:{p17.40927}:meta:alice"),
+            None,
+            "today's are not moved"
+        );
         let [today, _] = history(&Feed::User("alice".into()));
         assert_eq!(legacy_meta(&today), None);
         assert_eq!(legacy_meta("ev:{p}:meta:alice"), None);

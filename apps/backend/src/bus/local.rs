@@ -57,6 +57,8 @@ fn cost(envelope: &Envelope) -> usize {
     const OVERHEAD: usize = 160;
     envelope.data.json().len()
         + envelope.user_id.len()
+        + envelope.topic.as_ref().map_or(0, String::len)
+        + envelope.publisher_id.as_ref().map_or(0, String::len)
         + envelope.event_type.len()
         + envelope.server_id.as_ref().map_or(0, String::len)
         + OVERHEAD

@@ -378,7 +378,7 @@ impl Hub {
     /// Ends every stream of `user_id` here: each is told `reason` (unless its queue is
     /// full, in which case it just ends) and receives nothing more. Returns how many.
     pub fn disconnect(&self, user_id: &str, reason: &str) -> usize {
-        let Some(entries) = self.streams().users.remove(user_id) else {
+        let Some(entries) = self.streams().users.get(user_id).cloned() else {
             return 0;
         };
         let reason: Arc<str> = reason.into();
@@ -387,8 +387,14 @@ impl Hub {
             entry
                 .outlet
                 .offer(&Notice::Disconnect(reason.clone()), &offering);
-            entry.outlet.close();
         }
+        // Then out of the map, under the user and each topic (closed: its task takes the
+        // notice, then ends).
+        let mut streams = self.streams();
+        for entry in &entries {
+            unregister(&mut streams, &entry.outlet, entry.id);
+        }
+        drop(streams);
         tracing::info!(user_id, streams = entries.len(), "user disconnected");
         entries.len()
     }

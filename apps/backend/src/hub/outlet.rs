@@ -206,18 +206,22 @@ impl Outlet {
         let Some(body) = published.body(socket.named) else {
             return;
         };
-        // `id: `, the longest cursor, a line break.
-        let mut id = [0u8; 8 + events::MAX_CURSOR_LEN];
-        let id_len = if with_id {
+        if !with_id {
+            self.write(state, socket, [&[], body], now);
+        } else if state.cursor.topics.is_empty() {
+            // On the stack: `id: `, a cursor without topics (4 numbers of 20 digits, 16
+            // hex digits and separators), a line break. The hot path of a broadcast.
+            let mut id = [0u8; 128];
             let mut line = io::Cursor::new(&mut id[..]);
             if writeln!(line, "id: {}", state.cursor).is_err() {
                 return;
             }
-            usize::try_from(line.position()).unwrap_or_default()
+            let len = usize::try_from(line.position()).unwrap_or_default();
+            self.write(state, socket, [&id[..len], body], now);
         } else {
-            0
-        };
-        self.write(state, socket, [&id[..id_len], body], now);
+            let line = format!("id: {}\n", state.cursor);
+            self.write(state, socket, [line.as_bytes(), body], now);
+        }
     }
 
     /// Writes `parts` without waiting: what the socket does not take now is left for the

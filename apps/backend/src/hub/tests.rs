@@ -463,3 +463,21 @@ fn a_dispatcher_that_ends_while_serving_is_reported_and_one_ended_by_a_stop_is_n
         );
     }
 }
+
+#[tokio::test]
+async fn a_disconnected_users_streams_leave_their_topics_at_once() {
+    let hub = hub(8);
+    let topics = crate::sequence::stream_topics(&["room:1".to_string()]);
+    let mut stream = hub.open("alice", &topics).expect("opens");
+    let bobs = hub.open("bob", &topics).expect("opens");
+    let room = crate::feed::Feed::Topic("room:1".into());
+    assert_eq!(hub.disconnect("alice", "bye"), 1);
+    assert!(matches!(stream.next().await, Some(Notice::Disconnect(_))));
+    assert!(stream.next().await.is_none(), "then it ends");
+    assert!(hub.has_streams(&room), "bob's stream holds it still");
+    drop(bobs);
+    assert!(
+        !hub.has_streams(&room),
+        "nothing holds the topic: its channel may go"
+    );
+}

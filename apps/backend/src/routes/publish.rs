@@ -64,11 +64,6 @@ pub async fn publish(
             if !events::patterns_allow(&patterns, topic) {
                 return Err(TopicError::Forbidden(topic.clone()).into());
             }
-            if !state.user_publishes.admit(&user_id) {
-                return Err(ApiError::TooManyPublishes {
-                    limit: state.user_publishes.per_second(),
-                });
-            }
             Envelope {
                 publisher_id: Some(user_id),
                 ..envelope
@@ -76,8 +71,23 @@ pub async fn publish(
         }
     };
     state.limits.rules().envelope(&envelope)?;
+    let key = super::idempotency_key(&req)?;
+    // A user's keys are their own: two users of one topic never replay (or block) each
+    // other's publish with the same key.
+    let user_key = envelope
+        .publisher_id
+        .as_ref()
+        .zip(key)
+        .map(|(user, key)| format!("u:{user}:{key}"));
+    if let Some(user) = &envelope.publisher_id
+        && !state.user_publishes.admit(user)
+    {
+        return Err(ApiError::TooManyPublishes {
+            limit: state.user_publishes.per_second(),
+        });
+    }
     let guard = Guard {
-        idempotency_key: super::idempotency_key(&req)?,
+        idempotency_key: user_key.as_deref().or(key),
         version: None,
     };
     let publication = state.bus.publish_guarded(envelope, guard).await?;

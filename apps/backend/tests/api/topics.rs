@@ -707,3 +707,87 @@ async fn a_user_publishing_too_often_is_refused_and_others_are_not() {
         app.publish_topic("chat:1", "chat.message", json!({})).await;
     }
 }
+
+#[tokio::test]
+async fn one_opening_replays_max_replay_events_in_all_not_per_topic() {
+    let mut settings = settings(None);
+    settings.max_replay = 4;
+    let app = spawn_app_with(settings).await;
+    let alice = app.token_with("alice", &["*"], &[]).await;
+    let (stream, opened) = app.open_topics(&alice, &["a", "b", "c"], None).await;
+    drop(stream);
+    publish_rounds(&app, &["a", "b", "c"], 1..4).await;
+    let (mut resumed, _) = app
+        .open_topics(&alice, &["a", "b", "c"], opened.id.as_deref())
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let frame = resumed.next_event().await;
+        let json = frame.json();
+        got.push(match frame.event.as_deref() {
+            Some("stream.resync") => {
+                format!("resync {}", json["data"]["topic"].as_str().unwrap_or("?"))
+            }
+            _ => format!("{} {}", json["topic"].as_str().unwrap_or("?"), json["id"]),
+        });
+    }
+    assert_eq!(
+        got,
+        ["a 1", "a 2", "a 3", "resync b", "b 3", "resync c"],
+        "four events replayed in all; what did not fit is said, never skipped in silence"
+    );
+    resumed.expect_no_event(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_users_idempotency_keys_are_their_own_on_a_shared_topic() {
+    let app = spawn_app(None).await;
+    let alice = app.token_with("alice", &[], &["chat:*"]).await;
+    let bob = app.token_with("bob", &[], &["chat:*"]).await;
+    let say = |text: &str| json!({"topic": "chat:1", "eventType": "chat.message", "data": {"text": text}});
+    let post = |token: String, body: Value| {
+        let client = app.client.clone();
+        let url = app.url("/api/publish");
+        async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .header("idempotency-key", "k-1")
+                .json(&body)
+                .send()
+                .await
+                .expect("sent")
+        }
+    };
+    let first = post(alice.clone(), say("alice's")).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.expect("JSON");
+    let other = post(bob, say("bob's")).await;
+    assert_eq!(other.status(), 202);
+    assert!(
+        other.headers().get("idempotent-replayed").is_none(),
+        "bob's key is not alice's"
+    );
+    let other: Value = other.json().await.expect("JSON");
+    assert_eq!(
+        (
+            other["publisherId"].as_str(),
+            other["data"]["text"].as_str()
+        ),
+        (Some("bob"), Some("bob's"))
+    );
+    assert_ne!(other["id"], first["id"]);
+    let retry = post(alice, say("alice's")).await;
+    assert_eq!(
+        retry
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().ok()),
+        Some(Some("true"))
+    );
+    let retry: Value = retry.json().await.expect("JSON");
+    assert_eq!(
+        retry["id"], first["id"],
+        "alice's retry is alice's first publish"
+    );
+}

@@ -33,6 +33,12 @@ async fn old_history(redis: &RedisServer) {
             .await
             .expect("entry written");
     }
+    // Event 2 was published with an idempotency key, ten minutes ago at most.
+    let record = format!("ev:{{p{partition}}}:idem:alice:k-9");
+    redis
+        .command(&["SET", &record, "2 1000", "PX", "600000"])
+        .await
+        .expect("record written");
 }
 
 fn migrate(redis: &RedisServer) -> String {
@@ -66,6 +72,21 @@ async fn histories_under_the_earlier_tags_are_copied_and_resume_without_a_resync
         "no resync: the history is where it was"
     );
     assert_eq!(replayed.json()["data"], json!({"n": 2}));
+    // A publisher's retry with event 2's key publishes nothing: it is event 2.
+    let retry = app
+        .client
+        .post(app.url("/api/publish"))
+        .bearer_auth(crate::helpers::PUBLISH_KEY)
+        .header("idempotency-key", "k-9")
+        .json(&json!({"userId": "alice", "eventType": "old.event", "data": {"n": 2}}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(retry.status(), 202);
+    assert!(
+        retry.headers().contains_key("idempotent-replayed"),
+        "the record moved too"
+    );
     // And the history goes on from there.
     app.publish("alice", "new.event", json!(3)).await;
     let next = stream.next_event().await.json();

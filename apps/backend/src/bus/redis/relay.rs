@@ -284,7 +284,11 @@ impl Relay {
             }
             return;
         }
-        if let Some(envelope) = self.gate.envelope(bytes, Source::Message) {
+        if let Some(mut envelope) = self.gate.envelope(bytes, Source::Message) {
+            if self.kind(&message.channel, false) == "legacy" {
+                // Who published is the server's word, from a token: never a message's.
+                envelope.publisher_id = None;
+            }
             self.hub.deliver(&envelope);
         }
     }
