@@ -1,4 +1,4 @@
-use events::{Account, Snapshot, event_type};
+use events::{Account, Resync, Snapshot, event_type};
 use leptos::{prelude::*, task::spawn_local};
 
 use super::{
@@ -32,6 +32,10 @@ pub fn Dashboard(session: Session) -> impl IntoView {
     let room = RwSignal::new(None::<String>);
     let messages = RwSignal::new(Vec::<RoomMessage>::new());
     let posted = StoredValue::new(0_u64);
+    // Why some of the room's messages may be missing (its last `stream.resync`).
+    let room_gap = RwSignal::new(None::<String>);
+    // The last resync of the user's own events or the broadcasts.
+    let resync = RwSignal::new(None::<Resync>);
 
     // Accounts and snapshots are fetched, not pushed: on mount, and whenever an event
     // says they changed (or a resync says we may have missed that).
@@ -67,7 +71,8 @@ pub fn Dashboard(session: Session) -> impl IntoView {
         }
     });
     // Every event of the user, of any type: the log is the place to see what arrives. The
-    // room's go to the room.
+    // room's go to the room, as the hook hands them over: it passes only the topics this
+    // page asked for.
     let options = UseEventsOptions {
         topics: Signal::derive(move || room.get().into_iter().collect()),
         ..UseEventsOptions::default()
@@ -79,12 +84,16 @@ pub fn Dashboard(session: Session) -> impl IntoView {
             if event.event_type == event_type::STREAM_OPENED {
                 return;
             }
-            if let Some(topic) = &event.envelope.topic {
+            if event.topic().is_some() {
+                if event.event_type == event_type::STREAM_RESYNC {
+                    // The room's history cannot be replayed: say so in the room; the
+                    // user's own state is not concerned.
+                    let reason = event.envelope.data.parse::<Resync>().map(|r| r.reason);
+                    room_gap.set(Some(reason.unwrap_or_default()));
+                    return;
+                }
                 let key = posted.get_value() + 1;
-                let message = RoomMessage::new(key, event);
-                if let Some(message) =
-                    message.filter(|_| room.get_untracked().as_ref() == Some(topic))
-                {
+                if let Some(message) = RoomMessage::new(key, event) {
                     posted.set_value(key);
                     messages.update(|list| {
                         list.push(message);
@@ -100,6 +109,9 @@ pub fn Dashboard(session: Session) -> impl IntoView {
                 lines.insert(0, LogEntry::new(key, event));
                 lines.truncate(LOG_LINES);
             });
+            if event.event_type == event_type::STREAM_RESYNC {
+                resync.set(event.envelope.data.parse::<Resync>().ok());
+            }
             if matches!(
                 event.event_type.as_str(),
                 event_type::SNAPSHOTS_GENERATED | event_type::STREAM_RESYNC
@@ -112,6 +124,7 @@ pub fn Dashboard(session: Session) -> impl IntoView {
     let join = Callback::new(move |topic: Option<String>| {
         if room.get_untracked() != topic {
             messages.set(Vec::new());
+            room_gap.set(None);
             room.set(topic);
         }
     });
@@ -124,7 +137,7 @@ pub fn Dashboard(session: Session) -> impl IntoView {
                 "Resume position: "
                 <code data-testid="last-event-id">{move || events.last_event_id.get().unwrap_or_else(|| "—".into())}</code>
             </p>
-            {move || events.last_resync.get().map(|r| view! {
+            {move || resync.get().map(|r| view! {
                 <p class="warning" data-testid="resync">"Resynchronised (" {r.reason} "): state was refetched."</p>
             })}
         </section>
@@ -142,6 +155,7 @@ pub fn Dashboard(session: Session) -> impl IntoView {
             messages=messages.into()
             stream_topics=events.stream_topics
             refusals=events.topic_refusals
+            gap=room_gap.into()
         />
         <AccountsPanel accounts=accounts.into() snapshots=snapshots.into() />
         <EventLog entries=log.into() count=count.into() />

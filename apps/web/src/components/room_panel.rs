@@ -70,6 +70,9 @@ pub fn RoomPanel(
     stream_topics: Signal<Vec<String>>,
     /// Why the stream does not carry some of the topics asked for.
     refusals: Signal<Vec<TopicRefusal>>,
+    /// Why some of the room's messages may be missing (the room's `stream.resync`), since
+    /// it was joined.
+    gap: Signal<Option<String>>,
 ) -> impl IntoView {
     let name = RwSignal::new(String::new());
     let text = RwSignal::new(String::new());
@@ -147,7 +150,12 @@ pub fn RoomPanel(
                     </button>
                 </Show>
             </form>
-            <p class="hint" data-testid="room-status" data-joined=move || joined().to_string()>
+            <p
+                class="hint"
+                data-testid="room-status"
+                data-joined=move || joined().to_string()
+                data-stream-topics=move || stream_topics.get().join(" ")
+            >
                 {move || match standing.get() {
                     Standing::Outside => "Join a room to chat.".to_string(),
                     Standing::Joining(topic) => format!("Joining {topic}…"),
@@ -167,6 +175,11 @@ pub fn RoomPanel(
                 }),
                 _ => None,
             }}
+            {move || gap.get().map(|reason| view! {
+                <p class="warning" data-testid="room-resync">
+                    "Some messages of this room may be missing (" {reason} ")."
+                </p>
+            })}
             <Show when=joined>
                 <ul class="messages" data-testid="room-messages">
                     <For each=move || messages.get() key=|m| m.key let:message>

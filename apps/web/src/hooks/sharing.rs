@@ -39,12 +39,16 @@ pub enum TabMessage {
     /// Followers parse it themselves, so that every tab handles every frame the same way.
     Frame { id: Option<String>, data: String },
     /// The holder's connection as its own signals show it. `last_event_id` lets a tab that
-    /// joined late resume from the right place should it become the holder.
+    /// joined late resume from the right place should it become the holder;
+    /// `stream_topics` tells it what the stream carries, for a tab that joins a topic the
+    /// stream carries already (no `stream.opened` follows: the union did not change).
     Status {
         state: ConnectionState,
         server_id: Option<String>,
         error: Option<String>,
         last_event_id: Option<String>,
+        #[serde(default)]
+        stream_topics: Vec<String>,
     },
     /// The fallback election (see [`Election`]): `tab` holds the stream, since `since`
     /// (milliseconds since the Unix epoch). Repeated as a heartbeat.
@@ -73,9 +77,12 @@ impl TabMessage {
 }
 
 /// The name under which the tabs of one origin share the stream at `url` of the user a
-/// token stands for (its JWT `sub` claim). The claim is read without checking the
-/// signature: it only groups tabs, and the server checks the token of the tab that opens
-/// the stream. `None` when the token is not a JWT: each tab then holds its own stream.
+/// token stands for (its JWT `sub` claim) with the same grants (a hash of its `topics` and
+/// `publishTopics` claims): a tab whose token allows fewer topics never shares a stream
+/// opened with a broader token, so it is never shown a topic through another tab's
+/// grant. The claims are read without checking the signature: they only group tabs, and
+/// the server checks the token of the tab that opens the stream. `None` when the token is
+/// not a JWT: each tab then holds its own stream.
 pub fn share_name(url: &str, token: &str) -> Option<String> {
     let mut parts = token.split('.');
     let (Some(_header), Some(payload), Some(_signature), None) =
@@ -84,12 +91,35 @@ pub fn share_name(url: &str, token: &str) -> Option<String> {
         return None;
     };
     #[derive(Deserialize)]
-    struct Subject {
+    struct Claims {
         sub: String,
+        #[serde(default)]
+        topics: Vec<String>,
+        #[serde(default, rename = "publishTopics")]
+        publish_topics: Vec<String>,
     }
     let claims = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let subject: Subject = serde_json::from_slice(&claims).ok()?;
-    (!subject.sub.is_empty()).then(|| format!("use-events {url} {}", subject.sub))
+    let claims: Claims = serde_json::from_slice(&claims).ok()?;
+    if claims.sub.is_empty() {
+        return None;
+    }
+    let grants = grants_hash(&claims.topics, &claims.publish_topics);
+    Some(format!("use-events {url} {} {grants:016x}", claims.sub))
+}
+
+/// A hash of a token's grants, the same whatever order its patterns are listed in
+/// (FNV-1a: the name only groups tabs; the server checks every token).
+fn grants_hash(topics: &[String], publish_topics: &[String]) -> u64 {
+    fn sorted(patterns: &[String]) -> BTreeSet<&str> {
+        patterns.iter().map(String::as_str).collect()
+    }
+    // JSON keeps the two lists and their items apart whatever they contain.
+    let canonical = serde_json::json!([sorted(topics), sorted(publish_topics)]).to_string();
+    canonical
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
 }
 
 /// How often a holder elected by [`Election`] repeats its claim, in milliseconds.
@@ -222,9 +252,10 @@ const HISTORIES: usize = 4 + events::MAX_CURSOR_TOPICS;
 /// The newest event shown from each history (a user, the broadcasts, or a topic; and an
 /// epoch). Events of one history arrive in id order, so one at or below the newest was
 /// shown already: that happens when the stream changes tabs while frames of the old holder
-/// are still on their way.
+/// are still on their way. When full, the history updated least recently is forgotten.
 #[derive(Debug, Default)]
 pub struct Shown {
+    /// Least recently updated first.
     newest: Vec<(String, u64, u64)>,
 }
 
@@ -241,15 +272,18 @@ impl Shown {
             Some(topic) => format!("topic {topic}"),
             None => envelope.user_id.clone(),
         };
-        if let Some((_, _, newest)) = self
+        if let Some(at) = self
             .newest
-            .iter_mut()
-            .find(|(h, e, _)| *h == history && *e == epoch)
+            .iter()
+            .position(|(h, e, _)| *h == history && *e == epoch)
         {
-            if id <= *newest {
+            if id <= self.newest[at].2 {
                 return false;
             }
-            *newest = id;
+            // The most recently updated goes last.
+            let mut entry = self.newest.remove(at);
+            entry.2 = id;
+            self.newest.push(entry);
             return true;
         }
         // A new epoch starts the history over.
@@ -294,16 +328,36 @@ impl Roster {
     /// stream should carry changed.
     pub fn set(&mut self, member: u64, topics: &[String]) -> bool {
         let before = self.stream_topics();
+        let wanted_before = self.wanted_owned();
         if topics.is_empty() {
             self.wanted.remove(&member);
         } else {
             self.wanted.insert(member, topics.to_vec());
         }
-        // A refusal lasts while a hook wants its topic: one that is asked for again later
-        // is asked of the server again (with a new token, the answer may differ).
-        let wanted: BTreeSet<&str> = self.wanted.values().flatten().map(String::as_str).collect();
-        self.refused.retain(|r| wanted.contains(r.topic.as_str()));
+        self.forget_stale_refusals(&wanted_before);
         before != self.stream_topics()
+    }
+
+    /// Keeps only the hooks in `members` (those that answered a roll call: the others'
+    /// tabs crashed, or went without a word); returns whether the topics the stream
+    /// should carry changed.
+    pub fn keep_only(&mut self, members: &BTreeSet<u64>) -> bool {
+        let before = self.stream_topics();
+        let wanted_before = self.wanted_owned();
+        self.wanted.retain(|member, _| members.contains(member));
+        self.forget_stale_refusals(&wanted_before);
+        before != self.stream_topics()
+    }
+
+    /// A refusal of a topic lasts while a hook wants that topic: one that is asked for
+    /// again later is asked of the server again (with a new token, the answer may
+    /// differ). `too_many_topics` is about the set asked, not a topic: it goes whenever
+    /// the wanted set changes, and the new set is asked for.
+    fn forget_stale_refusals(&mut self, wanted_before: &BTreeSet<String>) {
+        let wanted = self.wanted_owned();
+        let set_changed = wanted != *wanted_before;
+        self.refused
+            .retain(|r| wanted.contains(&r.topic) && !(set_changed && r.code == "too_many_topics"));
     }
 
     /// What the stream should carry: every topic a hook wants, each once, in order, but
@@ -354,6 +408,19 @@ impl Roster {
     fn wanted(&self) -> BTreeSet<&str> {
         self.wanted.values().flatten().map(String::as_str).collect()
     }
+
+    fn wanted_owned(&self) -> BTreeSet<String> {
+        self.wanted.values().flatten().cloned().collect()
+    }
+}
+
+/// Whether a stream asked for `carried` must be reopened to carry `wanted` (the roster's
+/// [`Roster::stream_topics`] now): the topics differ, whatever their order. Checked when
+/// the stream opens, so that a change made while a ticket was on its way (a reconnection,
+/// a hand-over during which a closing tab's topics are dropped) is not lost.
+pub fn must_reopen(carried: &[String], wanted: &[String]) -> bool {
+    let set = |topics: &[String]| topics.iter().cloned().collect::<BTreeSet<_>>();
+    set(carried) != set(wanted)
 }
 
 /// Which of the `asked` topics a refused stream ticket refused, from the server's error
@@ -407,13 +474,48 @@ mod tests {
     #[test]
     fn tabs_of_one_user_meet_under_one_name() {
         let alice = share_name("/api/events", &token(r#"{"sub":"alice","exp":1}"#));
-        assert_eq!(alice.as_deref(), Some("use-events /api/events alice"));
+        assert!(
+            alice
+                .as_deref()
+                .is_some_and(|name| name.starts_with("use-events /api/events alice ")),
+            "{alice:?}"
+        );
         let renewed = share_name("/api/events", &token(r#"{"exp":2,"sub":"alice"}"#));
         assert_eq!(renewed, alice, "a fresh token of the same user");
         let bob = share_name("/api/events", &token(r#"{"sub":"bob"}"#));
         assert_ne!(bob, alice);
         let elsewhere = share_name("https://other/api/events", &token(r#"{"sub":"alice"}"#));
         assert_ne!(elsewhere, alice, "another stream");
+    }
+
+    #[test]
+    fn only_tabs_with_the_same_grants_share_a_stream() {
+        let name = |claims: &str| share_name("/api/events", &token(claims));
+        let rooms = name(r#"{"sub":"alice","topics":["room:*"],"exp":1}"#);
+        assert!(rooms.is_some());
+        assert_eq!(
+            name(r#"{"exp":2,"topics":["room:*"],"sub":"alice"}"#),
+            rooms,
+            "a fresh token with the same grants"
+        );
+        let narrow = name(r#"{"sub":"alice","topics":["room:elsewhere"]}"#);
+        assert_ne!(
+            narrow, rooms,
+            "a narrower grant shares nothing with a broader one"
+        );
+        assert_ne!(name(r#"{"sub":"alice"}"#), rooms, "no grant at all");
+        let publishing = name(r#"{"sub":"alice","topics":["room:*"],"publishTopics":["room:*"]}"#);
+        assert_ne!(publishing, rooms, "publishing grants count too");
+        assert_eq!(
+            name(r#"{"sub":"alice","topics":["room:b","room:a"]}"#),
+            name(r#"{"sub":"alice","topics":["room:a","room:b"]}"#),
+            "the order of patterns does not matter"
+        );
+        assert_ne!(
+            name(r#"{"sub":"alice","topics":["room:a"]}"#),
+            name(r#"{"sub":"alice","publishTopics":["room:a"]}"#),
+            "subscribing and publishing grants are told apart"
+        );
     }
 
     #[test]
@@ -439,6 +541,7 @@ mod tests {
                 server_id: Some("backend-1".into()),
                 error: None,
                 last_event_id: Some("7-1.0-0".into()),
+                stream_topics: topics(&["room:lobby"]),
             },
             TabMessage::Claim {
                 tab: u64::MAX,
@@ -460,6 +563,19 @@ mod tests {
         for message in messages {
             assert_eq!(TabMessage::decode(&message.encode()), Some(message));
         }
+        assert_eq!(
+            TabMessage::decode(
+                r#"{"kind":"status","state":"open","server_id":null,"error":null,"last_event_id":null}"#
+            ),
+            Some(TabMessage::Status {
+                state: ConnectionState::Open,
+                server_id: None,
+                error: None,
+                last_event_id: None,
+                stream_topics: Vec::new(),
+            }),
+            "a status from a tab of the version before topics"
+        );
         assert_eq!(TabMessage::decode(r#"{"kind":"takeover"}"#), None);
         assert_eq!(TabMessage::decode("not json"), None);
     }
@@ -608,6 +724,36 @@ mod tests {
     }
 
     #[test]
+    fn the_history_updated_least_recently_is_forgotten_first() {
+        let mut shown = Shown::default();
+        for n in 0..HISTORIES {
+            assert!(shown.first_time(&envelope(&format!("u{n}"), 1, Some(1))));
+        }
+        // The first history inserted is the busiest: it stays.
+        assert!(shown.first_time(&envelope("u0", 1, Some(2))));
+        assert!(shown.first_time(&envelope("newcomer", 1, Some(1))));
+        assert!(
+            !shown.first_time(&envelope("u0", 1, Some(2))),
+            "still known"
+        );
+        assert!(
+            shown.first_time(&envelope("u1", 1, Some(1))),
+            "the least recently updated was forgotten"
+        );
+        // A duplicate is not an update.
+        let mut shown = Shown::default();
+        for n in 0..HISTORIES {
+            assert!(shown.first_time(&envelope(&format!("u{n}"), 1, Some(5))));
+        }
+        assert!(!shown.first_time(&envelope("u0", 1, Some(5))));
+        assert!(shown.first_time(&envelope("newcomer", 1, Some(1))));
+        assert!(
+            shown.first_time(&envelope("u0", 1, Some(5))),
+            "u0 went first"
+        );
+    }
+
+    #[test]
     fn a_topic_counts_apart_from_the_user_and_from_other_topics() {
         let mut shown = Shown::default();
         let in_topic = |topic: &str, id| Envelope {
@@ -679,6 +825,77 @@ mod tests {
         roster.set(1, &topics(&["room:a"]));
         assert!(roster.refusals().is_empty());
         assert!(roster.set(1, &topics(&["room:a", "room:x"])), "asked again");
+    }
+
+    #[test]
+    fn too_many_topics_is_forgotten_whenever_the_wanted_set_changes() {
+        let mut roster = Roster::default();
+        roster.set(1, &topics(&["room:a"]));
+        roster.set(2, &topics(&["room:b"]));
+        let asked = roster.stream_topics();
+        roster
+            .refuse(refused_topics("too_many_topics", "at most 1", None, &asked).expect("refused"));
+        assert!(
+            roster.stream_topics().is_empty(),
+            "the stream goes on without"
+        );
+        assert_eq!(roster.refusals_of(&topics(&["room:a"])).len(), 1);
+        // Nothing changed: the set stays refused, so the stream is not reopened in a loop.
+        assert!(!roster.set(1, &topics(&["room:a"])));
+        assert!(roster.stream_topics().is_empty());
+        // One tab leaves its room: the smaller set is asked for again.
+        assert!(roster.set(2, &[]));
+        assert_eq!(roster.stream_topics(), topics(&["room:a"]));
+        assert!(roster.refusals().is_empty());
+
+        // A forbidden topic stays refused while it is wanted, whatever else changes.
+        roster.set(2, &topics(&["room:x"]));
+        roster.refuse(
+            refused_topics(
+                "topic_forbidden",
+                "no",
+                Some("room:x"),
+                &roster.stream_topics(),
+            )
+            .expect("refused"),
+        );
+        roster.set(3, &topics(&["room:c"]));
+        assert_eq!(roster.stream_topics(), topics(&["room:a", "room:c"]));
+        assert_eq!(roster.refusals().len(), 1);
+    }
+
+    #[test]
+    fn a_roll_call_drops_the_topics_of_hooks_that_did_not_answer() {
+        let mut roster = Roster::default();
+        roster.set(1, &topics(&["room:a"]));
+        roster.set(2, &topics(&["room:b"]));
+        roster.set(3, &topics(&["room:a", "room:c"]));
+        assert!(
+            roster.keep_only(&BTreeSet::from([1, 3])),
+            "the crashed tab's room goes"
+        );
+        assert_eq!(roster.stream_topics(), topics(&["room:a", "room:c"]));
+        assert!(
+            !roster.keep_only(&BTreeSet::from([1, 3, 9])),
+            "all answered"
+        );
+        assert!(roster.keep_only(&BTreeSet::from([9])));
+        assert!(roster.stream_topics().is_empty());
+    }
+
+    #[test]
+    fn a_stream_that_opened_with_other_topics_than_wanted_is_reopened() {
+        let (a, b) = (topics(&["room:a", "room:b"]), topics(&["room:b", "room:a"]));
+        assert!(!must_reopen(&a, &b), "the same, in another order");
+        assert!(!must_reopen(&[], &[]));
+        assert!(
+            must_reopen(&a, &topics(&["room:b"])),
+            "a closing tab's room dropped while the new holder's ticket was on its way"
+        );
+        assert!(
+            must_reopen(&topics(&["room:a"]), &a),
+            "a room joined while reconnecting"
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `use_events`: a user's event stream as reactive signals.
 //!
-//! The tabs of one browser that show the same user share one stream: they elect one (a
-//! Web Lock named after the user, or an election on their channel where the browser has
-//! no Web Locks), which holds the EventSource and relays every frame and state change to
+//! The tabs of one browser that show the same user with the same grants share one stream
+//! (`sharing::share_name`): they elect one (a Web Lock of that name, or an election on
+//! their channel where the browser has no Web Locks), which holds the EventSource and relays every frame and state change to
 //! the others over a `BroadcastChannel` (see `leadership`). When that tab goes, the next
 //! opens the stream from the last id it was relayed, and `sharing::Shown` drops the
 //! frames both holders delivered. With sharing turned off, or a token that is not a JWT,
@@ -12,9 +12,14 @@
 //! hook keeps the lot (`sharing::Roster`), and the holder's stream carries their union;
 //! each hook is shown only its own topics' events (and all of its user's and the
 //! broadcasts). When the union changes, the holder gets a ticket for the new union and
-//! reopens from its last id: topics in both keep their place, so nothing is missed. A
-//! topic the server refuses (403 `topic_forbidden`, say) is left out, the stream goes on
-//! without it, and the hooks that wanted it say why in `topic_refusals`.
+//! reopens from its last id (state `Reconnecting` meanwhile): topics in both keep their
+//! place, so nothing is missed. Each time its stream opens, the holder checks it asked for
+//! what the roster wants now, and reopens if not (a change while a ticket was on its way).
+//! A tab that takes the stream over calls the roll (`Hello`) and forgets the topics of
+//! hooks that do not answer within `ROLL_CALL`. Followers learn what the stream carries
+//! from the holder's `Status`. A topic the server refuses (403 `topic_forbidden`, say) is
+//! left out, the stream goes on without it, and the hooks that wanted it say why in
+//! `topic_refusals`.
 //!
 //! The stream is closed when the owning component unmounts. Each EventSource is opened
 //! with a fresh single-use stream ticket (`POST /api/stream-tickets` with the token in a
@@ -28,7 +33,9 @@
 
 use std::{
     cell::{Cell, RefCell},
+    collections::BTreeSet,
     rc::{Rc, Weak},
+    time::Duration,
 };
 
 use events::{Envelope, Resync, event_type};
@@ -41,7 +48,10 @@ use super::{
     credentials::Credentials,
     leadership::Leadership,
     reconnect::{Backoff, ConnectionState, Signal as SourceSignal, events_url, next_state},
-    sharing::{Roster, Shown, StreamHolder, TabMessage, TopicRefusal, refused_topics, share_name},
+    sharing::{
+        Roster, Shown, StreamHolder, TabMessage, TopicRefusal, must_reopen, refused_topics,
+        share_name,
+    },
 };
 
 /// An event as the page received it.
@@ -55,6 +65,26 @@ pub struct ReceivedEvent {
     /// When it arrived, in milliseconds since the Unix epoch (the browser's clock).
     pub received_at: f64,
 }
+
+impl ReceivedEvent {
+    /// The topic the event is about: a topic's event, or a `stream.resync` of one topic
+    /// (`scope: "topic"`, the topic in its data). `None` for the user's own events, the
+    /// broadcasts, and the stream's other frames.
+    pub fn topic(&self) -> Option<String> {
+        if let Some(topic) = &self.envelope.topic {
+            return Some(topic.clone());
+        }
+        if self.event_type != event_type::STREAM_RESYNC {
+            return None;
+        }
+        self.envelope.data.parse::<Resync>().ok()?.topic
+    }
+}
+
+/// How long a tab that takes the stream over waits for the other hooks to say which
+/// topics they want, before it forgets the topics of those that did not answer (their tab
+/// crashed, or went without a word).
+const ROLL_CALL: Duration = Duration::from_secs(1);
 
 /// Options of [`use_events_with_options`].
 #[derive(Debug, Clone)]
@@ -101,8 +131,9 @@ pub struct UseEventsReturn {
     /// Which tab holds the shared stream, once known; `None` while the stream is not
     /// shared (sharing off, or unavailable in this browser).
     pub holder: Signal<Option<StreamHolder>>,
-    /// The topics the stream carries (from its last `stream.opened`): once one of this
-    /// hook's topics is here, its events arrive.
+    /// The topics the stream carries (from its last `stream.opened`, or in a tab that does
+    /// not hold the stream, from the holder's status): once one of this hook's topics is
+    /// here, its events arrive.
     pub stream_topics: Signal<Vec<String>>,
     /// Why some of this hook's topics are not carried: refused by the server (the user may
     /// not have them), or a name that breaks the rule. The stream goes on without them.
@@ -205,6 +236,7 @@ pub fn use_events_with_options(
         topics: RefCell::new(wanted),
         roster: RefCell::new(roster),
         carried: RefCell::new(None),
+        roll_call: RefCell::new(None),
     });
     connection.start();
     connection.watch_page();
@@ -278,6 +310,7 @@ impl Signals {
             server_id: self.server_id.get(),
             error: self.last_error.get(),
             last_event_id: self.last_event_id.get_untracked(),
+            stream_topics: self.stream_topics.get(),
         }
     }
 }
@@ -330,6 +363,9 @@ struct Connection {
     /// The topics of the stream this hook holds or is opening; `None` while it holds none
     /// (a follower, or not started), when a change of topics waits for the next `open`.
     carried: RefCell<Option<Vec<String>>>,
+    /// The hooks that answered since this one took the stream over, and the timer that
+    /// ends the roll call (see [`ROLL_CALL`]).
+    roll_call: RefCell<Option<(BTreeSet<u64>, TimeoutHandle)>>,
 }
 
 impl Connection {
@@ -394,6 +430,42 @@ impl Connection {
             self.signals.state.set(ConnectionState::Reconnecting);
         }
         self.open();
+        self.call_the_roll();
+    }
+
+    /// Asks every hook sharing the stream which topics it wants; after [`ROLL_CALL`], the
+    /// topics of those that did not answer are forgotten (a crashed tab says no goodbye).
+    /// The stream opens at once with what the roster held; a reopen follows if it shrank.
+    fn call_the_roll(self: &Rc<Self>) {
+        self.end_roll_call();
+        match self.leadership.borrow().as_ref() {
+            Some(leadership) => leadership.post(&TabMessage::Hello),
+            None => return,
+        }
+        let finish = self.weakly(|connection| connection.finish_roll_call());
+        if let Ok(timer) = set_timeout_with_handle(finish, ROLL_CALL) {
+            *self.roll_call.borrow_mut() = Some((BTreeSet::from([self.member]), timer));
+        }
+    }
+
+    fn finish_roll_call(self: &Rc<Self>) {
+        let Some((answered, _)) = self.roll_call.borrow_mut().take() else {
+            return;
+        };
+        if self.role.get() != Role::Holder {
+            return;
+        }
+        let changed = self.roster.borrow_mut().keep_only(&answered);
+        if changed {
+            self.follow_roster();
+        }
+    }
+
+    /// Stops a roll call under way (the stream was handed on, or the hook is closing).
+    fn end_roll_call(&self) {
+        if let Some((_, timer)) = self.roll_call.borrow_mut().take() {
+            timer.clear();
+        }
     }
 
     /// Hands the stream to the next tab in line and gets back in line behind it: the
@@ -406,6 +478,7 @@ impl Connection {
         self.cancel_retry();
         self.forget_opening();
         self.drop_source();
+        self.end_roll_call();
         *self.carried.borrow_mut() = None;
         self.role.set(Role::Follower);
         self.signals.holder.set(None);
@@ -427,6 +500,9 @@ impl Connection {
                 }
             }
             (_, TabMessage::Topics { member, topics }) => {
+                if let Some((answered, _)) = self.roll_call.borrow_mut().as_mut() {
+                    answered.insert(member);
+                }
                 self.roster.borrow_mut().set(member, &topics);
                 self.follow_roster();
             }
@@ -445,6 +521,7 @@ impl Connection {
                     server_id,
                     error,
                     last_event_id,
+                    stream_topics,
                 },
             ) => {
                 self.signals.holder.set(Some(StreamHolder::AnotherTab));
@@ -453,6 +530,11 @@ impl Connection {
                 self.signals.last_error.set(error);
                 if last_event_id.is_some() {
                     self.signals.last_event_id.set(last_event_id);
+                }
+                // A topic the stream carries already is carried for this tab at once: no
+                // `stream.opened` comes when joining it leaves the union as it was.
+                if self.signals.stream_topics.get_untracked() != stream_topics {
+                    self.signals.stream_topics.set(stream_topics);
                 }
             }
             _ => {}
@@ -520,6 +602,8 @@ impl Connection {
             return;
         }
         self.cancel_retry();
+        // Truthful while the new ticket is on its way: events pause until it opens.
+        self.signals.state.set(ConnectionState::Reconnecting);
         self.open();
     }
 
@@ -752,6 +836,8 @@ impl Connection {
                     && let Some(leadership) = connection.leadership.borrow().as_ref()
                 {
                     leadership.post(&TabMessage::Hello);
+                    // A holder's roll call while this page was frozen forgot its topics.
+                    connection.announce_topics();
                 }
             }));
         }
@@ -805,6 +891,8 @@ impl Connection {
         // How the server ends the stream, if this frame does: disconnected (with why).
         let mut disconnected = None;
         let mut expired = false;
+        // Whether the stream that just opened carries other topics than the roster wants.
+        let mut stale = false;
         let envelope: Envelope = match serde_json::from_str(data) {
             Ok(envelope) => envelope,
             Err(error) => {
@@ -842,6 +930,11 @@ impl Connection {
                 self.signals.stream_topics.set(topics);
                 if self.role.get() != Role::Follower {
                     self.apply(SourceSignal::Opened);
+                    // The roster may have changed while the ticket was on its way (a
+                    // reconnection, or a hand-over with a closing tab's topics dropped late).
+                    stale = self.carried.borrow().as_ref().is_some_and(|carried| {
+                        must_reopen(carried, &self.roster.borrow().stream_topics())
+                    });
                 }
             }
             event_type::STREAM_RESYNC => {
@@ -877,6 +970,10 @@ impl Connection {
         } else if expired && self.role.get() != Role::Follower {
             // The holder renews the credential; the other tabs just see it happen.
             self.credential_dead("the stream's credential expired");
+        } else if stale {
+            self.cancel_retry();
+            self.signals.state.set(ConnectionState::Reconnecting);
+            self.open();
         }
     }
 
@@ -934,6 +1031,7 @@ impl Connection {
         // A ticket still on its way is dropped when it arrives.
         self.forget_opening();
         self.drop_source();
+        self.end_roll_call();
         self.listeners.borrow_mut().clear();
         *self.carried.borrow_mut() = None;
         // The next tab in line takes the stream over, without this hook's topics; this
