@@ -10,7 +10,9 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use events::{Control, Envelope, MAX_PAYLOAD_DEPTH, MAX_REASON_CHARS, Payload, event_type};
+use events::{
+    Control, Envelope, MAX_PAYLOAD_DEPTH, MAX_REASON_CHARS, Payload, PresenceChange, event_type,
+};
 
 use crate::metrics::Metrics;
 
@@ -112,6 +114,19 @@ impl Rules {
         self.event(&envelope.event_type, &envelope.data)
     }
 
+    /// Whether `envelope` is a presence event as the server publishes it (`stream.joined`
+    /// or `stream.left` to a valid topic, about a valid user): the only events of the
+    /// reserved domain a history or a channel may carry. No publisher can send one
+    /// through the API ([`Rules::event`] refuses the domain).
+    pub fn presence_change(&self, envelope: &Envelope) -> Result<(), Breach> {
+        let (Some(topic), true) = (&envelope.topic, envelope.user_id.is_empty()) else {
+            return Err(Breach::BadTopic("a presence event is a topic's"));
+        };
+        events::validate_topic(topic).map_err(Breach::BadTopic)?;
+        let change: PresenceChange = envelope.data.parse().map_err(|_| Breach::Unreadable)?;
+        events::validate_user_id(&change.user_id).map_err(Breach::BadUserId)
+    }
+
     /// Whether an event of `event_type` may carry `data`.
     pub fn event(&self, event_type: &str, data: &Payload) -> Result<(), Breach> {
         if u64::try_from(data.json().len()).unwrap_or(u64::MAX) > self.max_event_bytes {
@@ -201,7 +216,11 @@ impl Gate {
             });
         }
         let envelope = serde_json::from_slice::<Envelope>(bytes).map_err(|_| Breach::Unreadable)?;
-        self.rules.envelope(&envelope)?;
+        if event_type::is_presence(&envelope.event_type) {
+            self.rules.presence_change(&envelope)?;
+        } else {
+            self.rules.envelope(&envelope)?;
+        }
         Ok(envelope)
     }
 
@@ -278,6 +297,27 @@ mod tests {
             }
             proptest::prop_assert_eq!(framed, admitted, "every admitted event for the stream reached it");
             proptest::prop_assert_eq!(hub.stream_count(), 1, "the stream is still open");
+        }
+    }
+
+    #[test]
+    fn only_a_topics_well_formed_presence_change_may_use_the_reserved_names() {
+        let gate = gate();
+        let joined = br#"{"topic":"room:1","eventType":"stream.joined","data":{"userId":"alice","reason":"opened"}}"#;
+        assert!(gate.envelope(joined, Source::History).is_some());
+        for bad in [
+            &br#"{"userId":"alice","eventType":"stream.joined","data":{"userId":"a","reason":"opened"}}"#[..],
+            br#"{"topic":"room 1","eventType":"stream.left","data":{"userId":"a","reason":"closed"}}"#,
+            br#"{"topic":"room:1","eventType":"stream.left","data":{"userId":"a","reason":"bored"}}"#,
+            br#"{"topic":"room:1","eventType":"stream.left","data":{"userId":"a b","reason":"closed"}}"#,
+            br#"{"topic":"room:1","eventType":"stream.left","data":"alice"}"#,
+            br#"{"topic":"room:1","eventType":"stream.opened","data":{}}"#,
+        ] {
+            assert!(
+                gate.envelope(bad, Source::Message).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

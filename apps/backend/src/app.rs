@@ -37,6 +37,7 @@ use crate::{
     error::ApiError,
     hub::{Capacity, Hub, ShardId},
     metrics::Metrics,
+    presence::{self, Presence},
     readiness::Readiness,
     redis::Redis,
     routes,
@@ -201,6 +202,14 @@ impl Application {
             );
         }
         let store = Arc::new(store);
+        let presence = Arc::new(Presence::new(
+            bus.clone(),
+            &server_id,
+            presence::Settings::from_settings(&settings),
+            metrics.clone(),
+        ));
+        hub.track_presence(presence.tracker());
+        tasks.spawn("presence", presence.clone().run(shutdown.clone()));
 
         let (snapshot_requests, snapshot_queue) = snapshots::channel(SNAPSHOT_QUEUE);
         let service = SnapshotService {
@@ -230,6 +239,7 @@ impl Application {
         let state = web::Data::new(AppState {
             streams,
             topics,
+            presence,
             user_publishes: Throttle::new(settings.user_publish_rate),
             server_id: server_id.clone(),
             tokens,

@@ -349,18 +349,35 @@ pub fn authorize_publisher(
     publish_key: Option<&Secret>,
     authorization: Option<&str>,
 ) -> Result<PublishRight, AuthError> {
+    Ok(match identify(tokens, publish_key, authorization)? {
+        Caller::Service => PublishRight::Any,
+        Caller::User(credential) => PublishRight::Topics {
+            user_id: credential.user_id,
+            patterns: credential.publish_topics,
+        },
+    })
+}
+
+/// Who calls: a service (the publish API key, or a token whose `publish` claim is true),
+/// or a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Service,
+    User(Credential),
+}
+
+/// The caller the `Authorization` header names, either kind.
+pub fn identify(
+    tokens: &Tokens,
+    publish_key: Option<&Secret>,
+    authorization: Option<&str>,
+) -> Result<Caller, AuthError> {
     match bearer_token(authorization) {
         None => Err(AuthError::Missing),
-        Some(token) if matches_key(token, publish_key) => Ok(PublishRight::Any),
+        Some(token) if matches_key(token, publish_key) => Ok(Caller::Service),
         Some(token) => match tokens.verify(token)? {
-            claims if claims.publish => Ok(PublishRight::Any),
-            claims => {
-                let credential = Tokens::credential_of(claims);
-                Ok(PublishRight::Topics {
-                    user_id: credential.user_id,
-                    patterns: credential.publish_topics,
-                })
-            }
+            claims if claims.publish => Ok(Caller::Service),
+            claims => Ok(Caller::User(Tokens::credential_of(claims))),
         },
     }
 }

@@ -180,6 +180,44 @@ pub struct Settings {
     #[arg(long, env = "TOPIC_AUTH_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub topic_auth_timeout_ms: u64,
 
+    /// Topics whose presence is kept (who holds a stream of them, on any instance: `GET
+    /// /api/topics/{topic}/presence`), as comma-separated patterns like a token's
+    /// `topics` claim: `*` every topic, `room:*` a namespace; empty: none.
+    #[arg(
+        long,
+        env = "PRESENCE_TOPICS",
+        default_value = "*",
+        value_delimiter = ','
+    )]
+    pub presence_topics: Vec<String>,
+
+    /// Topics (of those whose presence is kept) whose subscribers receive `stream.joined`
+    /// and `stream.left` as users arrive and leave, as comma-separated patterns; empty:
+    /// none. Opt in per namespace: a topic of 100,000 subscribers would get 100,000 joins.
+    #[arg(
+        long,
+        env = "PRESENCE_EVENTS",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    pub presence_events: Vec<String>,
+
+    /// Milliseconds a user stays present after their last stream of a topic closes: a
+    /// reload (or a reconnection to another instance) within it neither leaves nor joins.
+    #[arg(long, env = "PRESENCE_GRACE_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub presence_grace_ms: u64,
+
+    /// Seconds within which the users of an instance that died (`kill -9`, power loss)
+    /// leave the topics they were in, swept by any other instance; and within which
+    /// presence is rebuilt after Redis lost it.
+    #[arg(long, env = "PRESENCE_TTL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub presence_ttl_secs: u64,
+
+    /// Users listed in a presence answer at most (`truncated: true` beyond; `count` is
+    /// always exact).
+    #[arg(long, env = "PRESENCE_LIST_MAX", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub presence_list_max: u64,
+
     /// Seconds a client may take to send a request head, in all, from its first byte (on
     /// every request of a connection).
     #[arg(long, env = "REQUEST_HEAD_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
@@ -254,6 +292,8 @@ pub enum SettingsError {
          this build has no TLS client)"
     )]
     BadTopicAuthUrl,
+    #[error("{0}: each pattern is a topic name, or a prefix of one followed by `*` (e.g. room:*)")]
+    BadPresencePattern(&'static str),
 }
 
 impl Settings {
@@ -323,6 +363,18 @@ impl Settings {
             .is_some_and(|url| url.scheme() != "http")
         {
             return Err(SettingsError::BadTopicAuthUrl);
+        }
+        for (setting, patterns) in [
+            ("PRESENCE_TOPICS", &self.presence_topics),
+            ("PRESENCE_EVENTS", &self.presence_events),
+        ] {
+            if !patterns
+                .iter()
+                .filter(|pattern| !pattern.trim().is_empty())
+                .all(|pattern| events::is_topic_pattern(pattern.trim()))
+            {
+                return Err(SettingsError::BadPresencePattern(setting));
+            }
         }
         Ok(())
     }

@@ -12,8 +12,8 @@ use actix_web::{
 use events::{ErrorBody, ErrorDetail, ValidationError};
 
 use crate::{
-    admission::Breach, auth::AuthError, bus::BusError, delivery::OpenError, store::StoreError,
-    tickets::TicketError, topics::TopicError,
+    admission::Breach, auth::AuthError, bus::BusError, delivery::OpenError,
+    presence::PresenceError, store::StoreError, tickets::TicketError, topics::TopicError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,9 @@ pub enum ApiError {
     /// A stream's or a publish's topic is refused: a bad name, too many, or not allowed.
     #[error("{0}")]
     Topic(TopicError),
+    /// The topic's presence is not kept (`PRESENCE_TOPICS`).
+    #[error("presence is not kept for this topic")]
+    PresenceNotKept(String),
     /// Something unexpected; the cause is in the log under `request_id`.
     #[error("internal error (request id {request_id})")]
     Internal { request_id: String },
@@ -105,6 +108,7 @@ impl ApiError {
             Self::Topic(TopicError::TooMany { .. }) => "too_many_topics",
             Self::Topic(TopicError::Forbidden(_)) => "topic_forbidden",
             Self::Topic(TopicError::Unavailable) => "topic_auth_unavailable",
+            Self::PresenceNotKept(_) => "presence_not_kept",
             Self::Internal { .. } => "internal",
         }
     }
@@ -148,7 +152,7 @@ impl ResponseError for ApiError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::PresenceNotKept(_) => StatusCode::NOT_FOUND,
             Self::TooManyStreams { .. }
             | Self::TooManyTickets { .. }
             | Self::TooManyPublishes { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -182,9 +186,8 @@ impl ResponseError for ApiError {
             _ => {}
         }
         let topic = match self {
-            Self::Topic(TopicError::Forbidden(topic) | TopicError::Invalid { topic, .. }) => {
-                Some(topic.clone())
-            }
+            Self::Topic(TopicError::Forbidden(topic) | TopicError::Invalid { topic, .. })
+            | Self::PresenceNotKept(topic) => Some(topic.clone()),
             _ => None,
         };
         response.json(ErrorBody {
@@ -256,6 +259,15 @@ impl From<AuthError> for ApiError {
         match error {
             AuthError::MayNotPublish => Self::Forbidden("this token may not publish"),
             other => Self::Unauthorized(other),
+        }
+    }
+}
+
+impl From<PresenceError> for ApiError {
+    fn from(error: PresenceError) -> Self {
+        match error {
+            PresenceError::NotKept(topic) => Self::PresenceNotKept(topic),
+            PresenceError::Bus(bus) => Self::from(bus),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod feed;
 mod frame;
 pub mod hub;
 pub mod metrics;
+pub mod presence;
 mod query;
 pub mod readiness;
 pub mod redis;

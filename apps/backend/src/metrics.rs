@@ -114,6 +114,16 @@ pub struct Metrics {
     pub slots_moved: Counter,
     /// Times arriving users overflowed their queue (see `hub::Hub::missed_arrivals`).
     pub arrivals_missed: Counter,
+    /// Users in topics this instance holds in the presence engine.
+    pub presence_entries: Gauge,
+    /// Users who arrived in a topic (counted by the instance whose change made it so).
+    pub presence_joins: Counter,
+    /// Users who left a topic, by why (`closed`, `timeout`).
+    pub presence_leaves: Family<ReasonLabels, Counter>,
+    /// Instances that stopped beating swept by this one (per partition).
+    pub presence_sweeps: Counter,
+    /// Partitions where Redis did not hold this instance's presence, put right.
+    pub presence_resyncs: Counter,
     seen_event_types: Mutex<HashSet<String>>,
 }
 
@@ -149,6 +159,11 @@ impl Metrics {
             subscription_batches: Counter::default(),
             slots_moved: Counter::default(),
             arrivals_missed: Counter::default(),
+            presence_entries: Gauge::default(),
+            presence_joins: Counter::default(),
+            presence_leaves: Family::default(),
+            presence_sweeps: Counter::default(),
+            presence_resyncs: Counter::default(),
             seen_event_types: Mutex::new(HashSet::new()),
         };
         let r = &mut metrics.registry;
@@ -257,6 +272,33 @@ impl Metrics {
              of arrivals was full: the subscriptions then took every user holding a stream",
             metrics.arrivals_missed.clone(),
         );
+        r.register(
+            "presence_entries",
+            "Users in topics this instance holds in the presence engine",
+            metrics.presence_entries.clone(),
+        );
+        r.register(
+            "presence_joins",
+            "Users who arrived in a topic, counted by the instance whose change made it so",
+            metrics.presence_joins.clone(),
+        );
+        r.register(
+            "presence_leaves",
+            "Users who left a topic, by reason (closed: their last stream closed; timeout: \
+             their instance stopped beating and this one swept it)",
+            metrics.presence_leaves.clone(),
+        );
+        r.register(
+            "presence_sweeps",
+            "Instances that stopped beating whose presence this one swept, per partition",
+            metrics.presence_sweeps.clone(),
+        );
+        r.register(
+            "presence_resyncs",
+            "Partitions where Redis did not hold this instance's presence (a restart, a \
+             failover, a sweep while it stalled), put right",
+            metrics.presence_resyncs.clone(),
+        );
         metrics
     }
 
@@ -296,6 +338,15 @@ impl Metrics {
         self.relay_rejected
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Counts `users` leaving topics for `reason`.
+    pub fn presence_left(&self, reason: &'static str, users: u64) {
+        if users > 0 {
+            self.presence_leaves
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(users);
+        }
     }
 
     pub fn stream_refused(&self, reason: &'static str) {

@@ -4,8 +4,9 @@ use std::{sync::Arc, time::Duration};
 
 use crate::{
     admission::Rules, auth::Tokens, bus::Bus, config::Secret, config::Settings, delivery::Streams,
-    hub::Hub, metrics::Metrics, readiness::Readiness, snapshots::SnapshotRequests, store::Store,
-    throttle::Throttle, tickets::Tickets, topics::TopicAccess,
+    hub::Hub, metrics::Metrics, presence::Presence, readiness::Readiness,
+    snapshots::SnapshotRequests, store::Store, throttle::Throttle, tickets::Tickets,
+    topics::TopicAccess,
 };
 
 /// What one caller may use, from the settings.
@@ -51,6 +52,8 @@ pub struct AppState {
     pub streams: Streams,
     /// Who may subscribe to which topics.
     pub topics: TopicAccess,
+    /// Who is in which topic.
+    pub presence: Arc<Presence>,
     /// How often a user may publish with their own token.
     pub user_publishes: Throttle,
     pub store: Arc<Store>,

@@ -208,6 +208,53 @@ pub struct Resync {
     pub reason: String,
 }
 
+/// `GET /api/topics/{topic}/presence`: who holds a stream of the topic, on any instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Presence {
+    pub topic: String,
+    /// How many distinct users are present: exact, whatever `users` holds.
+    pub count: u64,
+    /// The users present, earliest arrival first, at most the instance's
+    /// `PRESENCE_LIST_MAX`.
+    pub users: Vec<PresentUser>,
+    /// Whether `users` leaves some out.
+    pub truncated: bool,
+}
+
+/// One user present in a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresentUser {
+    pub user_id: String,
+    /// Since when, in milliseconds since the Unix epoch (the Redis clock).
+    pub since: u64,
+}
+
+/// Why a user joined or left a topic (the `reason` of [`PresenceChange`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PresenceReason {
+    /// Their first stream of the topic opened.
+    Opened,
+    /// Presence was rebuilt after Redis lost it (a restart, a failover) and they were
+    /// still there.
+    Rebuilt,
+    /// Their last stream of the topic closed, and no other opened within the grace window.
+    Closed,
+    /// The instance holding their streams stopped answering (a crash): another swept them.
+    Timeout,
+}
+
+/// The `data` of a `stream.joined` or `stream.left` event, published to a topic's
+/// subscribers when a user arrives in it or leaves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceChange {
+    pub user_id: String,
+    pub reason: PresenceReason,
+}
+
 /// `GET /readyz`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -23,6 +23,20 @@ pub const STREAM_EXPIRED: &str = "stream.expired";
 /// (logout, ban, leaked credential). Data: [`crate::StreamEnded`].
 pub const STREAM_DISCONNECTED: &str = "stream.disconnected";
 
+/// Published by the server to a topic (for topics of `PRESENCE_EVENTS`) when a user's
+/// first stream of it opens on any instance. Data: [`crate::PresenceChange`].
+pub const STREAM_JOINED: &str = "stream.joined";
+
+/// Published by the server to a topic (for topics of `PRESENCE_EVENTS`) when a user's
+/// last stream of it closed (or their instance died). Data: [`crate::PresenceChange`].
+pub const STREAM_LEFT: &str = "stream.left";
+
+/// Whether `name` is one of the presence events the server publishes to topics: the only
+/// reserved names an event in a history may carry.
+pub fn is_presence(name: &str) -> bool {
+    name == STREAM_JOINED || name == STREAM_LEFT
+}
+
 /// The domain reserved for the server's own frames.
 pub const RESERVED_DOMAIN: &str = "stream";
 
@@ -57,6 +71,8 @@ mod tests {
             STREAM_RESYNC,
             STREAM_EXPIRED,
             STREAM_DISCONNECTED,
+            STREAM_JOINED,
+            STREAM_LEFT,
         ] {
             assert!(is_well_formed(name), "{name}");
         }
@@ -81,5 +97,10 @@ mod tests {
         }
         assert!(!is_publishable(&format!("a.{}", "b".repeat(MAX_LEN))));
         assert!(!is_publishable(STREAM_OPENED));
+        assert!(
+            !is_publishable(STREAM_JOINED),
+            "only the server announces presence"
+        );
+        assert!(is_presence(STREAM_LEFT) && !is_presence(STREAM_OPENED));
     }
 }

@@ -17,9 +17,10 @@ mod user_id;
 
 pub use api::{
     Account, CreateAccountRequest, DisconnectRequest, ErrorBody, ErrorDetail, Health,
-    MAX_ACCOUNT_NAME_CHARS, MAX_REASON_CHARS, PublishRequest, ReadinessReport, Resync, ResyncScope,
-    Snapshot, SnapshotsGenerated, StreamEnded, StreamOpened, StreamTicket, StreamTicketRequest,
-    TokenRequest, TokenResponse, ValidationError,
+    MAX_ACCOUNT_NAME_CHARS, MAX_REASON_CHARS, Presence, PresenceChange, PresenceReason,
+    PresentUser, PublishRequest, ReadinessReport, Resync, ResyncScope, Snapshot,
+    SnapshotsGenerated, StreamEnded, StreamOpened, StreamTicket, StreamTicketRequest, TokenRequest,
+    TokenResponse, ValidationError,
 };
 pub use control::{CONTROL_CHANNEL, Control};
 pub use cursor::{

@@ -186,6 +186,34 @@ pub fn channel(feed: &Feed) -> String {
     format!("ev:{{{}}}:ch:{}", tag(feed), feed.key_name())
 }
 
+/// Who is present in a topic: a sorted set of user ids (scored by when they arrived, in
+/// ms) and a hash of how many instances hold each; in the topic's partition, so that its
+/// presence changes and their events are one atomic step with its history.
+pub fn presence(topic: &str) -> [String; 2] {
+    let feed = Feed::Topic(topic.to_string());
+    let (tag, name) = (tag(&feed), feed.key_name());
+    [
+        format!("ev:{{{tag}}}:here:{name}"),
+        format!("ev:{{{tag}}}:holders:{name}"),
+    ]
+}
+
+/// The users in topics of one partition that `instance` holds (members `<topic> <user>`).
+pub fn presence_held(partition: u16, instance: &str) -> String {
+    format!(
+        "ev:{{{}}}:held:{instance}",
+        TAGS[usize::from(partition % PARTITIONS)]
+    )
+}
+
+/// The instances holding presence in one partition, each with its last heartbeat (ms).
+pub fn presence_instances(partition: u16) -> String {
+    format!(
+        "ev:{{{}}}:instances",
+        TAGS[usize::from(partition % PARTITIONS)]
+    )
+}
+
 /// Whether `channel` is a topic's shard channel (for the relay's counts).
 pub fn is_topic_channel(channel: &str) -> bool {
     channel.contains("}:ch:#")
@@ -262,6 +290,20 @@ mod tests {
                 "one channel per feed"
             );
         }
+    }
+
+    #[test]
+    fn a_topics_presence_lives_with_its_history() {
+        let topic = Feed::Topic("chat:room-7".into());
+        let slot = redis_keyslot(channel(&topic).as_bytes());
+        let partition = partition(&topic);
+        for key in presence("chat:room-7").into_iter().chain([
+            presence_held(partition, "b-1~x"),
+            presence_instances(partition),
+        ]) {
+            assert_eq!(redis_keyslot(key.as_bytes()), slot, "{key}");
+        }
+        assert_ne!(presence("a"), presence("b"));
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::{
 use events::{Envelope, Position};
 use lru::LruCache;
 
-use super::{Feed, Guard, HistoryRead, IDEMPOTENCY_TTL, Publication, Retention};
+use super::{
+    Feed, Guard, HistoryRead, IDEMPOTENCY_TTL, Publication, Retention,
+    presence::{Applied, LocalPresence, PresenceOp, PresentList},
+};
 use crate::clock::now_millis;
 use crate::hub::Hub;
 
@@ -24,6 +27,7 @@ pub struct LocalBus {
     retention: Retention,
     max_bytes: usize,
     state: Mutex<State>,
+    presence: LocalPresence,
 }
 
 #[derive(Debug)]
@@ -80,6 +84,7 @@ impl LocalBus {
                 peak: 0,
                 last_epoch: 0,
             }),
+            presence: LocalPresence::default(),
         }
     }
 
@@ -89,6 +94,19 @@ impl LocalBus {
 
     pub(super) fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Applies presence changes; their announcements are published like any event.
+    pub(super) fn presence_apply(&self, ops: Vec<PresenceOp>) -> Applied {
+        let (applied, announcements) = self.presence.apply(ops);
+        for envelope in announcements {
+            self.publish(envelope, Guard::default());
+        }
+        applied
+    }
+
+    pub(super) fn presence_of(&self, topic: &str, max: usize) -> PresentList {
+        self.presence.of(topic, max)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -8,6 +8,7 @@
 mod keys;
 mod local;
 mod migrate;
+mod presence;
 mod redis;
 mod subscriptions;
 
@@ -22,6 +23,7 @@ use crate::{clock::now_millis, metrics::Metrics};
 pub use self::{
     local::LocalBus,
     migrate::{Migrated, migrate_partitions},
+    presence::{Applied, PresenceOp, PresentList},
     redis::{Listening, RedisBus, start_relay},
 };
 
@@ -232,6 +234,100 @@ impl Bus {
         match &self.engine {
             Engine::Local(bus) => Ok(bus.read(&Feed::Broadcast, u64::MAX, 0).head),
             Engine::Redis(bus) => bus.broadcast_head().await,
+        }
+    }
+
+    /// How many partitions presence is kept in (1 in-process; see `keys` for Redis).
+    pub fn presence_partitions(&self) -> u16 {
+        match &self.engine {
+            Engine::Local(_) => 1,
+            Engine::Redis(_) => keys::PARTITIONS,
+        }
+    }
+
+    /// The partition of `topic`'s presence.
+    pub fn presence_partition(&self, topic: &str) -> u16 {
+        match &self.engine {
+            Engine::Local(_) => 0,
+            Engine::Redis(_) => keys::partition(&Feed::Topic(topic.to_string())),
+        }
+    }
+
+    /// Whether other instances share presence (and so heartbeats and sweeps matter).
+    pub fn shares_presence(&self) -> bool {
+        matches!(self.engine, Engine::Redis(_))
+    }
+
+    /// Tells the engine that `instance` starts or stops holding users in topics (`ops`,
+    /// all of one partition), and publishes the arrivals and departures this makes,
+    /// stamped like any event, in the same atomic step. When `sweeping` (the instance is
+    /// dead), only if its last heartbeat is more than that many ms old: `None` if not.
+    pub async fn presence_apply(
+        &self,
+        instance: &str,
+        partition: u16,
+        mut ops: Vec<PresenceOp>,
+        sweeping: Option<u64>,
+    ) -> Result<Option<Applied>, BusError> {
+        for announce in ops.iter_mut().filter_map(|op| op.announce.as_mut()) {
+            announce.id = None;
+            announce.epoch = None;
+            announce.server_id = Some(self.server_id.clone());
+            announce.published_at = Some(now_millis());
+        }
+        match &self.engine {
+            Engine::Local(bus) => Ok(Some(bus.presence_apply(ops))),
+            Engine::Redis(bus) => {
+                bus.presence_apply(instance, partition, &ops, sweeping)
+                    .await
+            }
+        }
+    }
+
+    /// `instance`'s heartbeat in `partition`, where it holds `held` users in topics:
+    /// whether the engine holds something else (see [`Bus::presence_held`]).
+    pub async fn presence_beat(
+        &self,
+        instance: &str,
+        partition: u16,
+        held: usize,
+    ) -> Result<bool, BusError> {
+        match &self.engine {
+            Engine::Local(_) => Ok(false),
+            Engine::Redis(bus) => bus.presence_beat(instance, partition, held).await,
+        }
+    }
+
+    /// The users in topics (`(topic, user)`) the engine says `instance` holds in
+    /// `partition`.
+    pub async fn presence_held(
+        &self,
+        instance: &str,
+        partition: u16,
+    ) -> Result<Vec<(String, String)>, BusError> {
+        match &self.engine {
+            Engine::Local(_) => Ok(Vec::new()),
+            Engine::Redis(bus) => bus.presence_held(instance, partition).await,
+        }
+    }
+
+    /// The instances holding presence in `partition` that have not beat for `stale_ms`.
+    pub async fn presence_dead(
+        &self,
+        partition: u16,
+        stale_ms: u64,
+    ) -> Result<Vec<String>, BusError> {
+        match &self.engine {
+            Engine::Local(_) => Ok(Vec::new()),
+            Engine::Redis(bus) => bus.presence_dead(partition, stale_ms).await,
+        }
+    }
+
+    /// Who is in `topic`: how many, and the `max` who arrived first, in one read.
+    pub async fn presence_of(&self, topic: &str, max: usize) -> Result<PresentList, BusError> {
+        match &self.engine {
+            Engine::Local(bus) => Ok(bus.presence_of(topic, max)),
+            Engine::Redis(bus) => bus.presence_of(topic, max).await,
         }
     }
 

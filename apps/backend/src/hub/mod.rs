@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::frame::{Frame, Published};
 pub use crate::sequence::StreamTopics;
-use crate::{feed::Feed, metrics::Metrics};
+use crate::{feed::Feed, metrics::Metrics, presence::Tracker};
 pub use outlet::{CarrierEnd, KEEP_ALIVE, Notice, Socket};
 use outlet::{Notices, Offering, Outlet, offer_each};
 use shard::{Dispatcher, Lifeline, Shard};
@@ -95,6 +95,8 @@ struct Shared {
     /// Told each user and topic that gets its first stream here (see
     /// [`Hub::watch_arrivals`]).
     arrivals: OnceLock<mpsc::Sender<Feed>>,
+    /// Told of every stream with topics as it opens and closes (see `presence`).
+    presence: OnceLock<Arc<Tracker>>,
     /// An arrival did not fit in the queue: the subscriptions must resynchronise.
     arrivals_missed: AtomicBool,
     /// The hub's own shard first (for streams without a worker's), then one per worker.
@@ -168,6 +170,7 @@ impl Hub {
                 alive: AtomicUsize::new(0),
                 closing: AtomicBool::new(false),
                 arrivals: OnceLock::new(),
+                presence: OnceLock::new(),
                 arrivals_missed: AtomicBool::new(false),
                 shards: RwLock::new(vec![Arc::new(Shard::new(None))]),
                 stopped: CancellationToken::new(),
@@ -284,6 +287,7 @@ impl Hub {
         };
         let outlet = Arc::new(Outlet::new(user_id, topics.clone(), socket));
         let mut arrived = Vec::new();
+        let mut registered = false;
         {
             let mut streams = self.streams();
             let alive = self.shared.alive.load(Ordering::Acquire);
@@ -303,6 +307,7 @@ impl Hub {
                     outlet: outlet.clone(),
                     shard,
                 };
+                registered = true;
                 let entries = streams.users.entry(user_id.to_string()).or_default();
                 if entries.is_empty() {
                     arrived.push(Feed::User(user_id.to_string()));
@@ -331,6 +336,13 @@ impl Hub {
                 }
             }
         }
+        let tracked = registered
+            && !topics.is_empty()
+            && self
+                .shared
+                .presence
+                .get()
+                .is_some_and(|presence| presence.opened(user_id, topics));
         self.shared.metrics.streams_opened.inc();
         self.shared.metrics.streams_open.inc();
         tracing::debug!(user_id, stream = id, "stream opened");
@@ -343,8 +355,15 @@ impl Hub {
                 shard,
                 outlet,
                 id,
+                tracked,
             },
         })
+    }
+
+    /// From now on, tells `presence` of every stream with topics as it opens and closes.
+    /// Only the first call takes effect.
+    pub fn track_presence(&self, presence: Arc<Tracker>) {
+        let _ = self.shared.presence.set(presence);
     }
 
     /// From now on, each user who opens a stream here while holding none (the first of
@@ -667,11 +686,18 @@ struct Registration {
     shard: Arc<Shard>,
     outlet: Arc<Outlet>,
     id: u64,
+    /// Whether presence was told it opened (and so must be told it closed).
+    tracked: bool,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.remove(&self.outlet, self.id);
+        if self.tracked
+            && let Some(presence) = self.hub.shared.presence.get()
+        {
+            presence.closed(&self.outlet.user_id, &self.outlet.topics);
+        }
         self.shard.leave(self.id);
         self.hub.shared.alive.fetch_sub(1, Ordering::AcqRel);
         let metrics = &self.hub.shared.metrics;

@@ -87,3 +87,24 @@ impl FromRequest for Service {
         }))
     }
 }
+
+/// Any authenticated caller: a service or a user (401 without a valid credential).
+#[derive(Debug, Clone)]
+pub struct Caller(pub auth::Caller);
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(state(req).and_then(|state| {
+            auth::identify(
+                &state.tokens,
+                state.publish_key.as_ref(),
+                authorization(req),
+            )
+            .map(Caller)
+            .map_err(ApiError::from)
+        }))
+    }
+}

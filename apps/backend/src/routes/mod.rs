@@ -3,6 +3,7 @@
 mod accounts;
 pub mod extract;
 mod health;
+mod presence;
 mod publish;
 mod snapshots;
 mod stream;
@@ -30,6 +31,10 @@ pub fn api(cfg: &mut web::ServiceConfig) {
         .route("/events", web::get().to(stream::open))
         .route("/stream-tickets", web::post().to(tickets::issue))
         .route("/publish", web::post().to(publish::publish))
+        .route(
+            "/topics/{topic}/presence",
+            web::get().to(presence::presence),
+        )
         .route(
             "/users/{user_id}/disconnect",
             web::post().to(users::disconnect),

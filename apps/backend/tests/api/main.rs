@@ -8,6 +8,7 @@ mod delivery;
 mod helpers;
 mod http_rules;
 mod no_loss;
+mod presence;
 mod publish;
 mod security;
 mod single_node;

@@ -2,6 +2,7 @@
 //! on a single node or a Cluster. `history` reads, `relay` receives; publishing is here.
 
 pub(in crate::bus) mod history;
+mod presence;
 mod relay;
 
 use std::time::Duration;
@@ -53,7 +54,9 @@ pub use relay::{Listening, start_relay};
 /// The history of an earlier epoch is dropped with it.
 ///
 /// The id and epoch are spliced in after the opening brace rather than re-encoding with
-/// cjson, which would turn an empty array in `data` into an object.
+/// cjson, which would turn an empty array in `data` into an object. (The appending itself
+/// is [`APPEND_LUA`], shared with the presence script, which announces arrivals and
+/// departures as events of their topic in the same atomic step.)
 const PUBLISH_SCRIPT: &str = r#"
 if KEYS[3] then
   local seen = redis.call('GET', KEYS[3])
@@ -73,44 +76,64 @@ if ARGV[7] ~= '' then
     return {0}
   end
 end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local replication = redis.call('INFO', 'replication')
-local run = string.match(replication, 'master_replid:(%w+)')
-local took_over = not string.match(replication, 'master_replid2:0+%s')
-local wrote = redis.call('HGET', KEYS[1], 'run')
-if ARGV[9] == '1' and wrote and wrote ~= run and took_over then
-  redis.call('HDEL', KEYS[1], 'epoch', 'seq')
-end
-redis.call('HSET', KEYS[1], 'run', run)
-if redis.call('HSETNX', KEYS[1], 'epoch', now) == 1 then
-  redis.call('DEL', KEYS[2])
-end
-if ARGV[7] ~= '' then
-  redis.call('HSET', KEYS[1], ARGV[7], ARGV[8])
-end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local message = '{"id":' .. seq .. ',"epoch":' .. epoch .. ',' .. string.sub(ARGV[1], 2)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 'e', message, 't', now)
-local cutoff = now - tonumber(ARGV[4])
-local keep_from = nil
-for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 64)) do
-  if tonumber(entry[2][4]) >= cutoff then break end
-  keep_from = tonumber(string.match(entry[1], '^(%d+)')) + 1
-end
-if keep_from then
-  redis.call('XTRIM', KEYS[2], 'MINID', keep_from .. '-0')
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-if ARGV[9] == '1' then
-  redis.call('SPUBLISH', ARGV[2], message)
-end
+local seq, epoch = append(moment(), KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+  ARGV[5], ARGV[9], ARGV[7], ARGV[8])
 if KEYS[3] then
   redis.call('SET', KEYS[3], seq .. ' ' .. epoch, 'PX', ARGV[6])
 end
 return {seq, tonumber(epoch)}
+"#;
+
+/// The Lua functions that number an event, append it to its feed's history and publish
+/// it (see [`PUBLISH_SCRIPT`] for the rules), put before every script that publishes.
+///
+/// `moment()` reads the time and the replication ids once per script. `append(at, meta,
+/// log, json, channel, max_len, max_age_ms, meta_ttl_ms, publish, version_field,
+/// version)` returns the event's sequence number, its epoch and the message as published.
+pub(super) const APPEND_LUA: &str = r#"
+local function moment()
+  local time = redis.call('TIME')
+  local replication = redis.call('INFO', 'replication')
+  return {
+    now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000),
+    run = string.match(replication, 'master_replid:(%w+)'),
+    took_over = not string.match(replication, 'master_replid2:0+%s'),
+  }
+end
+
+local function append(at, meta, log, json, channel, max_len, max_age, meta_ttl, publish,
+                      version_field, version)
+  local wrote = redis.call('HGET', meta, 'run')
+  if publish == '1' and wrote and wrote ~= at.run and at.took_over then
+    redis.call('HDEL', meta, 'epoch', 'seq')
+  end
+  redis.call('HSET', meta, 'run', at.run)
+  if redis.call('HSETNX', meta, 'epoch', at.now) == 1 then
+    redis.call('DEL', log)
+  end
+  if version_field ~= '' then
+    redis.call('HSET', meta, version_field, version)
+  end
+  local epoch = redis.call('HGET', meta, 'epoch')
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  local message = '{"id":' .. seq .. ',"epoch":' .. epoch .. ',' .. string.sub(json, 2)
+  redis.call('XADD', log, 'MAXLEN', max_len, seq .. '-0', 'e', message, 't', at.now)
+  local cutoff = at.now - tonumber(max_age)
+  local keep_from = nil
+  for _, entry in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', 64)) do
+    if tonumber(entry[2][4]) >= cutoff then break end
+    keep_from = tonumber(string.match(entry[1], '^(%d+)')) + 1
+  end
+  if keep_from then
+    redis.call('XTRIM', log, 'MINID', keep_from .. '-0')
+  end
+  redis.call('PEXPIRE', log, max_age)
+  redis.call('PEXPIRE', meta, meta_ttl)
+  if publish == '1' then
+    redis.call('SPUBLISH', channel, message)
+  end
+  return seq, epoch, message
+end
 "#;
 
 /// A feed's meta hash lives at least this long after its last event, so that an idle
@@ -132,6 +155,8 @@ pub struct RedisBus {
     replicas: u64,
     retention: Retention,
     publish_script: Script,
+    // Boxed: the engine enum stays small.
+    scripts: Box<presence::Scripts>,
     history: History,
     broadcast_heads: SharedReads,
 }
@@ -156,7 +181,8 @@ impl RedisBus {
             publisher: redis.publisher.clone(),
             replicas,
             retention,
-            publish_script: Script::from_lua(PUBLISH_SCRIPT),
+            publish_script: Script::from_lua(format!("{APPEND_LUA}{PUBLISH_SCRIPT}")),
+            scripts: Box::default(),
             history,
             broadcast_heads,
         }
@@ -253,6 +279,18 @@ impl RedisBus {
         epoch: u64,
         json: &str,
     ) -> Result<(), BusError> {
+        self.replicated(slot).await?;
+        let message = format!(r#"{{"id":{seq},"epoch":{epoch},{}"#, &json[1..]);
+        let _: i64 = self
+            .publisher
+            .spublish(keys::channel(feed), message)
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until `replicas` replicas hold the writes made so far on the publishing
+    /// connection to the master of `slot`.
+    async fn replicated(&self, slot: u16) -> Result<(), BusError> {
         // On the master that ran the script: the slot's.
         let on_master = self.publisher.with_options(&Options {
             cluster_hash: Some(ClusterHash::Custom(slot)),
@@ -269,11 +307,6 @@ impl RedisBus {
                 wanted: self.replicas,
             });
         }
-        let message = format!(r#"{{"id":{seq},"epoch":{epoch},{}"#, &json[1..]);
-        let _: i64 = self
-            .publisher
-            .spublish(keys::channel(feed), message)
-            .await?;
         Ok(())
     }
 
