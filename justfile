@@ -274,3 +274,45 @@ bench-compare streams="10000 19000" runs="3" pin="no" scenarios="broadcast user1
         done
     done
     python3 apps/bench/compare.py target/bench/cmp-*-pin{{pin}}-*.json
+
+# Presence at scale: 10,000 users each opening a stream of one topic as fast as they can
+# connect, with presence kept (the default) and without (PRESENCE_TOPICS empty), RUNS
+# times each, one instance and one Redis. While all are connected: Redis's memory, and
+# (with presence) the answer for 10,000 present users: its time and the Redis calls it
+# took. Lines in target/bench/presence.txt; the load generator's JSON beside them.
+bench-presence runs="3":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    args="--streams 10000 --users 10000 --mode topic --topics 1 --rate 0 --duration 8 --streams-per-worker 5000"
+    api=http://127.0.0.1:3102
+    memory() { redis-cli -p 6390 info memory | awk -F: '/^used_memory:/ { print $2 + 0 }'; }
+    scripts() { redis-cli -p 6390 info commandstats | awk -F'[=,]' '/^cmdstat_evalsha:/ { print $2 }'; }
+    present() { curl -fs -H 'Authorization: Bearer bench-key' $api/api/topics/bench-t0/presence; }
+    count() { present 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["count"])' 2>/dev/null || echo 0; }
+    open() { curl -fs $api/metrics 2>/dev/null | awk '/^sse_streams_open / { print $2 }'; }
+    mkdir -p target/bench && : > target/bench/presence.txt
+    for run in $(seq 1 {{runs}}); do
+        for presence in on off; do
+            topics='*'; if [ $presence = off ]; then topics=''; fi
+            PRESENCE_TOPICS="$topics" just bench-scenario presence-$presence-$run "$args" 1 \
+                > target/bench/presence-$presence-$run.out 2>&1 &
+            job=$!
+            running() { kill -0 $job 2>/dev/null || { cat target/bench/presence-$presence-$run.out; exit 1; }; }
+            until [ "$(open)" = 10000 ]; do running; sleep 0.2; done
+            if [ $presence = on ]; then until [ "$(count)" = 10000 ]; do running; sleep 0.2; done; fi
+            sleep 1
+            line="presence $presence, run $run: Redis used_memory $(memory) bytes"
+            if [ $presence = on ]; then
+                calls=() times=()
+                for i in 1 2 3 4 5; do
+                    before=$(scripts)
+                    times+=($(curl -fs -o /dev/null -w '%{time_total}' -H 'Authorization: Bearer bench-key' $api/api/topics/bench-t0/presence))
+                    calls+=($(( $(scripts) - before )))
+                done
+                line="$line; presence answer ($(count) users): ${times[*]} s; Redis script calls per answer: ${calls[*]}"
+            fi
+            wait $job
+            opened=$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print("streams connected per s: %.0f, backend KiB per stream: %.2f" % (r["connects_per_sec"], r["server"]["kib_per_stream"]))' target/bench/presence-$presence-$run.json)
+            echo "$line; $opened" | tee -a target/bench/presence.txt
+        done
+    done

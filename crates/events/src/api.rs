@@ -220,6 +220,18 @@ pub struct Presence {
     pub users: Vec<PresentUser>,
     /// Whether `users` leaves some out.
     pub truncated: bool,
+    /// The topic's last event when this was read: the arrivals and departures announced
+    /// up to it are counted here, so a client applies only the `stream.joined` and
+    /// `stream.left` after it.
+    pub head: TopicHead,
+}
+
+/// A position in a topic's sequence: `id` in `epoch`, as its events' envelopes carry them
+/// (both 0 before the topic's first event).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicHead {
+    pub epoch: u64,
+    pub id: u64,
 }
 
 /// One user present in a topic.

@@ -20,7 +20,7 @@ pub use api::{
     MAX_ACCOUNT_NAME_CHARS, MAX_REASON_CHARS, Presence, PresenceChange, PresenceReason,
     PresentUser, PublishRequest, ReadinessReport, Resync, ResyncScope, Snapshot,
     SnapshotsGenerated, StreamEnded, StreamOpened, StreamTicket, StreamTicketRequest, TokenRequest,
-    TokenResponse, ValidationError,
+    TokenResponse, TopicHead, ValidationError,
 };
 pub use control::{CONTROL_CHANNEL, Control};
 pub use cursor::{

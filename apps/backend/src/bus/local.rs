@@ -105,8 +105,14 @@ impl LocalBus {
         applied
     }
 
+    /// Who is in `topic`, with the topic's head read first: announcements are published
+    /// after the change they announce, so every one up to the head is counted.
     pub(super) fn presence_of(&self, topic: &str, max: usize) -> PresentList {
-        self.presence.of(topic, max)
+        let head = self.read(&Feed::Topic(topic.to_string()), u64::MAX, 0).head;
+        PresentList {
+            head,
+            ..self.presence.of(topic, max)
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

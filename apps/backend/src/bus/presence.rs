@@ -11,7 +11,7 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use events::Envelope;
+use events::{Envelope, Position};
 
 use crate::clock::now_millis;
 
@@ -44,6 +44,9 @@ pub struct PresentList {
     /// At most the number asked for, earliest arrival first: each user id and since when
     /// (ms since the Unix epoch).
     pub users: Vec<(String, u64)>,
+    /// The topic's head when this was read (or earlier): every arrival and departure
+    /// announced up to it is counted.
+    pub head: Position,
 }
 
 /// Presence on a single node: this process is the only instance, so a user is present
@@ -103,6 +106,7 @@ impl LocalPresence {
         PresentList {
             count: users.len() as u64,
             users: listed,
+            head: Position::default(),
         }
     }
 }

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use events::{PresentUser, patterns_allow};
+use events::{PresentUser, TopicHead, patterns_allow};
 use tokio::sync::Notify;
 
 use crate::{bus::Bus, metrics::Metrics, sequence::StreamTopics};
@@ -158,6 +158,10 @@ impl Presence {
             topic: topic.to_string(),
             count: list.count,
             truncated: (list.users.len() as u64) < list.count,
+            head: TopicHead {
+                epoch: list.head.epoch,
+                id: list.head.seq,
+            },
             users: list
                 .users
                 .into_iter()

@@ -25,6 +25,10 @@ const BATCH: usize = 200;
 /// How long the worker waits after the engine failed before it tries again.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// How long the worker gathers changes after the first wakes it: a burst of streams
+/// opening (a deploy, a reconnect storm) is told in a few calls rather than one each.
+const GATHER: Duration = Duration::from_millis(10);
+
 /// Partitions asked about at once by a sweep.
 const SWEEP_CONCURRENCY: usize = 16;
 
@@ -54,7 +58,7 @@ impl Presence {
             let due = self.tracker.book().next_due();
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.tracker.wake.notified() => {}
+                () = self.tracker.wake.notified() => tokio::time::sleep(GATHER).await,
                 () = until(due) => {}
                 _ = beat.tick(), if shared => self.beat(&mut rebuilt).await,
                 _ = sweep.tick(), if shared => self.sweep().await,

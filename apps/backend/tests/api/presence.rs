@@ -69,6 +69,19 @@ fn change(kind: &str, user: &str, reason: &str) -> (String, String, String) {
     (kind.into(), user.into(), reason.into())
 }
 
+/// Waits until `user` is present in `topic` (arrivals are told in batches: one that
+/// should come first must be waited for).
+async fn arrived(api: &Api, topic: &str, user: &str) {
+    eventually("the user present", PATIENCE, || async {
+        present(api, topic)
+            .await
+            .iter()
+            .any(|u| u == user)
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn each_user_counts_once_and_only_those_allowed_may_ask() {
     let mut settings = with_presence(settings(None), 200);
@@ -92,6 +105,13 @@ async fn each_user_counts_once_and_only_those_allowed_may_ask() {
         (status == 200 && body["count"] == json!(3)).then_some(body)
     })
     .await;
+    // The three arrivals are the topic's first events, and the answer counts them all.
+    let head = eventually("the arrivals announced", PATIENCE, || async {
+        let (_, body) = presence_of(&app, "room:1", &bob).await;
+        (body["head"]["id"] == json!(3)).then_some(body["head"].clone())
+    })
+    .await;
+    assert!(head["epoch"].as_u64() > Some(0), "{head}");
     assert_eq!(body["topic"], json!("room:1"));
     assert_eq!(body["truncated"], json!(true), "PRESENCE_LIST_MAX is 2");
     let listed = body["users"].as_array().expect("users");
@@ -135,6 +155,7 @@ async fn a_single_node_announces_arrivals_and_departures_and_a_reload_says_nothi
     let watcher = app.token_with("watcher", &["room:*"], &[]).await;
     let alice = app.token_with("alice", &["room:*"], &[]).await;
     let (mut watching, _) = app.open_topics(&watcher, &["room:1"], None).await;
+    arrived(&app, "room:1", "watcher").await;
     let (tab, _) = app.open_topics(&alice, &["room:1"], None).await;
     assert_eq!(
         next_presence(&mut watching).await,
@@ -170,6 +191,7 @@ async fn tabs_on_two_instances_join_once_and_leave_once() {
     let watcher = a.token_with("watcher", &["room:*"], &[]).await;
     let alice = a.token_with("alice", &["room:*"], &[]).await;
     let (mut watching, _) = a.open_topics(&watcher, &["room:7"], None).await;
+    arrived(&a, "room:7", "watcher").await;
     // One tab on each instance, a second on b: one arrival.
     let (on_a, _) = a.open_topics(&alice, &["room:7"], None).await;
     let (on_b, _) = b.open_topics(&alice, &["room:7"], None).await;
@@ -214,6 +236,7 @@ async fn the_users_of_a_killed_instance_leave_within_the_ttl() {
     let on_doomed = Api::new(doomed.address.clone());
     let watcher = survivor.token_with("watcher", &["room:*"], &[]).await;
     let (mut watching, _) = survivor.open_topics(&watcher, &["room:1"], None).await;
+    arrived(&survivor, "room:1", "watcher").await;
     let alice = on_doomed.token_with("alice", &["room:*"], &[]).await;
     let bob = on_doomed.token_with("bob", &["room:*"], &[]).await;
     let _alice = on_doomed.open_topics(&alice, &["room:1"], None).await;

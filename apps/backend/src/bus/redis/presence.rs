@@ -4,6 +4,7 @@
 //! what each instance holds there (a set of `<topic> <user>`), and each instance's last
 //! heartbeat (a hash), by which any instance finds one that died and sweeps what it held.
 
+use events::Position;
 use fred::{
     interfaces::SetsInterface,
     types::{Value, scripts::Script},
@@ -33,10 +34,13 @@ use crate::bus::{
 /// whichever instances race, each arrival and departure happens, and is announced, once.
 const APPLY_SCRIPT: &str = r#"
 local instance = ARGV[1]
-local at = moment()
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+-- Read only for an announcement (it costs an INFO).
+local at = nil
 if ARGV[2] ~= '' then
   local beat = redis.call('HGET', KEYS[1], instance)
-  if beat and tonumber(beat) >= at.now - tonumber(ARGV[2]) then
+  if beat and tonumber(beat) >= now - tonumber(ARGV[2]) then
     return {-1}
   end
 end
@@ -49,7 +53,7 @@ for i = 0, (#ARGV - 6) / 5 - 1 do
   if ARGV[a + 1] == '+' then
     if redis.call('SADD', KEYS[2], member) == 1
         and redis.call('HINCRBY', KEYS[k + 2], user, 1) == 1 then
-      redis.call('ZADD', KEYS[k + 1], at.now, user)
+      redis.call('ZADD', KEYS[k + 1], now, user)
       reply[1] = reply[1] + 1
       changed = true
     end
@@ -62,6 +66,7 @@ for i = 0, (#ARGV - 6) / 5 - 1 do
     end
   end
   if changed and json ~= '' then
+    at = at or moment()
     local _, _, message = append(at, KEYS[k + 3], KEYS[k + 4], json, channel, ARGV[3], ARGV[4],
       ARGV[5], ARGV[6], '', '')
     if ARGV[6] == '0' then
@@ -73,7 +78,7 @@ end
 if redis.call('SCARD', KEYS[2]) == 0 then
   redis.call('HDEL', KEYS[1], instance)
 elseif ARGV[2] == '' then
-  redis.call('HSET', KEYS[1], instance, at.now)
+  redis.call('HSET', KEYS[1], instance, now)
 end
 return reply
 "#;
@@ -109,10 +114,12 @@ end
 return dead
 "#;
 
-/// Who is in a topic (KEYS[1]): `{count, user, since, ...}` with at most ARGV[1] users,
-/// earliest first. One round trip, whatever the count.
+/// Who is in a topic (KEYS[1]; KEYS[2] its meta hash): `{count, epoch, seq, user, since,
+/// ...}` with at most ARGV[1] users, earliest first, and the topic's head at that moment.
+/// One round trip, whatever the count.
 const READ_SCRIPT: &str = r#"
-local reply = {redis.call('ZCARD', KEYS[1])}
+local head = redis.call('HMGET', KEYS[2], 'epoch', 'seq')
+local reply = {redis.call('ZCARD', KEYS[1]), tonumber(head[1]) or 0, tonumber(head[2]) or 0}
 if tonumber(ARGV[1]) > 0 then
   local listed = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
   for _, value in ipairs(listed) do
@@ -302,13 +309,18 @@ impl RedisBus {
         max: usize,
     ) -> Result<PresentList, BusError> {
         let [here, _] = keys::presence(topic);
+        let [meta, _] = keys::history(&Feed::Topic(topic.to_string()));
         let reply: Vec<Value> = self
             .scripts
             .read
-            .evalsha_with_reload(&self.client, vec![here], vec![max.to_string()])
+            .evalsha_with_reload(&self.client, vec![here, meta], vec![max.to_string()])
             .await?;
         let count = number(&reply, 0)?.unsigned_abs();
-        let users = reply[1..]
+        let head = Position::new(
+            number(&reply, 1)?.unsigned_abs(),
+            number(&reply, 2)?.unsigned_abs(),
+        );
+        let users = reply[3..]
             .chunks_exact(2)
             .filter_map(|pair| {
                 let user = pair[0].as_string()?;
@@ -318,6 +330,6 @@ impl RedisBus {
                 Some((user, since.max(0.0) as u64))
             })
             .collect();
-        Ok(PresentList { count, users })
+        Ok(PresentList { count, users, head })
     }
 }
