@@ -35,6 +35,7 @@ use crate::{
     delivery::Streams,
     direct,
     error::ApiError,
+    files,
     hub::{Capacity, Hub, ShardId},
     metrics::Metrics,
     presence::{self, Presence},
@@ -135,10 +136,14 @@ impl Application {
         let tokens = Tokens::from_settings(&settings)?;
 
         let metrics = Arc::new(Metrics::new());
+        let max_streams = files::fit_streams(settings.max_streams, settings.file_limit_strict)?;
+        metrics
+            .streams_max
+            .set(i64::try_from(max_streams).unwrap_or(i64::MAX));
         let capacity = Capacity {
             queue_size: usize::try_from(settings.stream_queue_size)?,
             per_user: usize::try_from(settings.max_streams_per_user)?,
-            total: usize::try_from(settings.max_streams)?,
+            total: usize::try_from(max_streams)?,
         };
         let hub = Hub::new(capacity, metrics.clone());
         let readiness = Arc::new(Readiness::new(settings.redis_url.is_some()));
@@ -473,11 +478,14 @@ fn http_server(
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
         .listen("backend", listener, per_worker)?;
     if let Some(listener) = metrics_listener {
-        // The internal listener (`METRICS_ADDR`): `/metrics` and nothing else.
+        // The internal listener (`METRICS_ADDR`): `/metrics`, and the probes an
+        // orchestrator sends (`/healthz`, `/readyz`), nothing of the API.
         server = server.listen("metrics", listener, move || {
             let app = App::new()
                 .app_data(metrics_state.clone())
                 .route("/metrics", web::get().to(routes::metrics))
+                .route("/healthz", web::get().to(routes::healthz))
+                .route("/readyz", web::get().to(routes::readyz))
                 .default_service(web::to(not_found));
             HttpService::build()
                 .client_request_timeout(head_timeout)

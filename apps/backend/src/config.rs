@@ -146,6 +146,11 @@ pub struct Settings {
     #[arg(long, env = "MAX_STREAMS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_streams: u64,
 
+    /// Refuse to start when the open-file limit (raised at start to its hard limit) is
+    /// below MAX_STREAMS plus headroom; by default the instance holds fewer streams.
+    #[arg(long, env = "FILE_LIMIT_STRICT", default_value_t = false, action = ArgAction::Set)]
+    pub file_limit_strict: bool,
+
     /// Accounts one user may create; more get 409.
     #[arg(long, env = "MAX_ACCOUNTS_PER_USER", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_accounts_per_user: u64,

@@ -14,6 +14,7 @@ mod delivery;
 mod direct;
 mod error;
 pub mod feed;
+mod files;
 mod frame;
 pub mod hub;
 pub mod metrics;

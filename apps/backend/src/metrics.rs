@@ -83,6 +83,9 @@ pub struct HttpLabels {
 pub struct Metrics {
     registry: Registry,
     pub streams_open: Gauge,
+    /// Streams this instance may hold: `MAX_STREAMS`, or fewer if the open-file limit
+    /// does not allow it.
+    pub streams_max: Gauge,
     pub streams_opened: Counter,
     pub streams_closed: Counter,
     pub slow_consumer_disconnects: Counter,
@@ -138,6 +141,7 @@ impl Metrics {
         let mut metrics = Self {
             registry: Registry::default(),
             streams_open: Gauge::default(),
+            streams_max: Gauge::default(),
             streams_opened: Counter::default(),
             streams_closed: Counter::default(),
             slow_consumer_disconnects: Counter::default(),
@@ -171,6 +175,12 @@ impl Metrics {
             "sse_streams_open",
             "Event streams open now",
             metrics.streams_open.clone(),
+        );
+        r.register(
+            "sse_streams_max",
+            "Streams this instance may hold: MAX_STREAMS, or fewer if the open-file limit \
+             does not allow it",
+            metrics.streams_max.clone(),
         );
         r.register(
             "sse_streams_opened",

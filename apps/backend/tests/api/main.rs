@@ -8,6 +8,7 @@ mod delivery;
 mod helpers;
 mod http_rules;
 mod no_loss;
+mod open_files;
 mod presence;
 mod publish;
 mod security;

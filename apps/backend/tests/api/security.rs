@@ -567,7 +567,7 @@ async fn a_silent_or_trickling_client_gets_one_request_head_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_can_live_on_an_internal_listener_only() {
+async fn metrics_and_probes_can_live_on_an_internal_listener() {
     let mut settings = settings(None);
     settings.metrics_addr = Some(([127, 0, 0, 1], 0).into());
     let listener = backend::listen(([127, 0, 0, 1], 0).into()).expect("bind");
@@ -608,6 +608,14 @@ async fn metrics_can_live_on_an_internal_listener_only() {
             .status(),
         404
     );
+    // An orchestrator's probes may go to the internal port too (a NetworkPolicy then
+    // keeps the whole port inside).
+    for probe in ["/healthz", "/readyz"] {
+        let answer = reqwest::get(format!("{internal}{probe}"))
+            .await
+            .expect("get");
+        assert_eq!(answer.status(), 200, "{probe}");
+    }
     running.abort();
 }
 

@@ -17,8 +17,30 @@ pub struct BackendProcess {
 impl BackendProcess {
     /// Starts `target/.../backend` on a free port with the test secrets and `env`.
     pub async fn start(redis: Option<&RedisServer>, env: &[(&str, &str)]) -> Self {
+        let process = Self::spawn(redis, env, None);
+        assert!(
+            readiness_becomes(&process.address, 200).await,
+            "the backend became ready"
+        );
+        process
+    }
+
+    /// [`BackendProcess::start`] with at most `files` open files (soft and hard, as a
+    /// container runtime sets them), not yet ready.
+    pub fn spawn(redis: Option<&RedisServer>, env: &[(&str, &str)], files: Option<u64>) -> Self {
         let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_backend"));
+        let mut command = match files {
+            Some(files) => {
+                // util-linux's, found on this process's PATH (the child's is cleared).
+                let mut prlimit = Command::new("prlimit");
+                prlimit
+                    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                    .arg(format!("--nofile={files}:{files}"))
+                    .arg(env!("CARGO_BIN_EXE_backend"));
+                prlimit
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_backend")),
+        };
         command
             .env_clear()
             .env("HOST", "127.0.0.1")
@@ -34,15 +56,15 @@ impl BackendProcess {
             command.env("REDIS_URL", redis.url());
         }
         let child = command.spawn().expect("the backend binary starts");
-        let process = Self {
+        Self {
             child,
             address: format!("http://127.0.0.1:{port}"),
-        };
-        assert!(
-            readiness_becomes(&process.address, 200).await,
-            "the backend became ready"
-        );
-        process
+        }
+    }
+
+    /// The exit status, if it has exited by now.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
     }
 
     /// Sends SIGTERM, as an orchestrator does before stopping a container.
