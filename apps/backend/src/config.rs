@@ -39,8 +39,10 @@ pub struct Settings {
     pub server_id: Option<String>,
 
     /// Redis to fan out through and store in: one node (redis://127.0.0.1:6379,
-    /// rediss://...) or a Redis Cluster (redis-cluster://host:port?node=host2:port2, any
-    /// of its nodes as seeds). Absent: single node, in-process bus and in-memory store.
+    /// rediss://...), a Redis Cluster (redis-cluster://host:port?node=host2:port2, any
+    /// of its nodes as seeds), or a master found through Sentinels
+    /// (redis-sentinel://host:26379?sentinelServiceName=name&node=host2:26379).
+    /// Absent: single node, in-process bus and in-memory store.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<Secret>,
 
@@ -288,7 +290,10 @@ pub enum SettingsError {
     DevSecretInProduction,
     #[error("JWT_PUBLIC_KEY_FILE needs JWT_ALGORITHM (RS256, ES256 or EdDSA)")]
     MissingKeyAlgorithm,
-    #[error("REDIS_URL must start with redis://, rediss://, redis-cluster:// or rediss-cluster://")]
+    #[error(
+        "REDIS_URL must start with redis://, rediss://, redis-cluster://, rediss-cluster://, \
+         redis-sentinel:// or rediss-sentinel://"
+    )]
     BadRedisUrl,
     #[error("SERVER_ID must be 1 to {MAX_SERVER_ID_CHARS} characters from A-Z a-z 0-9 _ - . : @")]
     BadServerId,
@@ -455,11 +460,13 @@ impl Settings {
 }
 
 /// The URL schemes fred takes: one node, or a cluster (its seeds in `node=` parameters).
-const REDIS_SCHEMES: [&str; 4] = [
+const REDIS_SCHEMES: [&str; 6] = [
     "redis://",
     "rediss://",
     "redis-cluster://",
     "rediss-cluster://",
+    "redis-sentinel://",
+    "rediss-sentinel://",
 ];
 
 /// Whether every host a Redis URL names (a cluster's seeds included) is this machine.

@@ -7,23 +7,6 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-/// Waits until `app` holds `count` streams (a stream without a cursor starts where its
-/// user's history stands when it opens).
-/// Waits until `count` streams without a cursor are open and have read where they start
-/// (counted once their start is known): an event published from then on reaches them.
-/// Open alone is not enough: a publish that lands before the start is read is part of
-/// where the stream starts, and so is never sent to it.
-async fn streams_open(app: &TestApp, count: usize) {
-    eventually("the streams to open", PATIENCE, || async {
-        let open = app.metric_value("sse_streams_open").await;
-        let started = app
-            .metric_value(r#"sse_resumes_total{outcome="fresh"}"#)
-            .await;
-        (open == Some(count as f64) && started == Some(count as f64)).then_some(())
-    })
-    .await;
-}
-
 /// Two instances, six users, three streams on each: every stream gets its user's events
 /// exactly once and in order whichever instance publishes, and each instance receives
 /// (counted by the relay) exactly the events of its own three users.
@@ -223,7 +206,7 @@ async fn accepted_events_survive_the_loss_of_their_master() {
         |received| counted(received).len() >= EVENTS as usize,
     ));
     // A stream without a cursor starts where its user's history stands when it opens.
-    streams_open(&app, 1).await;
+    app.streams_started(1).await;
     publish_counted(vec![app.address.clone()], user.into(), 1, 1, Duration::ZERO).await;
     let masters = cluster.master_ports();
     let master = cluster.master_of(user);
@@ -303,7 +286,7 @@ async fn a_stream_misses_nothing_while_its_users_slot_moves() {
         Duration::from_secs(30),
         |received| counted(received).len() >= EVENTS as usize,
     ));
-    streams_open(&serving, 1).await;
+    serving.streams_started(1).await;
     let addresses = vec![publishing.address.clone()];
     publish_counted(addresses.clone(), user.into(), 1, 1, Duration::ZERO).await;
     let masters = cluster.master_ports();

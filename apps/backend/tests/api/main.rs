@@ -12,6 +12,7 @@ mod open_files;
 mod presence;
 mod publish;
 mod security;
+mod sentinel;
 mod single_node;
 mod stream;
 mod topics;

@@ -5,7 +5,7 @@ use std::ops::Deref;
 use backend::{Application, Settings, Stop, config::Secret, hub::Hub};
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::{Api, JWT_SECRET, PATIENCE, PUBLISH_KEY, RedisServer, SseStream};
+use super::{Api, JWT_SECRET, PATIENCE, PUBLISH_KEY, RedisServer, SseStream, eventually};
 
 /// Settings for a test instance: loopback, port 0, the test secrets, and Redis if given.
 pub fn settings(redis: Option<&RedisServer>) -> Settings {
@@ -87,6 +87,21 @@ impl TestApp {
                 .expect("the run task completes")
                 .expect("the instance stops cleanly");
         }
+    }
+
+    /// Waits until `count` streams without a cursor are open and have read where they
+    /// start (counted once their start is known): an event published from then on
+    /// reaches them. Open alone is not enough: a publish that lands before the start is
+    /// read is part of where the stream starts, and so is never sent to it.
+    pub async fn streams_started(&self, count: usize) {
+        eventually("the streams to open", PATIENCE, || async {
+            let open = self.metric_value("sse_streams_open").await;
+            let started = self
+                .metric_value(r#"sse_resumes_total{outcome="fresh"}"#)
+                .await;
+            (open == Some(count as f64) && started == Some(count as f64)).then_some(())
+        })
+        .await;
     }
 
     /// Opens a stream and reads up to its `stream.opened` frame, which must name this

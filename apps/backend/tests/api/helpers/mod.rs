@@ -20,7 +20,7 @@ pub use self::{
     api::{Api, metric_value},
     instance::{TestApp, settings, settings_for, spawn_app, spawn_app_with},
     process::{BackendProcess, readiness_becomes},
-    redis::{RedisCluster, RedisServer, cli, free_port},
+    redis::{RedisCluster, RedisSentinels, RedisServer, cli, free_port},
     sse::{Frame, FrameJson, SseStream},
     tokens::{epoch_secs, sign},
     traffic::{Received, counted, follow, publish_counted},

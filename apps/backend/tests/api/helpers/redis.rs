@@ -27,7 +27,8 @@ impl RedisServer {
         Self::start_with(Vec::new()).await
     }
 
-    async fn start_with(extra: Vec<String>) -> Self {
+    /// [`RedisServer::start`] with more arguments (kept across restarts).
+    pub async fn start_with(extra: Vec<String>) -> Self {
         let mut server = Self {
             child: None,
             port: free_port(),
@@ -40,9 +41,16 @@ impl RedisServer {
     /// Starts (again) on the same port, empty, and waits until it answers.
     pub async fn restart(&mut self) {
         self.stop();
+        // A master writes a snapshot to its directory to sync a replica, and would load
+        // it when started again: each server has a directory of its own, emptied here.
+        let dir = std::env::temp_dir().join(format!("events-test-redis-{}", self.port));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a directory for the server");
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
             .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
@@ -95,6 +103,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("events-test-redis-{}", self.port)),
+        );
     }
 }
 
@@ -271,4 +282,122 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port in {FIRST}..{}", FIRST + COUNT)
+}
+
+/// A master, its replica and three Sentinels watching them (quorum 2), on free loopback
+/// ports, without persistence; every process killed on drop.
+pub struct RedisSentinels {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    sentinels: Vec<std::process::Child>,
+    sentinel_ports: Vec<u16>,
+    dir: PathBuf,
+}
+
+impl RedisSentinels {
+    /// The name the Sentinels know the master by.
+    pub const SERVICE: &'static str = "events";
+
+    pub async fn start() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "events-test-sentinel-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("a directory for the Sentinels' files");
+        let master = RedisServer::start().await;
+        let replica = RedisServer::start_with(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port.to_string(),
+            "--repl-diskless-sync-delay".into(),
+            "0".into(),
+        ])
+        .await;
+        eventually("the replica in sync", PATIENCE, || async {
+            cli(replica.port, &["ROLE"])
+                .contains("\nconnected\n")
+                .then_some(())
+        })
+        .await;
+        let mut sentinels = Vec::new();
+        let mut sentinel_ports = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            // A Sentinel rewrites its file as it learns: one each.
+            let file = dir.join(format!("sentinel-{port}.conf"));
+            let conf = format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {service} 127.0.0.1 {master} 2\n\
+                 sentinel down-after-milliseconds {service} 1000\n\
+                 sentinel failover-timeout {service} 4000\n",
+                dir.display(),
+                service = Self::SERVICE,
+                master = master.port,
+            );
+            std::fs::write(&file, conf).expect("the Sentinel's file is written");
+            let child = Command::new("redis-server")
+                .arg(&file)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed: run `bash .ci/setup`");
+            sentinels.push(child);
+            sentinel_ports.push(port);
+        }
+        let watched = Self {
+            master,
+            replica,
+            sentinels,
+            sentinel_ports,
+            dir,
+        };
+        for port in &watched.sentinel_ports {
+            eventually(
+                "every Sentinel knows the replica and the others",
+                PATIENCE,
+                || async {
+                    let replicas = cli(*port, &["SENTINEL", "REPLICAS", Self::SERVICE]);
+                    let others = cli(*port, &["SENTINEL", "SENTINELS", Self::SERVICE]);
+                    let ports = |text: &str| text.lines().filter(|l| l.trim() == "port").count();
+                    (ports(&replicas) == 1 && ports(&others) == 2).then_some(())
+                },
+            )
+            .await;
+        }
+        watched
+    }
+
+    /// fred's URL: through the Sentinels, to whichever server is the master.
+    pub fn url(&self) -> String {
+        let mut url = format!(
+            "redis-sentinel://127.0.0.1:{}?sentinelServiceName={}",
+            self.sentinel_ports[0],
+            Self::SERVICE
+        );
+        for port in &self.sentinel_ports[1..] {
+            url.push_str(&format!("&node=127.0.0.1:{port}"));
+        }
+        url
+    }
+
+    /// The master's port, as the Sentinels say now.
+    pub fn master_port(&self) -> Option<u16> {
+        let answer = cli(
+            self.sentinel_ports[0],
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::SERVICE],
+        );
+        answer.lines().nth(1)?.trim().parse().ok()
+    }
+}
+
+impl Drop for RedisSentinels {
+    fn drop(&mut self) {
+        for sentinel in &mut self.sentinels {
+            let _ = sentinel.kill();
+            let _ = sentinel.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
