@@ -88,6 +88,8 @@ dev redis="single": setup web-build
     export PUBLISH_KEY=${PUBLISH_KEY:-dev-publish-key} DEV_TOKENS=true
     # Other services may still PUBLISH to the original design's user-events channel.
     export LEGACY_CHANNELS=true
+    # The page's rooms say who arrives and leaves.
+    export PRESENCE_EVENTS='room:*'
     PORT={{backend_1_port}} SERVER_ID=backend-1 target/debug/backend 2>&1 | prefix 36 backend-1 &
     PORT={{backend_2_port}} SERVER_ID=backend-2 target/debug/backend 2>&1 | prefix 35 backend-2 &
     # The repo's nginx.conf, rendered for this machine.
@@ -122,7 +124,7 @@ dev-single: setup
     cargo build -p backend
     prefix() { sed -u "s/^/$(printf '\033[%sm%-9s\033[0m ' "$1" "$2")/"; }
     PORT={{backend_1_port}} SERVER_ID=backend-1 PUBLISH_KEY=${PUBLISH_KEY:-dev-publish-key} \
-        DEV_TOKENS=true target/debug/backend 2>&1 | prefix 36 backend &
+        DEV_TOKENS=true PRESENCE_EVENTS='room:*' target/debug/backend 2>&1 | prefix 36 backend &
     trunk serve --port {{web_port}} --dist {{serve_dist}} 2>&1 | prefix 32 web &
     until curl -fs http://127.0.0.1:{{web_port}}/ >/dev/null; do sleep 0.5; done
     printf '\n  open  http://127.0.0.1:{{web_port}}   (single node, no Redis)\n\n'

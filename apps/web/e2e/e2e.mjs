@@ -133,6 +133,9 @@ async function startBackend(name, port, redisUrl, env = {}) {
     DRAIN_SECS: '0',
     SSE_RETRY_MS: '500',
     DEV_TOKENS: 'true',
+    // As `just dev` and compose run them: the rooms say who arrives and leaves (with the
+    // default grace of 2 s before a departure is told).
+    PRESENCE_EVENTS: 'room:*',
     RUST_LOG: 'warn',
     ...env,
   });
@@ -671,6 +674,67 @@ async function main() {
       }
     });
 
+    await test('through nginx: two users in one room each see the other online, and one sees the other leave when their browser closes', async () => {
+      const nginx = await startNginx([a, b]);
+      const contexts = [];
+      const pageOf = async (who) => {
+        const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+        contexts.push(context);
+        const p = await context.newPage();
+        p.setDefaultTimeout(WAIT_MS);
+        p.on('pageerror', (error) => console.log(`[${who} page] ${error.message}`));
+        return { context, p };
+      };
+      const room = `online-${suffix}`;
+      // Who a page's room shows online (sorted), its count, and who it marks as the user.
+      const online = (p) => p.evaluate(() => ({
+        users: [...document.querySelectorAll('[data-testid="online-users"] li')].map((li) => li.dataset.user).sort(),
+        count: document.querySelector('[data-testid="online-count"]')?.textContent,
+        me: [...document.querySelectorAll('[data-testid="online-users"] li.me')].map((li) => li.dataset.user),
+      }));
+      const shows = async (p, users) => {
+        const seen = await online(p);
+        return JSON.stringify(seen.users) === JSON.stringify([...users].sort()) && seen.count === String(users.length);
+      };
+      const inRoom = async (p) => {
+        await p.getByTestId('room-name').fill(room);
+        await p.getByTestId('join-room').click();
+        await until(`the stream to carry room:${room}`, async () =>
+          (await p.getByTestId('room-status').getAttribute('data-joined')) === 'true');
+      };
+      try {
+        const { p: alicePage } = await pageOf('alice');
+        const { context: bobContext, p: bobPage } = await pageOf('bob');
+        await signIn(alicePage, nginx.base, alice);
+        await inRoom(alicePage);
+        await until('alice to see herself alone online', () => shows(alicePage, [alice]));
+        await signIn(bobPage, nginx.base, bob);
+        await inRoom(bobPage);
+        // Bob's arrival reaches alice as an event; bob's page asks who is there.
+        await until('each to see the other online', async () =>
+          (await shows(alicePage, [alice, bob])) && (await shows(bobPage, [alice, bob])));
+        for (const [p, me] of [[alicePage, alice], [bobPage, bob]]) {
+          const marked = (await online(p)).me;
+          if (JSON.stringify(marked) !== JSON.stringify([me])) throw new Error(`${me}'s page marks ${marked.join(', ') || 'nobody'} as the user`);
+        }
+        if ((await alicePage.getByTestId('online-error').count()) !== 0) throw new Error('an error beside the online list');
+        await alicePage.screenshot({ path: join(SHOTS, '17a-online-alice.png'), fullPage: true });
+        await bobPage.screenshot({ path: join(SHOTS, '17b-online-bob.png'), fullPage: true });
+
+        // Bob closes his browser: he leaves once the grace window (2 s, for a reload) is over.
+        const closedAt = Date.now();
+        await bobContext.close();
+        await until("bob gone from alice's list", () => shows(alicePage, [alice]), 10_000);
+        const took = Date.now() - closedAt;
+        if (took < 1_800) throw new Error(`bob left ${took} ms after closing, within the grace window`);
+        console.log(`     bob left alice's list ${took} ms after his browser closed`);
+        await alicePage.screenshot({ path: join(SHOTS, '17c-online-bob-left.png'), fullPage: true });
+      } finally {
+        for (const context of contexts) await context.close().catch(() => {});
+        await stop(nginx.child);
+      }
+    });
+
     await test('a form error (empty name) is shown and nothing is created', async () => {
       await page.getByTestId('account-name').fill('');
       await page.getByTestId('account-balance').fill('5');
@@ -879,14 +943,21 @@ async function main() {
       }
     });
 
-    await test("a room's resync is shown in the room, and does not refetch the user's state", async () => {
+    await test("a room's resync is shown in the room, asks again who is online, and does not refetch the user's state", async () => {
       // Room histories of 3 events: a stream down while more are published misses some.
       const env = { HISTORY_MAX_LEN: '3' };
       const { shared, tabs: [tab], say, texts, inRoom, done } = await roomTabs(`rex-${suffix}`, 'backend-short-history', { count: 1, env });
       const other = await startBackend('backend-short-history-2', await freePort(), redis.url, env);
       const room = `gap-${suffix}`;
+      // The page's requests for who is in the room.
+      const asked = [];
+      tab.on('requestfinished', async (request) => {
+        if (request.url().endsWith(`/api/topics/room:${room}/presence`)) asked.push((await request.response())?.status());
+      });
       try {
         await inRoom(tab, room);
+        await until('who is online, asked once the stream carries the room', async () =>
+          JSON.stringify(asked) === '[200]' && (await tab.getByTestId('room-online').getAttribute('data-known')) === 'true');
         await say(room, 'm0');
         await until('the first message', async () => JSON.stringify(await texts(tab)) === '["m0"]');
         const before = await logCount(tab);
@@ -901,6 +972,7 @@ async function main() {
         await until("the room's resync in the room", async () =>
           (await tab.getByTestId('room-resync').count()) === 1, 25_000);
         await until('the room to show what its history still had', async () => (await texts(tab)).includes('m8'));
+        await until('who is online, asked again after the resync', async () => asked.length >= 2 && asked.at(-1) === 200);
         if ((await tab.getByTestId('resync').count()) !== 0) throw new Error("the user's state was said to be refetched");
         if ((await logCount(tab)) !== before) throw new Error("the room's resync went to the user's log");
         await tab.screenshot({ path: join(SHOTS, '16-room-resync.png'), fullPage: true });

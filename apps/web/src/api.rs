@@ -1,8 +1,8 @@
 //! Calls to the backend's HTTP API, with its error body turned into a message.
 
 use events::{
-    Account, CreateAccountRequest, Envelope, ErrorBody, Payload, PublishRequest, Snapshot,
-    StreamTicket, StreamTicketRequest, TokenRequest, TokenResponse,
+    Account, CreateAccountRequest, Envelope, ErrorBody, Payload, Presence, PublishRequest,
+    Snapshot, StreamTicket, StreamTicketRequest, TokenRequest, TokenResponse,
 };
 use gloo_net::http::{Request, Response};
 use serde::de::DeserializeOwned;
@@ -145,5 +145,22 @@ pub async fn publish_to_topic(
         .header("Idempotency-Key", idempotency_key)
         .json(&body)
         .map_err(unreachable)?;
+    read(request.send().await.map_err(unreachable)?).await
+}
+
+/// Who is in `topic` (every user holding a stream of it, on any instance), as the token's
+/// user may see it: one whose grants allow the topic.
+pub async fn presence(token: &str, topic: &str) -> Result<Presence, ApiFailure> {
+    // A topic name is path-safe; one that breaks the rule is refused without a request.
+    if let Err(error) = events::validate_topic(topic) {
+        return Err(ApiFailure {
+            status: 400,
+            code: Some("invalid_topic".into()),
+            message: error.to_string(),
+            topic: Some(topic.to_string()),
+        });
+    }
+    let request = Request::get(&format!("/api/topics/{topic}/presence"))
+        .header("Authorization", &bearer(token));
     read(request.send().await.map_err(unreachable)?).await
 }

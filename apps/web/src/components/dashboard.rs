@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     api,
-    hooks::{Credentials, UseEventsOptions, use_events_with_options},
+    hooks::{Credentials, UseEventsOptions, use_events_with_options, use_presence},
     session::Session,
 };
 
@@ -36,6 +36,8 @@ pub fn Dashboard(session: Session) -> impl IntoView {
     let room_gap = RwSignal::new(None::<String>);
     // The last resync of the user's own events or the broadcasts.
     let resync = RwSignal::new(None::<Resync>);
+    // Who is online in the room.
+    let presence = use_presence(token);
 
     // Accounts and snapshots are fetched, not pushed: on mount, and whenever an event
     // says they changed (or a resync says we may have missed that).
@@ -85,6 +87,9 @@ pub fn Dashboard(session: Session) -> impl IntoView {
                 return;
             }
             if event.topic().is_some() {
+                // Arrivals and departures keep the room's online list; a resync has it
+                // asked for again.
+                presence.hear(event);
                 if event.event_type == event_type::STREAM_RESYNC {
                     // The room's history cannot be replayed: say so in the room; the
                     // user's own state is not concerned.
@@ -121,6 +126,13 @@ pub fn Dashboard(session: Session) -> impl IntoView {
         },
         options,
     );
+    // Who is online is asked for once the stream carries the room: from then on its
+    // arrivals and departures reach the page, so none falls between the answer and them.
+    let carried = Memo::new(move |_| {
+        room.get()
+            .filter(|topic| events.stream_topics.get().contains(topic))
+    });
+    Effect::new(move |_| presence.follow(carried.get()));
     let join = Callback::new(move |topic: Option<String>| {
         if room.get_untracked() != topic {
             messages.set(Vec::new());
@@ -156,6 +168,9 @@ pub fn Dashboard(session: Session) -> impl IntoView {
             stream_topics=events.stream_topics
             refusals=events.topic_refusals
             gap=room_gap.into()
+            me=session.user_id.clone()
+            online=presence.online
+            online_error=presence.error
         />
         <AccountsPanel accounts=accounts.into() snapshots=snapshots.into() />
         <EventLog entries=log.into() count=count.into() />

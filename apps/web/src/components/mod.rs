@@ -6,6 +6,7 @@ mod app;
 mod connection_badge;
 mod dashboard;
 mod event_log;
+mod online_list;
 mod room_panel;
 mod user_box;
 

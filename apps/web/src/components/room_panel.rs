@@ -1,8 +1,9 @@
 use leptos::{prelude::*, task::spawn_local};
 
+use super::online_list::OnlineList;
 use crate::{
     api, format,
-    hooks::{ReceivedEvent, TopicRefusal},
+    hooks::{Online, ReceivedEvent, TopicRefusal},
     session::room_topic,
 };
 
@@ -53,9 +54,9 @@ enum Standing {
     Refused(TopicRefusal),
 }
 
-/// A chat room: join one by name (the topic `room:<name>`), see its messages live with who
-/// posted them, and post to it with the user's own token. Says so plainly when the user
-/// may not have the room.
+/// A chat room: join one by name (the topic `room:<name>`), see who is online and its
+/// messages live with who posted them, and post to it with the user's own token. Says so
+/// plainly when the user may not have the room.
 #[component]
 pub fn RoomPanel(
     /// The user's token, to post with.
@@ -73,6 +74,12 @@ pub fn RoomPanel(
     /// Why some of the room's messages may be missing (the room's `stream.resync`), since
     /// it was joined.
     gap: Signal<Option<String>>,
+    /// The signed-in user.
+    me: String,
+    /// Who is online in the room, once the stream carries it.
+    online: Signal<Option<Online>>,
+    /// Why who is online cannot be told.
+    online_error: Signal<Option<String>>,
 ) -> impl IntoView {
     let name = RwSignal::new(String::new());
     let text = RwSignal::new(String::new());
@@ -181,6 +188,7 @@ pub fn RoomPanel(
                 </p>
             })}
             <Show when=joined>
+                <OnlineList me=me.clone() online=online error=online_error />
                 <ul class="messages" data-testid="room-messages">
                     <For each=move || messages.get() key=|m| m.key let:message>
                         <li data-publisher=message.publisher.clone().unwrap_or_default()>
