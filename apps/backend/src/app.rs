@@ -40,6 +40,7 @@ use crate::{
     metrics::Metrics,
     presence::{self, Presence},
     readiness::Readiness,
+    rebalance::Rebalancer,
     redis::Redis,
     routes,
     snapshots::{self, SnapshotService},
@@ -224,6 +225,19 @@ impl Application {
         };
         tasks.spawn("snapshots", service.run(snapshot_queue, shutdown.clone()));
 
+        tasks.spawn(
+            "rebalancing",
+            Rebalancer {
+                hub: hub.clone(),
+                bus: bus.clone(),
+                readiness: readiness.clone(),
+                metrics: metrics.clone(),
+                instance: format!("{server_id}~{}", uuid::Uuid::new_v4().simple()),
+                above: settings.rebalance_above,
+                rate: settings.rebalance_rate,
+            }
+            .run(shutdown.clone()),
+        );
         let streams = Streams {
             hub: hub.clone(),
             bus: bus.clone(),

@@ -148,6 +148,15 @@ pub struct Settings {
     #[arg(long, env = "MAX_STREAMS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_streams: u64,
 
+    /// Shed streams (each told to reconnect, and served elsewhere) while this instance
+    /// holds more than this many times the fleet's mean, down to the mean; 0: never.
+    #[arg(long, env = "REBALANCE_ABOVE", default_value_t = 1.2, value_parser = parse_ratio)]
+    pub rebalance_above: f64,
+
+    /// Streams shed per second at most while rebalancing.
+    #[arg(long, env = "REBALANCE_RATE", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub rebalance_rate: u64,
+
     /// Refuse to start when the open-file limit (raised at start to its hard limit) is
     /// below MAX_STREAMS plus headroom; by default the instance holds fewer streams.
     #[arg(long, env = "FILE_LIMIT_STRICT", default_value_t = false, action = ArgAction::Set)]
@@ -319,6 +328,9 @@ impl Settings {
             dev_tokens: true,
             drain_secs: 1,
             workers: Some(1),
+            // Instances of one test would shed each other's streams: the tests of
+            // rebalancing turn it on.
+            rebalance_above: 0.0,
             ..defaults
         }
     }
@@ -460,6 +472,18 @@ impl Settings {
 }
 
 /// The URL schemes fred takes: one node, or a cluster (its seeds in `node=` parameters).
+/// `REBALANCE_ABOVE`: 0 (off), or a ratio of 1 or more.
+fn parse_ratio(value: &str) -> Result<f64, String> {
+    let ratio: f64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number"))?;
+    if ratio == 0.0 || (ratio.is_finite() && ratio >= 1.0) {
+        Ok(ratio)
+    } else {
+        Err("must be 0 (off) or 1 or more, e.g. 1.2".into())
+    }
+}
+
 const REDIS_SCHEMES: [&str; 6] = [
     "redis://",
     "rediss://",

@@ -103,6 +103,9 @@ pub enum OpenError {
     /// The instance is shutting down: the client should reconnect (elsewhere).
     #[error("this instance is shutting down")]
     Draining,
+    /// The instance sheds streams to balance the fleet: the client should go elsewhere.
+    #[error("this instance holds more than its share of streams")]
+    Rebalancing,
     /// The user holds as many streams here as they may.
     #[error("the user holds {limit} streams here already")]
     UserLimit { limit: u64 },
@@ -138,6 +141,9 @@ pub async fn open(
 ) -> Result<(impl Stream<Item = Frame> + use<>, CarrierEnd), OpenError> {
     if streams.readiness.is_draining() {
         return Err(OpenError::Draining);
+    }
+    if streams.readiness.is_rebalancing() {
+        return Err(OpenError::Rebalancing);
     }
     let Credential {
         user_id,
@@ -557,6 +563,10 @@ impl StreamContext {
                 let scopes = match &notice {
                     Notice::Disconnect(reason) => {
                         yield self.ended_frame(event_type::STREAM_DISCONNECTED, reason, &cursor);
+                        return;
+                    }
+                    Notice::Reconnect(reason) => {
+                        yield self.ended_frame(event_type::STREAM_RECONNECT, reason, &cursor);
                         return;
                     }
                     Notice::CatchUp => self.scopes(),

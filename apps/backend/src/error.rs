@@ -245,6 +245,9 @@ impl From<OpenError> for ApiError {
     fn from(error: OpenError) -> Self {
         match error {
             OpenError::Draining => Self::Unavailable("this instance is shutting down; reconnect"),
+            OpenError::Rebalancing => Self::Unavailable(
+                "this instance holds more than its share of streams; reconnect (elsewhere)",
+            ),
             OpenError::UserLimit { limit } => Self::TooManyStreams { limit },
             OpenError::InstanceFull => {
                 Self::Unavailable("this instance holds all the streams it may; try another")

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod presence;
 mod query;
 pub mod readiness;
+mod rebalance;
 pub mod redis;
 mod routes;
 mod sequence;

@@ -117,6 +117,10 @@ pub struct Metrics {
     pub slots_moved: Counter,
     /// Times arriving users overflowed their queue (see `hub::Hub::missed_arrivals`).
     pub arrivals_missed: Counter,
+    /// Instances of the fleet heard from (this one included).
+    pub fleet_instances: Gauge,
+    /// Streams this instance shed to balance the fleet.
+    pub rebalance_shed: Counter,
     /// Users in topics this instance holds in the presence engine.
     pub presence_entries: Gauge,
     /// Users who arrived in a topic (counted by the instance whose change made it so).
@@ -163,6 +167,8 @@ impl Metrics {
             subscription_batches: Counter::default(),
             slots_moved: Counter::default(),
             arrivals_missed: Counter::default(),
+            fleet_instances: Gauge::default(),
+            rebalance_shed: Counter::default(),
             presence_entries: Gauge::default(),
             presence_joins: Counter::default(),
             presence_leaves: Family::default(),
@@ -281,6 +287,17 @@ impl Metrics {
             "Times users arrived faster than the subscriptions took them, so that the queue \
              of arrivals was full: the subscriptions then took every user holding a stream",
             metrics.arrivals_missed.clone(),
+        );
+        r.register(
+            "fleet_instances",
+            "Instances of the fleet heard from in the last 10 s, this one included",
+            metrics.fleet_instances.clone(),
+        );
+        r.register(
+            "rebalance_shed_streams",
+            "Streams this instance closed (each told to reconnect elsewhere) because it held \
+             more than REBALANCE_ABOVE times the fleet's mean",
+            metrics.rebalance_shed.clone(),
         );
         r.register(
             "presence_entries",

@@ -1,5 +1,6 @@
-//! Whether this instance should receive traffic: not while draining, and not while a
-//! Redis subscription it depends on is deaf.
+//! Whether this instance should receive traffic: not while draining, not while it sheds
+//! streams to balance the fleet (`rebalance`), and not while a Redis subscription it
+//! depends on is deaf.
 //!
 //! A TCP connection can look healthy while the subscription behind it delivers nothing
 //! (a proxy dropped it, the server was restarted and the client has not noticed yet).
@@ -26,6 +27,7 @@ pub const PROBE_STALE_AFTER: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Readiness {
     draining: AtomicBool,
+    rebalancing: AtomicBool,
     /// Whether the subscription probes apply (Redis mode).
     probed: bool,
     started: Instant,
@@ -42,6 +44,7 @@ impl Readiness {
     pub fn new(probed: bool) -> Self {
         Self {
             draining: AtomicBool::new(false),
+            rebalancing: AtomicBool::new(false),
             probed,
             started: Instant::now(),
             probes: Mutex::new(HashMap::new()),
@@ -53,6 +56,9 @@ impl Readiness {
     pub fn check(&self) -> Result<(), &'static str> {
         if self.draining.load(Ordering::Acquire) {
             return Err("draining: shutting down");
+        }
+        if self.rebalancing.load(Ordering::Acquire) {
+            return Err("rebalancing: holding more than its share of the fleet's streams");
         }
         let now = self.now_ms();
         let stale = self.probes().values().any(|returned| {
@@ -70,6 +76,15 @@ impl Readiness {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// While set, new streams are sent elsewhere (see `rebalance`).
+    pub fn set_rebalancing(&self, rebalancing: bool) {
+        self.rebalancing.store(rebalancing, Ordering::Release);
+    }
+
+    pub fn is_rebalancing(&self) -> bool {
+        self.rebalancing.load(Ordering::Acquire)
     }
 
     /// From now on, probes keyed by `partitions` (one per master); each new one has

@@ -23,6 +23,11 @@ pub const STREAM_EXPIRED: &str = "stream.expired";
 /// (logout, ban, leaked credential). Data: [`crate::StreamEnded`].
 pub const STREAM_DISCONNECTED: &str = "stream.disconnected";
 
+/// Sent by the server as the last frame of a stream it sheds to balance the fleet (it
+/// holds more than its share): the client should reconnect at once, from its last id,
+/// and will be served elsewhere. Data: [`crate::StreamEnded`].
+pub const STREAM_RECONNECT: &str = "stream.reconnect";
+
 /// Published by the server to a topic (for topics of `PRESENCE_EVENTS`) when a user's
 /// first stream of it opens on any instance. Data: [`crate::PresenceChange`].
 pub const STREAM_JOINED: &str = "stream.joined";
@@ -73,6 +78,7 @@ mod tests {
             STREAM_DISCONNECTED,
             STREAM_JOINED,
             STREAM_LEFT,
+            STREAM_RECONNECT,
         ] {
             assert!(is_well_formed(name), "{name}");
         }

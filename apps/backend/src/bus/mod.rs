@@ -331,6 +331,28 @@ impl Bus {
         }
     }
 
+    /// `instance` holds `streams`: the stream counts of every instance of the fleet heard
+    /// from within `stale_ms` (this one included); on a single node, this one's alone.
+    pub async fn fleet_beat(
+        &self,
+        instance: &str,
+        streams: u64,
+        stale_ms: u64,
+    ) -> Result<Vec<u64>, BusError> {
+        match &self.engine {
+            Engine::Local(_) => Ok(vec![streams]),
+            Engine::Redis(bus) => bus.fleet_beat(instance, streams, stale_ms).await,
+        }
+    }
+
+    /// `instance` leaves the fleet (it is stopping).
+    pub async fn fleet_leave(&self, instance: &str) -> Result<(), BusError> {
+        match &self.engine {
+            Engine::Local(_) => Ok(()),
+            Engine::Redis(bus) => bus.fleet_leave(instance).await,
+        }
+    }
+
     /// A short name for logs: "redis" or "in-process".
     pub fn kind(&self) -> &'static str {
         match &self.engine {

@@ -389,6 +389,40 @@ impl Hub {
         Some(users.chain(topics).collect())
     }
 
+    /// Streams alive here now (registered, and not yet ended).
+    pub fn holding(&self) -> usize {
+        self.shared.alive.load(Ordering::Acquire)
+    }
+
+    /// Ends up to `count` streams, each told to reconnect (`reason`) so that its client
+    /// resumes at once, elsewhere (see `rebalance`). Returns how many.
+    pub fn shed(&self, count: usize, reason: &str) -> usize {
+        let entries: Vec<Entry> = self
+            .streams()
+            .users
+            .values()
+            .flatten()
+            .filter(|entry| !entry.outlet.is_closed())
+            .take(count)
+            .cloned()
+            .collect();
+        if entries.is_empty() {
+            return 0;
+        }
+        let reason: Arc<str> = reason.into();
+        let offering = self.offering();
+        for entry in &entries {
+            entry
+                .outlet
+                .offer(&Notice::Reconnect(reason.clone()), &offering);
+        }
+        let mut streams = self.streams();
+        for entry in &entries {
+            unregister(&mut streams, &entry.outlet, entry.id);
+        }
+        entries.len()
+    }
+
     /// Whether the instance holds as many streams as it may (and so is not ready for more).
     pub fn is_full(&self) -> bool {
         self.shared.alive.load(Ordering::Acquire) >= self.shared.total

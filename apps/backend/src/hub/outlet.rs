@@ -53,6 +53,9 @@ pub enum Notice {
     CatchUpIn(Scope),
     /// A publisher disconnected the stream's user: say why, then end.
     Disconnect(Arc<str>),
+    /// The instance sheds the stream (it holds more than its share): say so, so that the
+    /// client reconnects at once (elsewhere), then end.
+    Reconnect(Arc<str>),
 }
 
 /// Frames up to this size are written from one buffer on the stack.

@@ -21,7 +21,9 @@ fn event(user: &str, id: u64) -> Envelope {
 fn seq(notice: Option<Notice>) -> Option<u64> {
     match notice? {
         Notice::Event(published) => published.position.map(|p| p.seq),
-        Notice::CatchUp | Notice::CatchUpIn(_) | Notice::Disconnect(_) => None,
+        Notice::CatchUp | Notice::CatchUpIn(_) | Notice::Disconnect(_) | Notice::Reconnect(_) => {
+            None
+        }
     }
 }
 

@@ -294,3 +294,187 @@ fn the_compose_file_is_valid() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// One stream held the way a browser holds it, through nginx from its own source address:
+/// reconnecting at once (from its last id) on `stream.reconnect`, after a pause when the
+/// stream ends otherwise, until `stop`. Returns the `n`s of the broadcasts it received
+/// and how many times it was told to reconnect.
+async fn hold_stream(
+    client: reqwest::Client,
+    base: String,
+    token: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    back_off: Duration,
+) -> (Vec<u64>, usize) {
+    use std::sync::atomic::Ordering;
+    let (mut received, mut moved, mut last_id) = (Vec::new(), 0, None::<String>);
+    while !stop.load(Ordering::Relaxed) {
+        let mut request = client.get(format!("{base}/api/events")).bearer_auth(&token);
+        if let Some(id) = &last_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let mut stream = match request.send().await {
+            Ok(response) if response.status() == 200 => SseStream::new(response),
+            // Refused (nginx's limit per address, a busy instance): as a browser, later.
+            _ => {
+                tokio::time::sleep(back_off).await;
+                continue;
+            }
+        };
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return (received, moved);
+            }
+            match stream.next_frame_within(Duration::from_millis(300)).await {
+                None => continue,
+                Some(None) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
+                Some(Some(frame)) => {
+                    if frame.id.is_some() {
+                        last_id.clone_from(&frame.id);
+                    }
+                    match frame.event.as_deref() {
+                        Some("stream.reconnect") => {
+                            moved += 1;
+                            break;
+                        }
+                        Some("test.broadcast") => {
+                            received.push(frame.json()["data"]["n"].as_u64().unwrap_or(0));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    (received, moved)
+}
+
+/// 2,000 streams through nginx, all on the first instance while the second is down; the
+/// second starts: within a minute each holds 1,000 ± 10% (the first sheds its excess,
+/// each stream told to reconnect, and refuses new streams meanwhile, so nginx sends them
+/// to the second), and every broadcast published meanwhile reaches every stream exactly
+/// once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_takes_its_share_of_the_streams_and_nothing_is_lost() {
+    use std::sync::{Arc, atomic::AtomicBool};
+    const STREAMS: usize = 2_000;
+    const BROADCASTS: u64 = 40;
+    let redis = RedisServer::start().await;
+    let env = |id| [("SERVER_ID", id), ("REBALANCE_RATE", "100")];
+    let one = BackendProcess::start(Some(&redis), &env("backend-1")).await;
+    let two_port = free_port();
+    let web = TempDir::new("web");
+    std::fs::write(web.path.join("index.html"), "<!doctype html>").expect("index");
+    let nginx = Nginx::start(
+        host_port(&one.address),
+        &format!("127.0.0.1:{two_port}"),
+        &web.path,
+    )
+    .await;
+
+    // Each stream from one of 100 loopback addresses, as from many browsers: nginx
+    // allows 64 streams per address, and 10 opens a second.
+    let clients: Vec<reqwest::Client> = (0..100u8)
+        .map(|i| {
+            reqwest::Client::builder()
+                .local_address(std::net::IpAddr::from([127, 0, 0, 2 + i]))
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("a client")
+        })
+        .collect();
+    let tokens = backend::auth::Tokens::new(JWT_SECRET, Duration::from_secs(600));
+    let stop = Arc::new(AtomicBool::new(false));
+    let holders: Vec<_> = (0..STREAMS)
+        .map(|i| {
+            let (token, _) = tokens.issue(&format!("r{i}")).expect("a token");
+            tokio::spawn(hold_stream(
+                clients[i % clients.len()].clone(),
+                nginx.base.clone(),
+                token,
+                stop.clone(),
+                Duration::from_millis(300 + 70 * (i % 10) as u64),
+            ))
+        })
+        .collect();
+    let open = |address: String| async move {
+        metric_value(&address, "sse_streams_open")
+            .await
+            .unwrap_or(0.0) as usize
+    };
+    eventually(
+        "every stream open on backend-1",
+        Duration::from_secs(60),
+        || async { (open(one.address.clone()).await == STREAMS).then_some(()) },
+    )
+    .await;
+
+    let two = BackendProcess::spawn_on(two_port, Some(&redis), &env("backend-2"), None);
+    assert!(readiness_becomes(&two.address, 200).await);
+    let publisher = {
+        let base = nginx.base.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for n in 1..=BROADCASTS {
+                let body =
+                    json!({"broadcast": true, "eventType": "test.broadcast", "data": {"n": n}});
+                let response = client
+                    .post(format!("{base}/api/publish"))
+                    .bearer_auth(PUBLISH_KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(response.status(), 202);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let balanced = |held: usize| (900..=1_100).contains(&held);
+    eventually("1,000 ± 10% on each", Duration::from_secs(60), || async {
+        let (a, b) = (
+            open(one.address.clone()).await,
+            open(two.address.clone()).await,
+        );
+        (balanced(a) && balanced(b) && a + b == STREAMS).then_some(())
+    })
+    .await;
+    publisher.await.expect("the publisher finishes");
+    // Then until every stream has every broadcast (or a deadline says one never will).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let delivered = || async {
+        let (a, b) = (one.address.clone(), two.address.clone());
+        let count = |address: String| async move {
+            metric_value(
+                &address,
+                r#"events_delivered_total{event_type="test.broadcast"}"#,
+            )
+            .await
+            .unwrap_or(0.0)
+        };
+        count(a).await + count(b).await
+    };
+    while delivered().await < (STREAMS as u64 * BROADCASTS) as f64
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut moved = 0;
+    for holder in holders {
+        let (received, told) = holder.await.expect("a holder finishes");
+        assert_eq!(
+            received,
+            (1..=BROADCASTS).collect::<Vec<_>>(),
+            "every broadcast once, in order"
+        );
+        moved += told;
+    }
+    assert!(
+        (900..=1_100).contains(&moved),
+        "about half the streams moved, once each: {moved}"
+    );
+}

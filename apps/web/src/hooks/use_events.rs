@@ -29,7 +29,8 @@
 //! connection), the hook gets a new ticket and opens a new EventSource after a backoff
 //! with jitter, passing the last event id as `lastEventId` so the server resumes where
 //! the stream stopped. `stream.expired` says the token behind the stream ran out;
-//! `stream.disconnected` that the server ended the user's streams: the hook stops.
+//! `stream.disconnected` that the server ended the user's streams: the hook stops;
+//! `stream.reconnect` that the instance sheds the stream: the hook resumes at once.
 
 use std::{
     cell::{Cell, RefCell},
@@ -946,6 +947,9 @@ impl Connection {
                 }
             }
             event_type::STREAM_EXPIRED => expired = true,
+            // The instance sheds the stream to balance the fleet: resume at once (from
+            // the cursor, served elsewhere), not after the back-off of a lost stream.
+            event_type::STREAM_RECONNECT => stale = self.role.get() != Role::Follower,
             event_type::STREAM_DISCONNECTED => {
                 let ended = event.envelope.data.parse::<events::StreamEnded>();
                 disconnected = Some(ended.ok().map(|ended| ended.reason));

@@ -1,6 +1,7 @@
 //! The bus on Redis: per-feed Redis Streams for history, sharded Pub/Sub for fan-out,
 //! on a single node or a Cluster. `history` reads, `relay` receives; publishing is here.
 
+mod fleet;
 pub(in crate::bus) mod history;
 mod presence;
 mod relay;
@@ -157,6 +158,7 @@ pub struct RedisBus {
     publish_script: Script,
     // Boxed: the engine enum stays small.
     scripts: Box<presence::Scripts>,
+    fleet_script: Box<Script>,
     history: History,
     broadcast_heads: SharedReads,
 }
@@ -183,6 +185,7 @@ impl RedisBus {
             retention,
             publish_script: Script::from_lua(format!("{APPEND_LUA}{PUBLISH_SCRIPT}")),
             scripts: Box::default(),
+            fleet_script: fleet::script(),
             history,
             broadcast_heads,
         }

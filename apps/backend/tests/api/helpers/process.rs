@@ -28,7 +28,16 @@ impl BackendProcess {
     /// [`BackendProcess::start`] with at most `files` open files (soft and hard, as a
     /// container runtime sets them), not yet ready.
     pub fn spawn(redis: Option<&RedisServer>, env: &[(&str, &str)], files: Option<u64>) -> Self {
-        let port = free_port();
+        Self::spawn_on(free_port(), redis, env, files)
+    }
+
+    /// [`BackendProcess::spawn`] on `port` (one a proxy was told of before it started).
+    pub fn spawn_on(
+        port: u16,
+        redis: Option<&RedisServer>,
+        env: &[(&str, &str)],
+        files: Option<u64>,
+    ) -> Self {
         let mut command = match files {
             Some(files) => {
                 // util-linux's, found on this process's PATH (the child's is cleared).
