@@ -18,9 +18,10 @@ default:
 setup:
     @bash .ci/setup
 
-# Run every test: unit and integration (real Redis), the browser end-to-end tests, then
-# the compose stack in containers under Podman.
-test: && e2e compose-test
+# Run every test: unit and integration (real Redis), the browser end-to-end tests, the
+# compose stack in containers under Podman, then the Kubernetes manifests under Podman
+# (on the backend image compose-test has just built from this tree).
+test: && e2e compose-test (kube-test "localhost/events-compose-test_backend-1")
     cargo test --workspace
 
 # The web client's release build, into dist/.
@@ -40,8 +41,22 @@ e2e: web-build
 compose-test: web-build
     bash .ci/containers/compose-test.sh
 
-# Formatting and lints, as CI checks them.
-lint:
+# Redis, two backend pods and nginx from the dev overlay; a stream through nginx, its
+# backend pod replaced (SIGTERM, drain, a new pod), the stream resumed with nothing lost.
+# IMAGE: a backend image built from this tree; empty: build it (apps/backend/Dockerfile,
+# a few minutes when the sources changed).
+# The Kubernetes manifests played under Podman (podman kube play).
+kube-test image="":
+    KUBE_TEST_IMAGE="{{image}}" bash .ci/containers/kube-test.sh
+
+# Every kustomization rendered and validated against the Kubernetes API schemas, the
+# deployment's own rules (.ci/deploy-policy.py), the alert rules and their unit tests.
+# Check the deployment files (deploy/).
+deploy-check:
+    bash .ci/deploy-check.sh
+
+# Formatting and lints, as CI checks them, and the deployment files' checks.
+lint: deploy-check
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
