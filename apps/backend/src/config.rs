@@ -513,12 +513,26 @@ fn redis_hosts_are_loopback(url: &str) -> bool {
 
 /// Hides the password of `scheme://user:password@host/...`.
 fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
         }
         _ => url.to_string(),
-    }
+    };
+    // A Sentinel's credentials travel in the query (`sentinelPassword=`).
+    let Some((address, query)) = url.split_once('?') else {
+        return url;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if name.to_ascii_lowercase().contains("password") => {
+                format!("{name}=***")
+            }
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{address}?{}", query.join("&"))
 }
 
 /// A value that must never be printed: its `Debug` and `Display` are redacted.
@@ -557,6 +571,18 @@ mod tests {
     /// ...) cannot change what these tests see.
     fn parse_from<const N: usize>(args: [&str; N]) -> Settings {
         Settings::from_args_only(args).expect("the arguments parse")
+    }
+
+    #[test]
+    fn a_sentinel_password_in_the_query_is_never_printed() {
+        let shown = redact_url(
+            "redis-sentinel://u:secret1@h:26379?sentinelServiceName=m&sentinelPassword=secret2&node=h2:26379",
+        );
+        assert!(
+            !shown.contains("secret1") && !shown.contains("secret2"),
+            "{shown}"
+        );
+        assert!(shown.contains("sentinelServiceName=m") && shown.contains("node=h2:26379"));
     }
 
     #[test]

@@ -95,9 +95,17 @@ impl Rebalancer {
             let _ = self.bus.fleet_leave(&self.instance).await;
             return None;
         }
-        let holding = self.hub.holding() as u64;
+        let holding = self.hub.stream_count() as u64;
+        // Room only while it would take streams: not full, and its own checks pass (a
+        // deaf subscription, say). A shedding instance has none for the others.
+        let ready = self.readiness.check().is_ok();
+        let room = if ready { self.hub.room() as u64 } else { 0 };
         let stale_ms = u64::try_from(STALE.as_millis()).unwrap_or(u64::MAX);
-        let fleet = match self.bus.fleet_beat(&self.instance, holding, stale_ms).await {
+        let fleet = match self
+            .bus
+            .fleet_beat(&self.instance, (holding, room), stale_ms)
+            .await
+        {
             Ok(fleet) => fleet,
             Err(error) => {
                 tracing::warn!(%error, "fleet heartbeat failed; not rebalancing meanwhile");
@@ -107,7 +115,7 @@ impl Rebalancer {
         self.metrics
             .fleet_instances
             .set(i64::try_from(fleet.len()).unwrap_or(i64::MAX));
-        let goal = goal(&fleet, holding, self.above);
+        let goal = goal(&fleet, (holding, room), self.above);
         if let Some(goal) = goal {
             tracing::info!(
                 holding,
@@ -122,7 +130,9 @@ impl Rebalancer {
     /// Sheds this tick's share of streams; returns the goal while still above it.
     fn shed(&self, goal: Option<u64>) -> Option<u64> {
         let goal = goal?;
-        let holding = self.hub.holding() as u64;
+        // Streams not yet closed: one shed already whose task has not ended (its client
+        // does not read) must not be taken for one still to shed.
+        let holding = self.hub.stream_count() as u64;
         if holding <= goal {
             return None;
         }
@@ -136,19 +146,28 @@ impl Rebalancer {
     }
 }
 
-/// The number of streams an instance holding `holding` should shed down to, given every
-/// instance's count (`fleet`, its own included): the mean, rounded up, when it holds more
-/// than `above` times the mean (and [`MIN_EXCESS`] more than it).
-pub fn goal(fleet: &[u64], holding: u64, above: f64) -> Option<u64> {
+/// The number of streams an instance holding `held.0` (with room for `held.1` more)
+/// should shed down to, given every instance's `(streams, room)` (`fleet`, its own
+/// included): the mean, rounded up, when it holds more than `above` times the mean (and
+/// [`MIN_EXCESS`] more than it), but never more than the other instances have room for
+/// (one full, or not ready, takes none).
+pub fn goal(fleet: &[(u64, u64)], held: (u64, u64), above: f64) -> Option<u64> {
+    let (holding, own_room) = held;
     if fleet.len() < 2 || above <= 0.0 {
         return None;
     }
-    let total: u64 = fleet.iter().sum();
+    let total: u64 = fleet.iter().map(|(streams, _)| streams).sum();
+    let room_elsewhere = fleet
+        .iter()
+        .map(|(_, room)| room)
+        .sum::<u64>()
+        .saturating_sub(own_room);
     let mean = total as f64 / fleet.len() as f64;
     // Stream counts are far below 2^53.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let share = mean.ceil() as u64;
-    (holding as f64 > above * mean && holding >= share + MIN_EXCESS).then_some(share)
+    let goal = share.max(holding.saturating_sub(room_elsewhere));
+    (holding as f64 > above * mean && holding >= goal + MIN_EXCESS).then_some(goal)
 }
 
 #[cfg(test)]
@@ -157,15 +176,46 @@ mod tests {
 
     #[test]
     fn an_instance_above_its_share_sheds_down_to_the_mean() {
+        let room = 10_000;
         // A new instance joins one holding 2,000.
-        assert_eq!(goal(&[2_000, 0], 2_000, 1.2), Some(1_000));
-        assert_eq!(goal(&[2_000, 0], 0, 1.2), None, "the new one sheds nothing");
+        let fleet = [(2_000, room), (0, room)];
+        assert_eq!(goal(&fleet, (2_000, room), 1.2), Some(1_000));
+        assert_eq!(
+            goal(&fleet, (0, room), 1.2),
+            None,
+            "the new one sheds nothing"
+        );
         // Three instances after a rolling update: the last to restart holds little.
-        assert_eq!(goal(&[1_400, 1_400, 200], 1_400, 1.2), Some(1_000));
+        let fleet = [(1_400, room), (1_400, room), (200, room)];
+        assert_eq!(goal(&fleet, (1_400, room), 1.2), Some(1_000));
         // Within the margin: nothing moves.
-        assert_eq!(goal(&[1_100, 900], 1_100, 1.2), None);
-        assert_eq!(goal(&[13, 0], 13, 1.2), None, "too few to be worth moving");
-        assert_eq!(goal(&[2_000], 2_000, 1.2), None, "alone");
-        assert_eq!(goal(&[2_000, 0], 2_000, 0.0), None, "off");
+        assert_eq!(
+            goal(&[(1_100, room), (900, room)], (1_100, room), 1.2),
+            None
+        );
+        assert_eq!(
+            goal(&[(13, room), (0, room)], (13, room), 1.2),
+            None,
+            "too few to be worth moving"
+        );
+        assert_eq!(goal(&[(2_000, room)], (2_000, room), 1.2), None, "alone");
+        assert_eq!(goal(&fleet, (1_400, room), 0.0), None, "off");
+    }
+
+    #[test]
+    fn streams_are_shed_only_where_they_can_land() {
+        // The other instance is full, or not ready: nothing is shed.
+        assert_eq!(
+            goal(&[(9_000, 1_000), (3_584, 0)], (9_000, 1_000), 1.2),
+            None
+        );
+        // It has room for 500 only: 500 are shed, not 2,708.
+        assert_eq!(
+            goal(&[(9_000, 1_000), (3_084, 500)], (9_000, 1_000), 1.2),
+            Some(8_500)
+        );
+        // Two shedding at once have no room for each other; each counts the third's.
+        let fleet = [(6_000, 0), (6_000, 0), (0, 1_500)];
+        assert_eq!(goal(&fleet, (6_000, 0), 1.2), Some(4_500));
     }
 }

@@ -331,17 +331,18 @@ impl Bus {
         }
     }
 
-    /// `instance` holds `streams`: the stream counts of every instance of the fleet heard
-    /// from within `stale_ms` (this one included); on a single node, this one's alone.
+    /// `instance` holds `held.0` streams and has room for `held.1` more: the `(streams,
+    /// room)` of every instance of the fleet heard from within `stale_ms` (this one
+    /// included); on a single node, this one's alone.
     pub async fn fleet_beat(
         &self,
         instance: &str,
-        streams: u64,
+        held: (u64, u64),
         stale_ms: u64,
-    ) -> Result<Vec<u64>, BusError> {
+    ) -> Result<Vec<(u64, u64)>, BusError> {
         match &self.engine {
-            Engine::Local(_) => Ok(vec![streams]),
-            Engine::Redis(bus) => bus.fleet_beat(instance, streams, stale_ms).await,
+            Engine::Local(_) => Ok(vec![held]),
+            Engine::Redis(bus) => bus.fleet_beat(instance, held, stale_ms).await,
         }
     }
 

@@ -389,9 +389,11 @@ impl Hub {
         Some(users.chain(topics).collect())
     }
 
-    /// Streams alive here now (registered, and not yet ended).
-    pub fn holding(&self) -> usize {
-        self.shared.alive.load(Ordering::Acquire)
+    /// How many more streams the instance may open.
+    pub fn room(&self) -> usize {
+        self.shared
+            .total
+            .saturating_sub(self.shared.alive.load(Ordering::Acquire))
     }
 
     /// Ends up to `count` streams, each told to reconnect (`reason`) so that its client

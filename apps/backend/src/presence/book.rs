@@ -219,6 +219,11 @@ impl Book {
         self.entries.get(key).is_some_and(|entry| entry.announced)
     }
 
+    /// Whether some change awaits [`Book::take`].
+    pub fn has_pending(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
     /// Whether nothing is held, pending or in a grace window.
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
@@ -306,6 +311,7 @@ mod tests {
         book.closed("room", "alice", now);
         book.due(now);
         book.settle(&changes, true);
+        assert!(book.has_pending(), "the worker is told to come back");
         assert_eq!(made(&mut book), vec![(key("room", "alice"), Change::Leave)]);
         assert!(book.is_empty());
     }

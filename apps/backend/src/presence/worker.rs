@@ -68,6 +68,11 @@ impl Presence {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(RETRY) => {}
                 }
+                // Try again at once, whether or not a stream opens or closes meanwhile.
+                self.tracker.wake.notify_one();
+            } else if self.tracker.book().has_pending() {
+                // A user came back (or went) while their change was on its way.
+                self.tracker.wake.notify_one();
             }
         }
         self.stop(&mut rebuilt).await;

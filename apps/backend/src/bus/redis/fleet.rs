@@ -6,22 +6,24 @@ use fred::{interfaces::HashesInterface, types::scripts::Script};
 use super::RedisBus;
 use crate::bus::BusError;
 
-/// The hash of the fleet: instance → `<streams> <beat, ms>`. One small key: no hash tag.
+/// The hash of the fleet: instance → `<streams> <room> <beat, ms>`. One small key: no
+/// hash tag.
 const FLEET: &str = "ev:fleet";
 
-/// Beats for ARGV[1] holding ARGV[2] streams, drops instances silent for ARGV[3] ms, and
-/// returns the stream counts of the instances left (this one included), by the Redis
-/// clock.
+/// Beats for ARGV[1] holding ARGV[2] streams with room for ARGV[4] more, drops instances
+/// silent for ARGV[3] ms, and returns `{streams, room, ...}` of the instances left (this
+/// one included), by the Redis clock.
 pub(super) const BEAT_SCRIPT: &str = r#"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. now)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[4] .. ' ' .. now)
 local fleet = {}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
-  local streams, beat = string.match(all[i + 1], '^(%d+) (%d+)$')
+  local streams, room, beat = string.match(all[i + 1], '^(%d+) (%d+) (%d+)$')
   if beat and tonumber(beat) >= now - tonumber(ARGV[3]) then
     fleet[#fleet + 1] = tonumber(streams)
+    fleet[#fleet + 1] = tonumber(room)
   else
     redis.call('HDEL', KEYS[1], all[i])
   end
@@ -30,14 +32,14 @@ return fleet
 "#;
 
 impl RedisBus {
-    /// `instance` holds `streams`: the stream counts of every instance heard from within
-    /// `stale_ms`.
+    /// `instance` holds `streams` and has room for `room` more: the `(streams, room)` of
+    /// every instance heard from within `stale_ms`.
     pub(in crate::bus) async fn fleet_beat(
         &self,
         instance: &str,
-        streams: u64,
+        (streams, room): (u64, u64),
         stale_ms: u64,
-    ) -> Result<Vec<u64>, BusError> {
+    ) -> Result<Vec<(u64, u64)>, BusError> {
         let fleet: Vec<u64> = self
             .fleet_script
             .evalsha_with_reload(
@@ -47,10 +49,14 @@ impl RedisBus {
                     instance.to_string(),
                     streams.to_string(),
                     stale_ms.to_string(),
+                    room.to_string(),
                 ],
             )
             .await?;
-        Ok(fleet)
+        Ok(fleet
+            .chunks_exact(2)
+            .map(|pair| (pair[0], pair[1]))
+            .collect())
     }
 
     /// `instance` leaves the fleet (it stops).
