@@ -408,21 +408,22 @@ impl Hub {
             .take(count)
             .cloned()
             .collect();
-        if entries.is_empty() {
-            return 0;
-        }
-        let reason: Arc<str> = reason.into();
+        self.end(&entries, &Notice::Reconnect(reason.into()));
+        entries.len()
+    }
+
+    /// Ends `entries`, each told `notice` first (unless its queue is full, in which case
+    /// it just ends): offered outside the map's lock, then taken out of the map, under
+    /// the user and each topic (closed: its task takes the notice, then ends).
+    fn end(&self, entries: &[Entry], notice: &Notice) {
         let offering = self.offering();
-        for entry in &entries {
-            entry
-                .outlet
-                .offer(&Notice::Reconnect(reason.clone()), &offering);
+        for entry in entries {
+            entry.outlet.offer(notice, &offering);
         }
         let mut streams = self.streams();
-        for entry in &entries {
+        for entry in entries {
             unregister(&mut streams, &entry.outlet, entry.id);
         }
-        entries.len()
     }
 
     /// Whether the instance holds as many streams as it may (and so is not ready for more).
@@ -436,20 +437,7 @@ impl Hub {
         let Some(entries) = self.streams().users.get(user_id).cloned() else {
             return 0;
         };
-        let reason: Arc<str> = reason.into();
-        let offering = self.offering();
-        for entry in &entries {
-            entry
-                .outlet
-                .offer(&Notice::Disconnect(reason.clone()), &offering);
-        }
-        // Then out of the map, under the user and each topic (closed: its task takes the
-        // notice, then ends).
-        let mut streams = self.streams();
-        for entry in &entries {
-            unregister(&mut streams, &entry.outlet, entry.id);
-        }
-        drop(streams);
+        self.end(&entries, &Notice::Disconnect(reason.into()));
         tracing::info!(user_id, streams = entries.len(), "user disconnected");
         entries.len()
     }

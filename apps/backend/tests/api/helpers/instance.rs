@@ -124,3 +124,62 @@ impl Drop for TestApp {
         self.stop.take();
     }
 }
+
+impl TestApp {
+    /// `events` events `{"n": 1..}` are published to `user` through this instance
+    /// (`PUBLISH_REPLICAS=1`) while `failover` runs, 300 ms in (it kills a master and
+    /// waits for a replica to take over): every accepted event must reach the user's
+    /// stream, which resumes by itself, exactly once, in order, and publishes in between
+    /// must have been refused (503) and retried with their idempotency key. `failover`
+    /// starts once the user has a history (its first event is published).
+    pub async fn expect_no_loss_across(
+        &self,
+        user: &str,
+        events: u64,
+        failover: impl std::future::Future<Output = ()>,
+    ) {
+        use super::{counted, follow, publish_counted};
+        use std::time::Duration;
+        let token = self.token(user).await;
+        let follower = tokio::spawn(follow(
+            vec![self.address.clone()],
+            token,
+            Duration::from_secs(60),
+            move |received| counted(received).len() >= events as usize,
+        ));
+        // A stream without a cursor starts where its user's history stands when it opens.
+        self.streams_started(1).await;
+        publish_counted(
+            vec![self.address.clone()],
+            user.into(),
+            1,
+            1,
+            Duration::ZERO,
+        )
+        .await;
+        let publisher = tokio::spawn(publish_counted(
+            vec![self.address.clone()],
+            user.into(),
+            2,
+            events - 1,
+            Duration::from_millis(20),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        failover.await;
+        let accepted = publisher.await.expect("the publisher finishes");
+        assert_eq!(accepted, (2..=events).collect::<Vec<_>>());
+        let (received, _) = follower.await.expect("the follower finishes");
+        assert_eq!(
+            counted(&received),
+            (1..=events).collect::<Vec<_>>(),
+            "every accepted event exactly once, in order"
+        );
+        let refused = self
+            .metric_value(r#"http_requests_total{method="POST",route="/api/publish",status="503"}"#)
+            .await;
+        assert!(
+            refused.is_some_and(|n| n >= 1.0),
+            "publishes during the failover were refused: {refused:?}"
+        );
+    }
+}
